@@ -1,0 +1,9 @@
+"""Maniyar, Budihal & Siddamal 2022 (Fig. 4): upsample+conv generator, separate D and C trunks."""
+
+from configs import wen2019
+
+
+def get_config():
+    cfg = wen2019.get_config()
+    cfg.model.arch = "paper"
+    return cfg

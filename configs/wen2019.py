@@ -1,0 +1,60 @@
+"""Wen, Singh & Raj 2019 as their public PyTorch code trains it.
+
+Train: `v2f train --config configs/wen2019.py --records DIR --workdir DIR`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict()
+    cfg.seed = 0
+
+    cfg.data = ml_collections.ConfigDict()
+    cfg.data.n_mels = 64
+    cfg.data.frontend = "wen2019"  # reference-exact VAD + filterbank; or "librosa"
+    # The reference crops each batch to a random length in [300, 800] frames. A few static
+    # buckets give XLA a handful of shapes to compile instead of 501.
+    cfg.data.crop_lengths = (300, 425, 550, 675, 800)
+    cfg.data.image_size = 64
+    cfg.data.face_flip = True
+    cfg.data.shuffle_buffer = 10_000
+
+    cfg.model = ml_collections.ConfigDict()
+    cfg.model.arch = "wen2019"  # or "paper"
+    cfg.model.embed_dim = 64
+    cfg.model.voice_channels = (256, 384, 576, 864)
+    cfg.model.gen_channels = (1024, 512, 256, 128, 64)
+    cfg.model.trunk_channels = (32, 64, 128, 256, 512)
+    cfg.model.dtype = "float32"  # compute dtype: "float32" | "bfloat16"; parameters stay float32
+    # Exactly-equivalent fast reformulations: "auto" picks per backend, "reference" forces the
+    # plain transposed/strided convolutions.
+    cfg.model.impl = "auto"
+    cfg.model.num_ids = 0  # identities of the training split; set from the records' manifest
+
+    cfg.optim = ml_collections.ConfigDict()
+    cfg.optim.lr = 2e-4
+    cfg.optim.b1 = 0.5
+    cfg.optim.b2 = 0.999
+
+    cfg.train = ml_collections.ConfigDict()
+    cfg.train.task = "gan"  # or "embedder" (speaker-classification pretraining of E)
+    cfg.train.batch_size = 128  # global, over all devices and hosts
+    cfg.train.steps = 30_000  # the reference's gan_train.py
+    cfg.train.embed_noise = 0.05
+    cfg.train.train_embedder = False  # the reference keeps E frozen
+    cfg.train.embedder_init = ""  # checkpoint dir of an `embedder` run, or an exported E
+    cfg.train.parallel = "jit"  # or "pmap"
+    cfg.train.log_every = 200
+    cfg.train.sample_every = 2_000
+    cfg.train.on_nonfinite = "stop"  # or "skip" (at most max_nonfinite_skips steps)
+    cfg.train.max_nonfinite_skips = 10
+
+    cfg.checkpoint = ml_collections.ConfigDict()
+    cfg.checkpoint.every = 2_000
+    cfg.checkpoint.keep = 3
+
+    cfg.eval = ml_collections.ConfigDict()
+    cfg.eval.face_embedder_steps = 2_000
+    cfg.eval.gallery_size = 10
+    return cfg
