@@ -1,0 +1,222 @@
+"""The four networks: voice embedder E, generator G, face trunk F with heads D and C.
+
+All channels-last. Two architectures, chosen by `config.model.arch`:
+- `wen2019`: the public PyTorch code of Wen et al. (parameter counts equal its state dicts);
+- `paper`: Maniyar et al. 2022, Fig. 4: nearest-upsample + 3x3 conv generator, and D and C each
+  with their own 3x3 conv trunk.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from v2f_jax import layers
+
+Dtype = Any
+
+
+def compute_dtype(name: str):
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+class VoiceEmbedder(nn.Module):
+    """E: log-mel `[B, T, n_mels]` -> voice embedding `[B, embed_dim]` (not normalised).
+
+    Five 1-D convs over time (kernel 3, stride 2, pad 1); BatchNorm + ReLU after the first four;
+    then the mean over time. `train=False` uses the running BatchNorm statistics, as the frozen
+    E of the reference does.
+    """
+
+    channels: Sequence[int] = (256, 384, 576, 864)
+    embed_dim: int = 64
+    dtype: Dtype = jnp.float32
+    axis_name: str | None = None  # set under pmap so BatchNorm sees the global batch
+
+    @nn.compact
+    def __call__(self, mel, train: bool = False):
+        x = mel.astype(self.dtype)
+        for i, features in enumerate(self.channels):
+            x = nn.Conv(
+                features,
+                (3,),
+                strides=(2,),
+                padding=((1, 1),),
+                use_bias=False,
+                dtype=self.dtype,
+                kernel_init=layers.torch_linear_init(x.shape[-1] * 3),
+                name=f"conv{i}",
+            )(x)
+            # PyTorch BatchNorm1d defaults: momentum 0.1 (flax 0.9), eps 1e-5.
+            x = nn.BatchNorm(
+                use_running_average=not train,
+                momentum=0.9,
+                epsilon=1e-5,
+                dtype=self.dtype,
+                axis_name=self.axis_name,
+                name=f"bn{i}",
+            )(x)
+            x = nn.relu(x)
+        x = nn.Conv(
+            self.embed_dim,
+            (3,),
+            strides=(2,),
+            padding=((1, 1),),
+            use_bias=True,
+            dtype=self.dtype,
+            kernel_init=layers.torch_linear_init(x.shape[-1] * 3),
+            bias_init=layers.torch_linear_init(x.shape[-1] * 3),
+            name=f"conv{len(self.channels)}",
+        )(x)
+        return jnp.mean(x.astype(jnp.float32), axis=1)
+
+
+class SpeakerHead(nn.Module):
+    """Linear speaker classifier on E's output, for E's pretraining only."""
+
+    num_speakers: int
+
+    @nn.compact
+    def __call__(self, embedding):
+        return nn.Dense(self.num_speakers, name="fc")(embedding.astype(jnp.float32))
+
+
+class Generator(nn.Module):
+    """G: unit embedding `[B, embed_dim]` -> face `[B, 64, 64, 3]`, nominally in [-1, 1].
+
+    The output is not squashed, as published. `upsample="transpose"` is wen2019 (4x4 stride-2
+    transposed convs); `upsample="nearest"` is the paper's nearest-neighbour x2 + 3x3 conv.
+    """
+
+    channels: Sequence[int] = (1024, 512, 256, 128, 64)
+    upsample: str = "transpose"
+    dtype: Dtype = jnp.float32
+    impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, embedding):
+        x = embedding.astype(self.dtype)[:, None, None, :]
+        conv_t = dict(dtype=self.dtype, impl=self.impl)
+        x = nn.relu(layers.ConvTranspose2d(self.channels[0], 4, 1, 0, name="deconv0", **conv_t)(x))
+        for i, features in enumerate(self.channels[1:], start=1):
+            if self.upsample == "transpose":
+                x = layers.ConvTranspose2d(features, 4, 2, 1, name=f"deconv{i}", **conv_t)(x)
+            else:
+                b, h, w, c = x.shape
+                x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
+                x = x.reshape(b, 2 * h, 2 * w, c)
+                x = layers.Conv2d(features, 3, 1, 1, name=f"conv{i}", **conv_t)(x)
+            x = nn.relu(x)
+        if self.upsample == "transpose":
+            out = layers.ConvTranspose2d(3, 1, 1, 0, name=f"deconv{len(self.channels)}", **conv_t)
+        else:
+            out = layers.Conv2d(3, 1, 1, 0, name=f"conv{len(self.channels)}", **conv_t)
+        return out(x).astype(jnp.float32)
+
+
+class FaceTrunk(nn.Module):
+    """F: face `[B, 64, 64, 3]` -> feature `[B, out_dim]`.
+
+    `kernel=4` is wen2019 (a 1x1 conv, four 4x4 stride-2 convs, a 4x4 valid conv); `kernel=3` is
+    the paper's 3x3 trunk. LeakyReLU(0.2) between layers, none after the last.
+    """
+
+    channels: Sequence[int] = (32, 64, 128, 256, 512)
+    out_dim: int = 64
+    kernel: int = 4
+    dtype: Dtype = jnp.float32
+    impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, face):
+        conv = dict(dtype=self.dtype, impl=self.impl)
+        first_kernel = 1 if self.kernel == 4 else 3
+        x = face.astype(self.dtype)
+        x = layers.Conv2d(self.channels[0], first_kernel, 1, first_kernel // 2, name="conv0", **conv)(x)
+        x = nn.leaky_relu(x, 0.2)
+        for i, features in enumerate(self.channels[1:], start=1):
+            x = layers.Conv2d(features, self.kernel, 2, 1, name=f"conv{i}", **conv)(x)
+            x = nn.leaky_relu(x, 0.2)
+        x = layers.Conv2d(self.out_dim, 4, 1, 0, name=f"conv{len(self.channels)}", **conv)(x)
+        return x.reshape(x.shape[0], -1)
+
+
+class Critics(nn.Module):
+    """F with heads D (real/fake, one logit) and C (identity logits over `num_ids`).
+
+    `shared_trunk=True` is wen2019: one F under both heads. False is the paper's: D and C each
+    with their own trunk. Returns `(adv_logit [B], id_logits [B, num_ids])`, float32.
+    """
+
+    num_ids: int
+    channels: Sequence[int] = (32, 64, 128, 256, 512)
+    out_dim: int = 64
+    kernel: int = 4
+    shared_trunk: bool = True
+    dtype: Dtype = jnp.float32
+    impl: str = "auto"
+
+    def setup(self):
+        trunk = dict(
+            channels=self.channels, out_dim=self.out_dim, kernel=self.kernel,
+            dtype=self.dtype, impl=self.impl,
+        )
+        if self.shared_trunk:
+            self.trunk = FaceTrunk(**trunk)
+        else:
+            self.d_trunk = FaceTrunk(**trunk)
+            self.c_trunk = FaceTrunk(**trunk)
+        head = dict(use_bias=False, dtype=jnp.float32, kernel_init=layers.torch_linear_init(self.out_dim))
+        self.d_head = nn.Dense(1, **head)
+        self.c_head = nn.Dense(self.num_ids, **head)
+
+    def __call__(self, face):
+        if self.shared_trunk:
+            d_feat = c_feat = self.trunk(face).astype(jnp.float32)
+        else:
+            d_feat = self.d_trunk(face).astype(jnp.float32)
+            c_feat = self.c_trunk(face).astype(jnp.float32)
+        return self.d_head(d_feat)[:, 0], self.c_head(c_feat)
+
+    def features(self, face):
+        """The (shared or identity) trunk's features `[B, out_dim]`."""
+        trunk = self.trunk if self.shared_trunk else self.c_trunk
+        return trunk(face).astype(jnp.float32)
+
+
+class Networks:
+    """The four networks of one config, built once; attributes are Flax modules."""
+
+    def __init__(self, model_config: ml_collections.ConfigDict, num_ids: int):
+        arch = model_config.arch
+        if arch not in ("wen2019", "paper"):
+            raise ValueError(f"config.model.arch must be 'wen2019' or 'paper', not {arch!r}")
+        if num_ids < 1:
+            raise ValueError(f"need at least one training identity, got num_ids={num_ids}")
+        dtype = compute_dtype(model_config.dtype)
+        self.arch = arch
+        self.num_ids = num_ids
+        self.embed_dim = model_config.embed_dim
+        self.embedder = VoiceEmbedder(
+            channels=tuple(model_config.voice_channels),
+            embed_dim=model_config.embed_dim,
+            dtype=dtype,
+        )
+        self.generator = Generator(
+            channels=tuple(model_config.gen_channels),
+            upsample="transpose" if arch == "wen2019" else "nearest",
+            dtype=dtype,
+            impl=model_config.impl,
+        )
+        self.critics = Critics(
+            num_ids=num_ids,
+            channels=tuple(model_config.trunk_channels),
+            out_dim=model_config.embed_dim,
+            kernel=4 if arch == "wen2019" else 3,
+            shared_trunk=arch == "wen2019",
+            dtype=dtype,
+            impl=model_config.impl,
+        )

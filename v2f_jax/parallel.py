@@ -1,0 +1,119 @@
+"""Running a step on every device of every host: `jit` over a mesh (default) or `pmap`.
+
+`jit`: a 1-D `("data",)` mesh of all devices; the batch is sharded over it, the state is
+replicated, the state's buffers are donated. `pmap`: the same step function with `axis_name`,
+state stacked per local device. Either way the loop only sees `DataParallel`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+AXIS = "data"
+PyTree = Any
+StepFactory = Callable[[str | None], Callable]  # axis_name -> step(state, batch)
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+    """A 1-D data-parallel mesh. Auto axes: XLA propagates shardings (no sharding-in-types)."""
+    devices = list(jax.devices() if devices is None else devices)
+    return jax.make_mesh(
+        (len(devices),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
+    )
+
+
+class DataParallel:
+    """A step compiled for one parallel mode, with the transfers that mode needs.
+
+    Args:
+      make_step: called with `axis_name` (None under jit) and returning the pure step.
+      mode: "jit" or "pmap".
+      devices: defaults to all devices of all hosts.
+      donate: donate the input state's buffers (the state is updated in place).
+    """
+
+    def __init__(self, make_step: StepFactory, mode: str = "jit", devices=None, donate=True):
+        if mode not in ("jit", "pmap"):
+            raise ValueError(f"train.parallel must be 'jit' or 'pmap', not {mode!r}")
+        self.mode = mode
+        self.mesh = make_mesh(devices)
+        self.devices = list(self.mesh.devices.flat)
+        self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
+        self.replicated = NamedSharding(self.mesh, P())
+        self.batch_sharding = NamedSharding(self.mesh, P(AXIS))
+        donate_argnums = (0,) if donate else ()
+        if mode == "jit":
+            self.step = jax.jit(
+                make_step(None),
+                in_shardings=(self.replicated, self.batch_sharding),
+                out_shardings=(self.replicated, self.replicated),
+                donate_argnums=donate_argnums,
+            )
+        else:
+            self.step = jax.pmap(
+                make_step(AXIS), axis_name=AXIS, devices=self.devices,
+                donate_argnums=donate_argnums,
+            )
+
+    @property
+    def num_devices(self) -> int:
+        return len(self.devices)
+
+    def __call__(self, state, batch):
+        return self.step(state, batch)
+
+    def put_state(self, state: PyTree) -> PyTree:
+        """A host state (identical on every host) onto the devices."""
+        if self.mode == "jit":
+            return jax.device_put(state, self.replicated)
+        # One copy per local device along a new leading axis; pmap moves it on the first step.
+        n_local = len(self.local_devices)
+        return jax.tree_util.tree_map(
+            lambda x: np.broadcast_to(np.asarray(x), (n_local, *np.shape(x))).copy(), state
+        )
+
+    def get_state(self, state: PyTree) -> PyTree:
+        """The device state as one replicated copy (what checkpoints and exports save)."""
+        if self.mode == "jit":
+            return state
+        return jax.tree_util.tree_map(lambda x: x[0], state)
+
+    def put_batch(self, local_batch: dict[str, np.ndarray]) -> dict:
+        """This host's share of the global batch (leading axis `B / process_count`) onto devices."""
+        n_local = len(self.local_devices)
+        for name, value in local_batch.items():
+            if value.shape[0] % n_local:
+                raise ValueError(
+                    f"batch '{name}' has {value.shape[0]} rows per host, not divisible by "
+                    f"{n_local} local devices"
+                )
+        if self.mode == "jit":
+            return {
+                name: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v))
+                for name, v in local_batch.items()
+            }
+        return {
+            name: np.asarray(v).reshape(n_local, v.shape[0] // n_local, *v.shape[1:])
+            for name, v in local_batch.items()
+        }
+
+    def get_metrics(self, metrics: PyTree) -> dict[str, float]:
+        """Device metrics to host floats (a device->host copy: only at log steps)."""
+        if self.mode == "pmap":
+            metrics = jax.tree_util.tree_map(lambda x: x[0], metrics)
+        return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def global_batch_size(local_batch_size: int) -> int:
+    return local_batch_size * jax.process_count()
+
+
+def tree_allclose(a: PyTree, b: PyTree, rtol: float, atol: float) -> bool:
+    leaves = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+        lambda x, y: jnp.allclose(x, y, rtol=rtol, atol=atol), a, b))
+    return all(bool(x) for x in leaves)

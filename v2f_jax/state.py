@@ -1,0 +1,107 @@
+"""Training states (pytrees of arrays) and how they are created.
+
+A state holds only arrays: parameters, BatchNorm statistics, optimiser states, the step and the
+run's RNG key. The networks and optimisers themselves are static and rebuilt from the config, so a
+state checkpoints and restores as one pytree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from v2f_jax import models
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class GanState:
+    """Everything a GAN run updates.
+
+    Attributes:
+      step: int32 `[]`, optimiser steps done.
+      key: uint32 `[2]`, the run's base PRNG key; step `s` uses `fold_in(key, s)`.
+      embedder: `{"params", "batch_stats"}` of E.
+      generator: G's parameters.
+      critics: F, D and C parameters (one tree; one Adam).
+      g_opt, c_opt: Adam states of G and of the critics.
+      e_opt: Adam state of E when it trains jointly (`train.train_embedder`), else None.
+    """
+
+    step: jax.Array
+    key: jax.Array
+    embedder: PyTree
+    generator: PyTree
+    critics: PyTree
+    g_opt: PyTree
+    c_opt: PyTree
+    e_opt: PyTree = None
+
+
+@flax.struct.dataclass
+class EmbedderState:
+    """E's speaker-classification pretraining: E with a linear head over speakers."""
+
+    step: jax.Array
+    key: jax.Array
+    embedder: PyTree
+    head: PyTree
+    opt: PyTree
+
+
+def make_optimizer(optim_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam as the reference sets it (lr 2e-4, betas 0.5/0.999, eps 1e-8)."""
+    return optax.adam(optim_config.lr, b1=optim_config.b1, b2=optim_config.b2)
+
+
+def init_embedder(nets: models.Networks, key, n_mels: int = 64) -> PyTree:
+    variables = nets.embedder.init(key, jnp.zeros((2, 64, n_mels)), train=False)
+    return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+
+
+def create_gan_state(config: ml_collections.ConfigDict, nets: models.Networks) -> GanState:
+    """Fresh parameters and optimiser states from `config.seed`."""
+    key = jax.random.PRNGKey(config.seed)
+    k_e, k_g, k_c, k_run = jax.random.split(key, 4)
+    size = config.data.image_size
+    embedder = init_embedder(nets, k_e, config.data.n_mels)
+    generator = nets.generator.init(k_g, jnp.zeros((1, nets.embed_dim)))["params"]
+    critics = nets.critics.init(k_c, jnp.zeros((1, size, size, 3)))["params"]
+    optimizer = make_optimizer(config.optim)
+    return GanState(
+        step=jnp.zeros((), jnp.int32),
+        key=k_run,
+        embedder=embedder,
+        generator=generator,
+        critics=critics,
+        g_opt=optimizer.init(generator),
+        c_opt=optimizer.init(critics),
+        e_opt=optimizer.init(embedder["params"]) if config.train.train_embedder else None,
+    )
+
+
+def create_embedder_state(
+    config: ml_collections.ConfigDict, nets: models.Networks, num_speakers: int
+) -> EmbedderState:
+    key = jax.random.PRNGKey(config.seed)
+    k_e, k_h, k_run = jax.random.split(key, 3)
+    embedder = init_embedder(nets, k_e, config.data.n_mels)
+    head = models.SpeakerHead(num_speakers).init(k_h, jnp.zeros((1, nets.embed_dim)))["params"]
+    optimizer = make_optimizer(config.optim)
+    return EmbedderState(
+        step=jnp.zeros((), jnp.int32),
+        key=k_run,
+        embedder=embedder,
+        head=head,
+        opt=optimizer.init({"embedder": embedder["params"], "head": head}),
+    )
+
+
+def count_params(tree: PyTree) -> int:
+    return sum(int(x.size) for x in jax.tree_util.tree_leaves(tree))

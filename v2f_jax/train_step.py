@@ -1,0 +1,190 @@
+"""Pure, jit-able training steps: `(state, batch) -> (state, metrics)`.
+
+Written once for every parallel mode. Under `jax.jit` over a mesh the step sees global arrays and
+XLA inserts the collectives; under `jax.pmap` (`axis_name` set) it sees one device's slice and
+averages gradients and metrics over `axis_name` itself. Both give the same numbers.
+
+A batch is `{"voice": [B, T, n_mels] float, "voice_id": [B] int32,
+"face": [B, 64, 64, 3] float in [-1, 1], "face_id": [B] int32}`; voices and faces are unpaired,
+as the reference samples them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from v2f_jax import losses, models, state as state_lib
+
+Metrics = dict[str, jax.Array]
+
+
+def unit(x, eps: float = 1e-12):
+    """L2-normalise rows, as torch.nn.functional.normalize. x `[B, D]`."""
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def noisy_unit_embedding(raw, noise_key, noise_std: float, axis_name: str | None = None):
+    """unit(unit(raw) + noise_std * N(0, 1)), the reference's embedding perturbation.
+
+    The noise is drawn for the global batch and each device takes its rows, so any number of
+    devices sees the same noise as one device. raw `[B_local, D]`.
+    """
+    b_local, dim = raw.shape
+    if axis_name is None:
+        noise = jax.random.normal(noise_key, (b_local, dim))
+    else:
+        n_dev = jax.lax.psum(1, axis_name)
+        noise = jax.random.normal(noise_key, (b_local * n_dev, dim))
+        noise = jax.lax.dynamic_slice_in_dim(noise, jax.lax.axis_index(axis_name) * b_local, b_local)
+    return unit(unit(raw) + noise_std * noise)
+
+
+def make_gan_step(
+    config: ml_collections.ConfigDict, nets: models.Networks, axis_name: str | None = None
+) -> Callable:
+    """The alternating GAN step: critics (F, D, C) first, then G against the updated critics."""
+    optimizer = state_lib.make_optimizer(config.optim)
+    embedder = nets.embedder.clone(axis_name=axis_name)
+    noise_std = config.train.embed_noise
+    train_embedder = config.train.train_embedder
+    shared_trunk = nets.critics.shared_trunk
+
+    def mean_over_devices(tree):
+        return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
+    def embed(e_params, batch_stats, voice):
+        if train_embedder:
+            raw, updates = embedder.apply(
+                {"params": e_params, "batch_stats": batch_stats}, voice, train=True,
+                mutable=["batch_stats"],
+            )
+            return raw, updates["batch_stats"]
+        raw = embedder.apply({"params": e_params, "batch_stats": batch_stats}, voice)
+        return raw, batch_stats
+
+    def critic_outputs(c_params, real, fake):
+        """Adversarial logits for real and fake, identity logits for real: `[B], [B], [B, K]`."""
+        b = real.shape[0]
+        both = jnp.concatenate([real, fake], axis=0)  # one trunk pass over 2B faces
+        if shared_trunk:
+            adv, ids = nets.critics.apply({"params": c_params}, both)
+            return adv[:b], adv[b:], ids[:b]
+        adv, _ = nets.critics.apply({"params": c_params}, both, method=_adv_only)
+        ids = nets.critics.apply({"params": c_params}, real, method=_ids_only)
+        return adv[:b], adv[b:], ids
+
+    def step(state: state_lib.GanState, batch) -> tuple[state_lib.GanState, Metrics]:
+        key = jax.random.fold_in(state.key, state.step)
+        voice = batch["voice"]
+        if not train_embedder:
+            voice = jax.lax.stop_gradient(voice)
+
+        def generate(g_params, e_params):
+            raw, new_stats = embed(e_params, state.embedder["batch_stats"], voice)
+            emb = noisy_unit_embedding(raw, key, noise_std, axis_name)
+            return nets.generator.apply({"params": g_params}, emb), new_stats
+
+        # G (and E, when it trains) forward once; its VJP serves the generator update below.
+        e_params = state.embedder["params"]
+        if train_embedder:
+            fake, gen_vjp, new_stats = jax.vjp(generate, state.generator, e_params, has_aux=True)
+        else:
+            fake, gen_vjp, new_stats = jax.vjp(
+                lambda g: generate(g, jax.lax.stop_gradient(e_params)), state.generator,
+                has_aux=True,
+            )
+
+        # Critics update; `fake` is a constant here, as `fake.detach()` in the reference.
+        def critic_loss(c_params):
+            real_adv, fake_adv, real_ids = critic_outputs(c_params, batch["face"], fake)
+            d_real, d_fake = losses.bce(real_adv, 1.0), losses.bce(fake_adv, 0.0)
+            c_loss = losses.xent(real_ids, batch["face_id"])
+            metrics = {
+                "d_real": d_real, "d_fake": d_fake, "d_loss": d_real + d_fake,
+                "c_loss": c_loss, "c_acc": losses.accuracy(real_ids, batch["face_id"]),
+            }
+            return d_real + d_fake + c_loss, metrics
+
+        c_grads, c_metrics = jax.grad(critic_loss, has_aux=True)(state.critics)
+        c_grads = mean_over_devices(c_grads)
+        c_updates, c_opt = optimizer.update(c_grads, state.c_opt, state.critics)
+        critics = jax.tree_util.tree_map(jnp.add, state.critics, c_updates)
+
+        # Generator update against the critics just updated (the reference's order).
+        def generator_loss(fake_faces):
+            adv, ids = nets.critics.apply({"params": critics}, fake_faces)
+            g_adv = losses.bce(adv, 1.0)
+            g_id = losses.xent(ids, batch["voice_id"])
+            return g_adv + g_id, {"g_adv": g_adv, "g_id": g_id, "g_loss": g_adv + g_id}
+
+        d_fake_faces, g_metrics = jax.grad(generator_loss, has_aux=True)(fake)
+        vjp_grads = gen_vjp(d_fake_faces)
+        g_grads = mean_over_devices(vjp_grads[0])
+        g_updates, g_opt = optimizer.update(g_grads, state.g_opt, state.generator)
+        generator = jax.tree_util.tree_map(jnp.add, state.generator, g_updates)
+
+        embedder, e_opt = state.embedder, state.e_opt
+        if train_embedder:
+            e_grads = mean_over_devices(vjp_grads[1])
+            e_updates, e_opt = optimizer.update(e_grads, state.e_opt, e_params)
+            embedder = {
+                "params": jax.tree_util.tree_map(jnp.add, e_params, e_updates),
+                "batch_stats": new_stats,
+            }
+
+        new_state = state.replace(
+            step=state.step + 1, embedder=embedder, generator=generator, critics=critics,
+            g_opt=g_opt, c_opt=c_opt, e_opt=e_opt,
+        )
+        return new_state, mean_over_devices(c_metrics | g_metrics)
+
+    return step
+
+
+def _adv_only(critics: models.Critics, face):
+    return critics.d_head(critics.d_trunk(face).astype(jnp.float32))[:, 0], None
+
+
+def _ids_only(critics: models.Critics, face):
+    return critics.c_head(critics.c_trunk(face).astype(jnp.float32))
+
+
+def make_embedder_step(
+    config: ml_collections.ConfigDict, nets: models.Networks, num_speakers: int,
+    axis_name: str | None = None,
+) -> Callable:
+    """E's pretraining step: cross-entropy over speaker identities, BatchNorm in train mode."""
+    optimizer = state_lib.make_optimizer(config.optim)
+    embedder = nets.embedder.clone(axis_name=axis_name)
+    head = models.SpeakerHead(num_speakers)
+
+    def step(state: state_lib.EmbedderState, batch):
+        def loss_fn(params):
+            raw, updates = embedder.apply(
+                {"params": params["embedder"], "batch_stats": state.embedder["batch_stats"]},
+                batch["voice"], train=True, mutable=["batch_stats"],
+            )
+            logits = head.apply({"params": params["head"]}, raw)
+            loss = losses.xent(logits, batch["voice_id"])
+            metrics = {"e_loss": loss, "e_acc": losses.accuracy(logits, batch["voice_id"])}
+            return loss, (updates["batch_stats"], metrics)
+
+        params = {"embedder": state.embedder["params"], "head": state.head}
+        grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(params)
+        if axis_name is not None:
+            grads = jax.lax.pmean(grads, axis_name)
+            metrics = jax.lax.pmean(metrics, axis_name)
+        updates, opt = optimizer.update(grads, state.opt, params)
+        params = jax.tree_util.tree_map(jnp.add, params, updates)
+        return state.replace(
+            step=state.step + 1,
+            embedder={"params": params["embedder"], "batch_stats": batch_stats},
+            head=params["head"],
+            opt=opt,
+        ), metrics
+
+    return step
