@@ -1,0 +1,74 @@
+"""Shapes and parameter counts of the four networks against the published architectures."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from v2f_jax import config_lib, models, state as state_lib
+
+# The reference's PyTorch state dicts (weights + biases + BatchNorm affine; no running stats).
+WEN2019_COUNTS = {"E": 2_670_720, "G": 12_191_875, "F": 3_310_720, "D": 64, "C": 64 * 924}
+# Maniyar et al. Fig. 4 with the same channel widths: G = 4x4 projection, then nearest x2 + 3x3
+# conv per stage, 1x1 to RGB; D and C each own a 3x3 trunk 32-64-128-256-512 + 4x4 -> 64.
+PAPER_COUNTS = {"E": 2_670_720, "G": 7_317_635, "F": 2_092_928, "D": 64, "C": 64 * 924}
+
+
+def _networks(arch):
+    config = config_lib.load_config(f"configs/{arch}.py")
+    nets = models.Networks(config.model, num_ids=924)
+    return config, nets, state_lib.create_gan_state(config, nets)
+
+
+@pytest.mark.parametrize("arch,counts", [("wen2019", WEN2019_COUNTS), ("paper", PAPER_COUNTS)])
+def test_parameter_counts_match_the_published_networks(arch, counts):
+    _, _, state = _networks(arch)
+    count = state_lib.count_params
+    assert count(state.embedder["params"]) == counts["E"]
+    assert count(state.generator) == counts["G"]
+    if arch == "wen2019":
+        assert count(state.critics["trunk"]) == counts["F"]
+    else:
+        assert count(state.critics["d_trunk"]) == counts["F"]
+        assert count(state.critics["c_trunk"]) == counts["F"]
+    assert count(state.critics["d_head"]) == counts["D"]
+    assert count(state.critics["c_head"]) == counts["C"]
+    # Running statistics are buffers, not parameters, as in PyTorch.
+    assert count(state.embedder["batch_stats"]) == 2 * (256 + 384 + 576 + 864)
+
+
+@pytest.mark.parametrize("arch", ["wen2019", "paper"])
+def test_output_shapes(arch):
+    _, nets, state = _networks(arch)
+    mel = jnp.zeros((2, 300, 64))
+    variables = {"params": state.embedder["params"], "batch_stats": state.embedder["batch_stats"]}
+    emb = nets.embedder.apply(variables, mel)
+    assert emb.shape == (2, 64)
+    faces = nets.generator.apply({"params": state.generator}, emb)
+    assert faces.shape == (2, 64, 64, 3) and faces.dtype == jnp.float32
+    adv, ids = nets.critics.apply({"params": state.critics}, faces)
+    assert adv.shape == (2,) and ids.shape == (2, 924)
+
+
+def test_embedder_accepts_any_length_and_averages_over_time():
+    _, nets, state = _networks("wen2019")
+    variables = {"params": state.embedder["params"], "batch_stats": state.embedder["batch_stats"]}
+    for frames in (64, 300, 801):
+        assert nets.embedder.apply(variables, jnp.ones((1, frames, 64))).shape == (1, 64)
+
+
+def test_generator_upsampling_matches_pytorch_transposed_conv_geometry():
+    """ConvTranspose2d(k=4, s=2, p=1) doubles the size; (k=4, s=1, p=0) maps 1x1 to 4x4."""
+    from v2f_jax import layers
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (1, 5, 7, 3))
+    up = layers.ConvTranspose2d(2, 4, 2, 1)
+    assert up.apply(up.init(jax.random.PRNGKey(1), x), x).shape == (1, 10, 14, 2)
+    first = layers.ConvTranspose2d(2, 4, 1, 0)
+    one = jnp.ones((1, 1, 1, 3))
+    assert first.apply(first.init(jax.random.PRNGKey(1), one), one).shape == (1, 4, 4, 2)
+
+
+def test_unknown_architecture_is_a_clear_error():
+    config = config_lib.load_config("configs/tiny.py", ["--config.model.arch=dcgan"])
+    with pytest.raises(ValueError, match="dcgan"):
+        models.Networks(config.model, num_ids=3)
