@@ -1,0 +1,442 @@
+"""Audio to voice features: decode, VAD and the log-mel front ends.
+
+`wen2019` reproduces the front end of the reference (Wen, Singh & Raj 2019): webrtcvad with the
+reference's ring-buffer call pattern, then a Sphinx-style log mel filterbank, normalised per bin.
+`librosa` is a plain librosa log-mel with the same nominal parameters, for comparison; the two are
+not interchangeable (they correlate only ~0.7-0.8), so every manifest and exported model records
+`frontend_params(...)`.
+
+Everything here is numpy on the host: it runs once, offline, in `v2f prepare` / `v2f features`.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import os
+import pathlib
+
+import numpy as np
+
+from input_pipeline import errors
+
+SAMPLE_RATE = 16000
+N_MELS = 64
+FRONTENDS = ("wen2019", "librosa")
+
+# The reference's analysis parameters (25 ms Hamming windows every 10 ms, 1024-point FFT).
+_WIN = 400
+_HOP = 160
+_NFFT = 1024
+_FMIN = 20.0
+_FMAX = 7200.0
+_PREEMPH = 0.97
+_LOG_FLOOR = 1e-5
+# The reference's VAD: 20 ms frames, a 50 ms "padding" ring (int(50/20) = 2 frames), 90 % rule.
+_VAD_FRAME_MS = 20
+_VAD_PADDING_MS = 50
+_VAD_RATIO = 0.9
+_VAD_AGGRESSIVENESS = 2
+_EPS32 = float(np.finfo(np.float32).eps)
+
+# Extensions libsndfile decodes; anything else needs an audioread backend (ffmpeg, gstreamer...).
+_SOUNDFILE_EXTS = {
+    ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
+    ".au", ".snd", ".caf", ".w64", ".rf64", ".htk", ".sph", ".nist", ".voc", ".raw",
+}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------- loading
+
+
+def load_audio(path: str | os.PathLike) -> np.ndarray:
+    """Reads any audio file a local decoder understands as 16 kHz mono int16.
+
+    WAV/FLAC/OGG/MP3 of any bit depth (8/16/24/32-bit int or float) go through soundfile; other
+    containers (m4a, ...) through audioread where a backend (ffmpeg, gstreamer) is installed.
+    Channels are averaged; other sample rates are resampled with soxr (librosa).
+
+    Args:
+      path: the audio file.
+
+    Returns:
+      int16 samples `[N]` at `SAMPLE_RATE`, N > 0.
+
+    Raises:
+      errors.BadInputError: unreadable, not audio, no decoder for the format, empty, or
+        non-finite samples.
+    """
+    path = pathlib.Path(path)
+    data, rate = _decode(path)  # float64 [N, C] in [-1, 1], int
+    if data.size == 0 or data.shape[0] == 0:
+        raise errors.BadInputError(path, "empty audio")
+    if not np.all(np.isfinite(data)):
+        raise errors.BadInputError(path, "non-finite samples")
+    mono = data.mean(axis=1)
+    if rate != SAMPLE_RATE:
+        import librosa
+
+        mono = librosa.resample(mono, orig_sr=rate, target_sr=SAMPLE_RATE, res_type="soxr_hq")
+    samples = np.clip(np.round(mono * 32768.0), -32768, 32767).astype(np.int16)
+    if samples.size == 0:
+        raise errors.BadInputError(path, "empty audio")
+    return samples
+
+
+def _decode(path: pathlib.Path) -> tuple[np.ndarray, int]:
+    """Returns float64 `[N, C]` samples in [-1, 1] and the sample rate, or raises BadInputError."""
+    import soundfile
+
+    ext = path.suffix.lower()
+    if not path.is_file():
+        raise errors.BadInputError(path, "unreadable or not audio (no such file)")
+    try:
+        data, rate = soundfile.read(str(path), dtype="float64", always_2d=True)
+        return data, int(rate)
+    except Exception as err:  # libsndfile raises its own error types, and RuntimeError
+        # libsndfile repeats the path; the BadInputError already names it.
+        sf_reason = f"soundfile: {_one_line(err).replace(f'Error opening {str(path)!r}: ', '')}"
+    try:
+        return _decode_audioread(path)
+    except _NoDecoder as err:
+        if ext in _SOUNDFILE_EXTS or not ext:
+            raise errors.BadInputError(path, f"unreadable or not audio ({sf_reason})") from None
+        raise errors.BadInputError(
+            path,
+            f"{ext.lstrip('.')}: no decoder installed that can read it ({sf_reason}; {err}; "
+            "install ffmpeg, or convert to wav)",
+        ) from None
+    except Exception as err:
+        raise errors.BadInputError(
+            path, f"unreadable or not audio ({sf_reason}; audioread: {_one_line(err)})"
+        ) from None
+
+
+class _NoDecoder(Exception):
+    pass
+
+
+def _decode_audioread(path: pathlib.Path) -> tuple[np.ndarray, int]:
+    try:
+        import audioread
+    except ImportError:
+        raise _NoDecoder("audioread is not installed") from None
+    try:
+        with audioread.audio_open(str(path)) as f:
+            rate, channels = int(f.samplerate), int(f.channels)
+            raw = b"".join(f)
+    except audioread.NoBackendError:
+        raise _NoDecoder("audioread: no backend for this format") from None
+    pcm = np.frombuffer(raw, dtype="<i2").astype(np.float64) / 32768.0
+    return pcm[: pcm.size - pcm.size % channels].reshape(-1, channels), rate
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text[:200]
+
+
+def load_fbank_npy(path: str | os.PathLike) -> np.ndarray:
+    """Loads features already computed by the reference (its `.npy` FBANK layout).
+
+    Args:
+      path: a `.npy` file holding `[T, 64]` floats.
+
+    Returns:
+      float32 `[T, 64]`, T > 0, all finite.
+
+    Raises:
+      errors.BadInputError: not a readable `.npy`, wrong shape or dtype, empty, or non-finite.
+    """
+    try:
+        feats = np.load(os.fspath(path), allow_pickle=False)
+    except Exception as err:
+        raise errors.BadInputError(path, f"unreadable .npy ({_one_line(err)})") from None
+    if not isinstance(feats, np.ndarray) or feats.dtype.kind not in "fiu":
+        raise errors.BadInputError(path, f"not numeric features (dtype {feats.dtype})")
+    if feats.ndim != 2 or feats.shape[1] != N_MELS:
+        raise errors.BadInputError(path, f"expected shape [T, {N_MELS}], got {list(feats.shape)}")
+    if feats.shape[0] == 0:
+        raise errors.BadInputError(path, "empty features (T = 0)")
+    feats = feats.astype(np.float32)
+    if not np.all(np.isfinite(feats)):
+        raise errors.BadInputError(path, "non-finite features")
+    return feats
+
+
+# -------------------------------------------------------------------------------------------- VAD
+
+
+def vad_frames(
+    samples_int16: np.ndarray,
+    sample_rate: int = SAMPLE_RATE,
+    aggressiveness: int = _VAD_AGGRESSIVENESS,
+) -> np.ndarray:
+    """The indices of the 20 ms frames the reference's VAD keeps (see `vad`): int64 `[K]`."""
+    import webrtcvad
+
+    samples = np.ascontiguousarray(samples_int16, dtype="<i2")
+    frame_len = sample_rate * _VAD_FRAME_MS // 1000
+    ring_len = _VAD_PADDING_MS // _VAD_FRAME_MS
+    # Whole frames with at least one sample after them, as the reference's frame generator.
+    n_frames = max(0, (samples.size - 1) // frame_len)
+    frames = [samples[i * frame_len : (i + 1) * frame_len].tobytes() for i in range(n_frames)]
+
+    detector = webrtcvad.Vad(aggressiveness)
+    ring: collections.deque[int] = collections.deque(maxlen=ring_len)
+    kept: list[int] = []
+    segment: list[int] = []
+    triggered = False
+    for i in range(n_frames):
+        ring.append(i)
+        # The detector is stateful and the reference re-classifies every frame in the ring each
+        # time it counts; one cached verdict per frame keeps different regions (up to 2 %).
+        verdicts = [detector.is_speech(frames[j], sample_rate) for j in ring]
+        if not triggered:
+            if sum(verdicts) > _VAD_RATIO * ring_len:
+                triggered = True
+                segment = list(ring)
+                ring.clear()
+        else:
+            segment.append(i)
+            if len(verdicts) - sum(verdicts) > _VAD_RATIO * ring_len:
+                triggered = False
+                kept.extend(segment)
+                segment = []
+                ring.clear()
+    kept.extend(segment)  # a segment still open at the end is kept
+    return np.asarray(kept, np.int64)
+
+
+def vad(
+    samples_int16: np.ndarray,
+    sample_rate: int = SAMPLE_RATE,
+    aggressiveness: int = _VAD_AGGRESSIVENESS,
+) -> np.ndarray:
+    """The reference's voice activity detection: keeps the voiced segments, concatenated.
+
+    webrtcvad on whole 20 ms frames, a ring of int(50 / 20) = 2 frames, a segment opening when
+    more than 90 % of the ring is voiced and closing when more than 90 % is unvoiced.
+
+    Args:
+      samples_int16: int16 `[N]` mono samples.
+      sample_rate: 8000, 16000, 32000 or 48000 (webrtcvad's rates).
+      aggressiveness: webrtcvad mode, 0 (keeps most) to 3.
+
+    Returns:
+      int16 `[M]`, M a multiple of the 20 ms frame, possibly 0.
+    """
+    samples = np.asarray(samples_int16, np.int16)
+    frame_len = sample_rate * _VAD_FRAME_MS // 1000
+    kept = vad_frames(samples, sample_rate, aggressiveness)
+    if kept.size == 0:
+        return np.zeros(0, np.int16)
+    idx = (kept[:, None] * frame_len + np.arange(frame_len)[None, :]).ravel()
+    return samples[idx]
+
+
+# ------------------------------------------------------------------------------------- front ends
+
+
+def _mel(f):
+    return 2595.0 * np.log10(1.0 + np.asarray(f, np.float64) / 700.0)
+
+
+def _mel_inv(m):
+    return 700.0 * (10.0 ** (np.asarray(m, np.float64) / 2595.0) - 1.0)
+
+
+@functools.cache
+def _sphinx_filters() -> np.ndarray:
+    """The reference's 64 triangular filters over the 513 FFT bins: float64 `[513, 64]`."""
+    edges_hz = _mel_inv(np.linspace(_mel(_FMIN), _mel(_FMAX), N_MELS + 2))
+    bin_hz = SAMPLE_RATE / _NFFT
+    edges = np.round(edges_hz / bin_hz).astype(np.int64)  # nearest FFT bin of every edge
+    left, centre, right = edges[:-2, None], edges[1:-1, None], edges[2:, None]  # [64, 1]
+    height = 2.0 / ((right - left) * bin_hz)
+    k = np.arange(_NFFT // 2 + 1)[None, :]  # [1, 513]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rising = height * (k - left) / (centre - left)
+        falling = height * (right - k) / (right - centre)
+    weights = np.where((k > left) & (k < centre), rising, 0.0)
+    weights = np.where(k == centre, height, weights)
+    weights = np.where((k > centre) & (k < right), falling, weights)
+    return weights.T
+
+
+def _normalise(logmel: np.ndarray) -> np.ndarray:
+    """Per-bin mean/variance normalisation over time, as the reference: `[T, 64]` float32."""
+    centred = logmel - logmel.mean(axis=0, keepdims=True)
+    return (centred / (logmel.std(axis=0, keepdims=True) + _EPS32)).astype(np.float32)
+
+
+def wen2019_fbank(samples_int16: np.ndarray) -> np.ndarray:
+    """The reference's Sphinx-style log mel filterbank, normalised per bin.
+
+    Args:
+      samples_int16: int16 `[N]` at 16 kHz (normally the VAD output), N > 0.
+
+    Returns:
+      float32 `[int(N / 160) + 1, 64]`, each bin zero-mean and unit-std over time.
+    """
+    x = np.asarray(samples_int16).astype(np.float64)
+    n = x.size
+    n_frames = int(n / _HOP) + 1
+    n_full = min(n_frames, (n - _WIN) // _HOP + 1) if n >= _WIN else 0
+    frames = np.empty((n_frames, _WIN))
+    if n_full:
+        frames[:n_full] = np.lib.stride_tricks.sliding_window_view(x, _WIN)[::_HOP][:n_full]
+    # The last few frames run past the end: each repeats what it has cyclically (numpy.resize),
+    # and a frame with nothing left is zeros.
+    starts = np.arange(n_full, n_frames)[:, None] * _HOP
+    avail = np.clip(n - starts, 0, _WIN)
+    offsets = np.arange(_WIN)[None, :] % np.maximum(avail, 1)
+    tail = x[np.minimum(starts + offsets, max(n - 1, 0))] if n else np.zeros(offsets.shape)
+    frames[n_full:] = np.where(avail > 0, tail, 0.0)
+    # Pre-emphasis carries over from the last sample of the previous (filled) frame.
+    prior = np.concatenate([[0.0], frames[:-1, -1]])[:, None]
+    frames = frames - _PREEMPH * np.concatenate([prior, frames[:, :-1]], axis=1)
+    spectrum = np.fft.rfft(frames * np.hamming(_WIN), _NFFT)
+    power = spectrum.real**2 + spectrum.imag**2
+    logmel = np.log(np.maximum(power @ _sphinx_filters(), _LOG_FLOOR))
+    return _normalise(logmel)
+
+
+def librosa_logmel(samples_int16: np.ndarray) -> np.ndarray:
+    """A librosa log mel (25 ms / 10 ms, 20-7200 Hz, 64 bins), normalised per bin.
+
+    Not a drop-in for `wen2019_fbank`: same nominal parameters, different features.
+
+    Args:
+      samples_int16: int16 `[N]` at 16 kHz, N > 0.
+
+    Returns:
+      float32 `[1 + N // 160, 64]` (the same frame count as `wen2019_fbank`).
+    """
+    import librosa
+
+    y = np.asarray(samples_int16).astype(np.float32) / 32768.0
+    mel = librosa.feature.melspectrogram(
+        y=y,
+        sr=SAMPLE_RATE,
+        n_fft=512,
+        win_length=_WIN,
+        hop_length=_HOP,
+        window="hamming",
+        center=True,
+        pad_mode="constant",
+        power=2.0,
+        n_mels=N_MELS,
+        fmin=_FMIN,
+        fmax=_FMAX,
+    )
+    logmel = np.log(np.maximum(mel.T.astype(np.float64), 1e-10))
+    return _normalise(logmel)
+
+
+_FRONTEND_FNS = {"wen2019": wen2019_fbank, "librosa": librosa_logmel}
+
+
+def frontend_params(frontend: str = "wen2019") -> dict:
+    """A JSON-able description of a front end, recorded in manifests and exported models."""
+    _check_frontend(frontend)
+    params = {
+        "name": frontend,
+        "sample_rate": SAMPLE_RATE,
+        "n_mels": N_MELS,
+        "window_ms": _WIN * 1000 // SAMPLE_RATE,
+        "hop_ms": _HOP * 1000 // SAMPLE_RATE,
+        "fmin": _FMIN,
+        "fmax": _FMAX,
+        "normalisation": "per-utterance, per-bin mean/std",
+        "vad": {
+            "name": "webrtcvad",
+            "aggressiveness": _VAD_AGGRESSIVENESS,
+            "frame_ms": _VAD_FRAME_MS,
+            "padding_ms": _VAD_PADDING_MS,
+            "ratio": _VAD_RATIO,
+            "call_pattern": "wen2019 ring buffer",
+        },
+    }
+    if frontend == "wen2019":
+        params |= {
+            "n_fft": _NFFT,
+            "window": "hamming",
+            "preemphasis": _PREEMPH,
+            "mel_filters": "sphinx triangular, edges rounded to FFT bins, height 2/width",
+            "log_floor": _LOG_FLOOR,
+        }
+    else:
+        params |= {"n_fft": 512, "window": "hamming", "center": True, "log_floor": 1e-10}
+    return params
+
+
+def _check_frontend(frontend: str) -> None:
+    if frontend not in FRONTENDS:
+        raise ValueError(f"unknown frontend {frontend!r}; choose one of {FRONTENDS}")
+
+
+# ----------------------------------------------------------------------------------- end to end
+
+
+def speech_only(
+    samples_int16: np.ndarray, source: str | os.PathLike = "<array>", min_seconds: float = 0.5
+) -> np.ndarray:
+    """VAD, then the checks every consumer wants: int16 `[M]` speech, M >= min_seconds * 16 kHz.
+
+    Raises:
+      errors.BadInputError: empty input, no speech after VAD, or too short after VAD.
+    """
+    samples = np.asarray(samples_int16)
+    if samples.size == 0:
+        raise errors.BadInputError(source, "empty audio")
+    speech = vad(samples.astype(np.int16, copy=False))
+    if speech.size == 0:
+        raise errors.BadInputError(source, "no speech after VAD")
+    seconds = speech.size / SAMPLE_RATE
+    if seconds < min_seconds:
+        raise errors.BadInputError(
+            source, f"too short after VAD: {seconds:.2f} s < {min_seconds:.2f} s"
+        )
+    return speech
+
+
+def compute_features(
+    speech_int16: np.ndarray, frontend: str = "wen2019", source: str | os.PathLike = "<array>"
+) -> np.ndarray:
+    """Features of already voice-only samples: float32 `[T, 64]`; BadInputError if non-finite."""
+    _check_frontend(frontend)
+    feats = _FRONTEND_FNS[frontend](speech_int16)
+    if not np.all(np.isfinite(feats)):
+        raise errors.BadInputError(source, "non-finite features")
+    return feats
+
+
+def features_from_samples(
+    samples_int16: np.ndarray,
+    frontend: str = "wen2019",
+    source: str | os.PathLike = "<array>",
+    min_seconds: float = 0.5,
+) -> np.ndarray:
+    """VAD then the front end, from 16 kHz int16 `[N]` samples: float32 `[T, 64]`.
+
+    Raises:
+      errors.BadInputError: empty, no speech after VAD, too short after VAD, non-finite.
+    """
+    _check_frontend(frontend)
+    speech = speech_only(samples_int16, source=source, min_seconds=min_seconds)
+    return compute_features(speech, frontend, source)
+
+
+def voice_features(
+    path: str | os.PathLike, frontend: str = "wen2019", min_seconds: float = 0.5
+) -> np.ndarray:
+    """`load_audio` -> `vad` -> front end: float32 `[T, 64]`, normalised per bin.
+
+    Raises:
+      errors.BadInputError: any reason `load_audio` or `features_from_samples` gives.
+    """
+    _check_frontend(frontend)
+    return features_from_samples(
+        load_audio(path), frontend=frontend, source=path, min_seconds=min_seconds
+    )
