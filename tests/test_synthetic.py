@@ -1,0 +1,243 @@
+"""The built-in corpus: layout, determinism, audio format, VAD, and the voice-face link."""
+
+import csv
+import hashlib
+import pathlib
+import wave
+
+import numpy as np
+import pytest
+import webrtcvad
+
+from input_pipeline import faces, synthetic
+from v2f_jax import cli
+
+N_IDS, N_UTTS, N_FACES = 8, 3, 2
+
+
+def _files(root: pathlib.Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _rank_correlation(a, b) -> float:
+    ra, rb = (np.argsort(np.argsort(x)) for x in (a, b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "corpus"
+    summary = synthetic.make_corpus(out, identities=N_IDS, utterances=N_UTTS, faces=N_FACES, seed=0)
+    return out, summary
+
+
+def _meta(out: pathlib.Path) -> list[dict]:
+    with open(out / "vox1_meta.csv", newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def test_layout_and_meta_table(corpus):
+    out, summary = corpus
+    header = (out / "vox1_meta.csv").read_text().splitlines()[0]
+    assert header == "VoxCeleb1 ID\tVGGFace1 ID\tGender\tNationality\tSet"
+    rows = _meta(out)
+    assert len(rows) == N_IDS
+    ids = [r["VoxCeleb1 ID"] for r in rows]
+    names = [r["VGGFace1 ID"] for r in rows]
+    assert ids == [f"id{10001 + i}" for i in range(N_IDS)]
+    assert names == sorted(names) and len(set(names)) == N_IDS
+    assert sorted(p.name for p in (out / "voices").iterdir()) == ids
+    assert sorted(p.name for p in (out / "faces").iterdir()) == names
+    assert {r["Gender"] for r in rows} == {"m", "f"}
+    test = [r for r in rows if r["VGGFace1 ID"][0] in "ABCDE"]
+    train = [r for r in rows if r["VGGFace1 ID"][0] not in "ABCDE"]
+    assert {r["Gender"] for r in test} == {r["Gender"] for r in train} == {"m", "f"}
+    assert all(r["Set"] == ("test" if r in test else "dev") for r in rows)
+    assert all(r["Nationality"] for r in rows)
+    for voice_id in ids:
+        videos = list((out / "voices" / voice_id).iterdir())
+        assert all(len(v.name) == 11 for v in videos)
+        wavs = sorted(w.name for v in videos for w in v.iterdir())
+        assert len(wavs) == N_UTTS and all(w.endswith(".wav") for w in wavs)
+        assert "00001.wav" in wavs
+    for name in names:
+        pngs = sorted(p.name for p in (out / "faces" / name).iterdir())
+        assert pngs == [f"{i:05d}.png" for i in range(1, N_FACES + 1)]
+    assert summary["identities"] == N_IDS
+    assert summary["test_identities"] == len(test) and summary["train_identities"] == len(train)
+    assert summary["utterances"] == N_IDS * N_UTTS and summary["faces"] == N_IDS * N_FACES
+
+
+def test_about_a_third_are_test_identities():
+    people = synthetic.make_identities(60, seed=3)
+    test = [p for p in people if p.name[0] in "ABCDE"]
+    assert len(test) == 20
+    assert {p.gender for p in test} == {"m", "f"}
+    with pytest.raises(ValueError, match="need 4 to"):
+        synthetic.make_identities(3)
+
+
+def test_same_seed_same_bytes_other_seed_other_corpus(tmp_path):
+    kwargs = dict(identities=4, utterances=2, faces=2)
+    synthetic.make_corpus(tmp_path / "a", seed=7, **kwargs)
+    synthetic.make_corpus(tmp_path / "b", seed=7, **kwargs)
+    synthetic.make_corpus(tmp_path / "c", seed=8, **kwargs)
+    synthetic.make_corpus(tmp_path / "d", seed=7, identities=4, utterances=3, faces=3)
+    a, b, c, d = (_files(tmp_path / d) for d in "abcd")
+    assert a == b
+    assert set(a.values()).isdisjoint(c.values())
+    # More utterances and faces add files and change none but the tables.
+    assert {k: v for k, v in a.items() if k.endswith((".wav", ".png"))}.items() <= d.items()
+    assert len(d) > len(a)
+    with pytest.raises(FileExistsError):
+        synthetic.make_corpus(tmp_path / "a", seed=7, **kwargs)
+    synthetic.make_corpus(tmp_path / "a", seed=8, overwrite=True, **kwargs)
+    assert _files(tmp_path / "a") == c
+
+
+def test_wavs_are_16khz_mono_int16_of_the_stated_lengths(corpus):
+    out, summary = corpus
+    total = 0
+    for path in sorted((out / "voices").rglob("*.wav")):
+        with wave.open(str(path)) as f:
+            assert (f.getnchannels(), f.getsampwidth(), f.getframerate()) == (1, 2, 16000)
+            assert f.getcomptype() == "NONE"
+            seconds = f.getnframes() / 16000
+            samples = np.frombuffer(f.readframes(f.getnframes()), "<i2")
+        assert synthetic.MIN_SECONDS <= seconds <= synthetic.MAX_SECONDS
+        assert 2000 < np.abs(samples).max() < 32767  # loud, not clipped
+        total += f.getnframes()
+    assert summary["audio_seconds"] == pytest.approx(total / 16000, abs=0.01)
+
+
+def _frames(segments, labels, n_frames, after=0, before=0):
+    """Indices of the 20 ms frames wholly inside segments labelled `labels`, less `after` frames
+    at their start (not at the file's start) and `before` frames at their end."""
+    out = []
+    for start, end, label in segments:
+        if label in labels:
+            first = -(-start // 320) + (after if start else 0)
+            out.extend(range(first, min(n_frames, end // 320 - before)))
+    return np.array(out, int)
+
+
+def test_vad_keeps_syllables_and_drops_pauses():
+    people = synthetic.make_identities(8, seed=1)
+    speech_in_vowels, speech_in_quiet, kept_vowels, kept_quiet = [], [], [], []
+    for i, person in enumerate(people):
+        samples, segments = synthetic.synthesize_voice(person, np.random.default_rng(i))
+        assert {"silence", "pause", "vowel"} <= {s[2] for s in segments}
+        assert segments[0][2] == segments[-1][2] == "silence"
+        vad = webrtcvad.Vad(2)
+        n_frames = samples.size // 320
+        frames = [samples[k * 320 : (k + 1) * 320].tobytes() for k in range(n_frames)]
+        speech = np.array([vad.is_speech(f, 16000) for f in frames])
+        vowels = _frames(segments, ("vowel",), n_frames)
+        # webrtcvad holds "speech" ~100 ms after speech ends, and wakes up during 100 ms.
+        quiet = _frames(segments, ("silence", "pause"), n_frames, after=6, before=2)
+        speech_in_vowels.append(speech[vowels])
+        speech_in_quiet.append(speech[quiet[quiet >= 5]])
+        try:
+            from input_pipeline import audio
+
+            kept = np.zeros(n_frames + 1, bool)
+            kept[audio.vad_frames(samples)] = True
+            kept_vowels.append(kept[vowels])
+            kept_quiet.append(kept[_frames(segments, ("silence", "pause"), n_frames)])
+        except (ImportError, AttributeError):
+            pass
+    assert np.concatenate(speech_in_vowels).mean() > 0.95
+    assert np.concatenate(speech_in_quiet).mean() < 0.05
+    if kept_vowels:  # the project's VAD (the reference's ring buffer) on the same audio
+        assert np.concatenate(kept_vowels).mean() > 0.95
+        assert np.concatenate(kept_quiet).mean() < 0.3  # most of the pauses go
+
+
+def test_project_features_accept_every_synthetic_wav(corpus):
+    audio = pytest.importorskip("input_pipeline.audio")
+    if not hasattr(audio, "voice_features"):
+        pytest.skip("input_pipeline.audio.voice_features not written yet")
+    out, _ = corpus
+    for path in sorted((out / "voices").rglob("*.wav")):
+        feats = audio.voice_features(path)
+        assert feats.ndim == 2 and feats.shape[1] == 64 and feats.shape[0] > 100
+        assert np.all(np.isfinite(feats))
+
+
+def _f0(samples, segments):
+    """Median autocorrelation pitch over 64 ms windows inside vowels."""
+    x = samples.astype(float)
+    lo, hi = 16000 // 400, 16000 // 60
+    estimates = []
+    for start, end, label in segments:
+        for a in range(start + 320, end - 1024 - 320, 480) if label == "vowel" else ():
+            frame = x[a : a + 1024] - x[a : a + 1024].mean()
+            ac = np.correlate(frame, frame, "full")[1023:]
+            estimates.append(16000 / (lo + np.argmax(ac[lo:hi])))
+    return float(np.median(estimates))
+
+
+def test_voice_carries_pitch_of_gender_and_identity():
+    people = synthetic.make_identities(12, seed=2)
+    for i, person in enumerate(people):
+        f0 = _f0(*synthetic.synthesize_voice(person, np.random.default_rng(i)))
+        assert f0 == pytest.approx(person.f0_hz, rel=0.1), person
+        assert (f0 < 160) == (person.gender == "m"), (person.gender, f0)
+
+
+def test_face_width_follows_vocal_tract_length():
+    people = synthetic.make_identities(16, seed=4)
+    size = 96
+    (_, eye_y), _ = faces.canonical_eyes(size)
+    row = int(round(eye_y + 3 * size / 64))  # the cheeks, widest part of the outline
+    widths = []
+    for i, person in enumerate(people):
+        w = []
+        for k in range(2):
+            image, mask = synthetic.render_face(person, np.random.default_rng([i, k]), size)
+            assert image.shape == (size, size, 3) and image.dtype == np.uint8
+            assert mask.shape == (size, size) and mask.dtype == bool
+            w.append(mask[row - 1 : row + 2].sum(axis=1).mean())
+        widths.append(np.mean(w) * 64 / size)
+    vtl = [p.vtl_cm for p in people]
+    assert _rank_correlation(widths, vtl) > 0.8
+    male = np.array([p.gender == "m" for p in people])
+    assert np.mean(np.array(widths)[male]) > np.mean(np.array(widths)[~male]) + 2
+
+
+def test_faces_load_as_aligned_crops(corpus):
+    out, _ = corpus
+    paths = sorted((out / "faces").rglob("*.png"))
+    images = np.stack([faces.load_aligned_face(p) for p in paths])
+    assert images.shape == (N_IDS * N_FACES, 64, 64, 3) and images.dtype == np.uint8
+    assert images.std(axis=0).mean() > 20  # photos differ
+
+
+def test_eyes_are_drawn_at_the_canonical_spots():
+    person = synthetic.make_identities(4, seed=0)[0]
+    size = 128
+    image, _ = synthetic.render_face(person, np.random.default_rng(0), size, jitter=False)
+    # The eye whites are the brightest, least saturated blobs near the canonical spots.
+    for eye in faces.canonical_eyes(size):
+        x, y = (int(round(v)) for v in eye)
+        patch = image[y - 3 : y + 4, x - 12 : x + 13].astype(int)
+        white = (patch.min(axis=2) > 200) & (np.ptp(patch, axis=2) < 30)
+        cols = np.nonzero(white.any(axis=0))[0]
+        assert cols.size and abs((cols.min() + cols.max()) / 2 - 12) <= 1.5
+
+
+def test_v2f_synth_command(tmp_path, capsys):
+    out = tmp_path / "synth"
+    argv = ["synth", "--out", str(out), "--identities", "4", "--utterances", "1", "--faces", "1"]
+    assert cli.main(argv + ["--face-size", "64"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 4 identities" in printed and str(out) in printed
+    assert len(list(out.rglob("*.wav"))) == 4 and len(list(out.rglob("*.png"))) == 4
+    assert len(_meta(out)) == 4
+    assert cli.main(argv) == 2  # refuses to mix two corpora
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli.main(argv + ["--overwrite", "--seed", "1"]) == 0
