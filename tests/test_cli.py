@@ -30,6 +30,7 @@ def test_unknown_argument_is_refused(capsys):
 
 
 def test_console_script_is_installed():
-    result = subprocess.run([sys.executable, "-m", "v2f_jax.cli", "--help"],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "v2f_jax.cli", "--help"], capture_output=True, text=True, check=True
+    )
     assert "prepare" in result.stdout and "demo" in result.stdout

@@ -21,9 +21,14 @@ def test_published_defaults():
 def test_overrides_are_typed():
     config = config_lib.load_config(
         "configs/tiny.py",
-        ["--config.train.batch_size=64", "--config.optim.lr=1", "--config.model.dtype=bfloat16",
-         "--config.train.train_embedder=true", "--config.data.crop_lengths=(64, 128)",
-         "--config.data.crop_lengths=80"],
+        [
+            "--config.train.batch_size=64",
+            "--config.optim.lr=1",
+            "--config.model.dtype=bfloat16",
+            "--config.train.train_embedder=true",
+            "--config.data.crop_lengths=(64, 128)",
+            "--config.data.crop_lengths=80",
+        ],
     )
     assert config.train.batch_size == 64
     assert config.optim.lr == 1.0 and isinstance(config.optim.lr, float)

@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from v2f_jax import config_lib, models, state as state_lib
+from v2f_jax import config_lib, models
+from v2f_jax import state as state_lib
 
 # The reference's PyTorch state dicts (weights + biases + BatchNorm affine; no running stats).
 WEN2019_COUNTS = {"E": 2_670_720, "G": 12_191_875, "F": 3_310_720, "D": 64, "C": 64 * 924}

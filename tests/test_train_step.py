@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from v2f_jax import config_lib, losses, models, parallel, state as state_lib, train_step
+from v2f_jax import config_lib, losses, models, parallel, train_step
+from v2f_jax import state as state_lib
 
 NUM_IDS = 6
 
@@ -126,8 +127,9 @@ def test_one_device_four_devices_and_pmap_agree():
     ref_state, ref_hist = runs["jit x1"]
     for name, (state, hist) in runs.items():
         for key in ref_hist[-1]:
-            np.testing.assert_allclose(hist[-1][key], ref_hist[-1][key], rtol=1e-5, atol=1e-6,
-                                       err_msg=f"{name}: {key}")
+            np.testing.assert_allclose(
+                hist[-1][key], ref_hist[-1][key], rtol=1e-5, atol=1e-6, err_msg=f"{name}: {key}"
+            )
         for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(ref_state)):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
 
@@ -138,8 +140,10 @@ def test_pmap_with_joint_embedder_matches_jit():
     jit_state, jit_hist = run_steps(config, batch, 2, "jit")
     pmap_state, pmap_hist = run_steps(config, batch, 2, "pmap")
     np.testing.assert_allclose(pmap_hist[-1]["g_loss"], jit_hist[-1]["g_loss"], rtol=1e-5)
-    for a, b in zip(jax.tree_util.tree_leaves(pmap_state.embedder),
-                    jax.tree_util.tree_leaves(jit_state.embedder)):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(pmap_state.embedder),
+        jax.tree_util.tree_leaves(jit_state.embedder),
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -163,7 +167,8 @@ def test_embedder_pretraining_learns_speakers():
     # Voices whose spectrum says the speaker.
     batch["voice"] = batch["voice"] + 2.0 * np.eye(64)[batch["voice_id"] * 7][:, None, :]
     dp = parallel.DataParallel(
-        lambda axis: train_step.make_embedder_step(config, nets, NUM_IDS, axis), "jit")
+        lambda axis: train_step.make_embedder_step(config, nets, NUM_IDS, axis), "jit"
+    )
     state = dp.put_state(state_lib.create_embedder_state(config, nets, NUM_IDS))
     losses = []
     for _ in range(30):
@@ -176,9 +181,9 @@ def test_noise_is_the_same_for_any_device_count():
     raw = jnp.arange(32.0).reshape(8, 4)
     key = jax.random.PRNGKey(3)
     one = train_step.noisy_unit_embedding(raw, key, 0.05)
-    split = jax.pmap(
-        lambda r: train_step.noisy_unit_embedding(r, key, 0.05, "d"), axis_name="d"
-    )(raw.reshape(4, 2, 4))
+    split = jax.pmap(lambda r: train_step.noisy_unit_embedding(r, key, 0.05, "d"), axis_name="d")(
+        raw.reshape(4, 2, 4)
+    )
     np.testing.assert_allclose(split.reshape(8, 4), one, rtol=1e-6)
     np.testing.assert_allclose(jnp.linalg.norm(one, axis=1), 1.0, rtol=1e-6)
 
@@ -188,5 +193,6 @@ def test_unknown_parallel_mode_is_refused(bad):
     config = tiny_config(bad)
     nets = models.Networks(config.model, NUM_IDS)
     with pytest.raises(ValueError, match="gspmd"):
-        parallel.DataParallel(lambda a: train_step.make_gan_step(config, nets, a),
-                              config.train.parallel)
+        parallel.DataParallel(
+            lambda a: train_step.make_gan_step(config, nets, a), config.train.parallel
+        )

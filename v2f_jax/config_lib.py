@@ -81,9 +81,7 @@ def _coerce(raw: str, current, dotted: str):
     if isinstance(current, str):
         return raw if not isinstance(value, str) else value
     if type(value) is not type(current):
-        raise ConfigError(
-            f"config key {dotted!r} wants {type(current).__name__}, got {raw!r}"
-        )
+        raise ConfigError(f"config key {dotted!r} wants {type(current).__name__}, got {raw!r}")
     return value
 
 

@@ -8,7 +8,8 @@ All channels-last. Two architectures, chosen by `config.model.arch`:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -135,7 +136,9 @@ class FaceTrunk(nn.Module):
         conv = dict(dtype=self.dtype, impl=self.impl)
         first_kernel = 1 if self.kernel == 4 else 3
         x = face.astype(self.dtype)
-        x = layers.Conv2d(self.channels[0], first_kernel, 1, first_kernel // 2, name="conv0", **conv)(x)
+        x = layers.Conv2d(
+            self.channels[0], first_kernel, 1, first_kernel // 2, name="conv0", **conv
+        )(x)
         x = nn.leaky_relu(x, 0.2)
         for i, features in enumerate(self.channels[1:], start=1):
             x = layers.Conv2d(features, self.kernel, 2, 1, name=f"conv{i}", **conv)(x)
@@ -161,15 +164,20 @@ class Critics(nn.Module):
 
     def setup(self):
         trunk = dict(
-            channels=self.channels, out_dim=self.out_dim, kernel=self.kernel,
-            dtype=self.dtype, impl=self.impl,
+            channels=self.channels,
+            out_dim=self.out_dim,
+            kernel=self.kernel,
+            dtype=self.dtype,
+            impl=self.impl,
         )
         if self.shared_trunk:
             self.trunk = FaceTrunk(**trunk)
         else:
             self.d_trunk = FaceTrunk(**trunk)
             self.c_trunk = FaceTrunk(**trunk)
-        head = dict(use_bias=False, dtype=jnp.float32, kernel_init=layers.torch_linear_init(self.out_dim))
+        head = dict(
+            use_bias=False, dtype=jnp.float32, kernel_init=layers.torch_linear_init(self.out_dim)
+        )
         self.d_head = nn.Dense(1, **head)
         self.c_head = nn.Dense(self.num_ids, **head)
 

@@ -7,12 +7,14 @@ state stacked per local device. Either way the loop only sees `DataParallel`.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 AXIS = "data"
 PyTree = Any
@@ -56,7 +58,9 @@ class DataParallel:
             )
         else:
             self.step = jax.pmap(
-                make_step(AXIS), axis_name=AXIS, devices=self.devices,
+                make_step(AXIS),
+                axis_name=AXIS,
+                devices=self.devices,
                 donate_argnums=donate_argnums,
             )
 
@@ -114,6 +118,7 @@ def global_batch_size(local_batch_size: int) -> int:
 
 
 def tree_allclose(a: PyTree, b: PyTree, rtol: float, atol: float) -> bool:
-    leaves = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
-        lambda x, y: jnp.allclose(x, y, rtol=rtol, atol=atol), a, b))
+    leaves = jax.tree_util.tree_leaves(
+        jax.tree_util.tree_map(lambda x, y: jnp.allclose(x, y, rtol=rtol, atol=atol), a, b)
+    )
     return all(bool(x) for x in leaves)

@@ -11,13 +11,14 @@ as the reference samples them.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from v2f_jax import losses, models, state as state_lib
+from v2f_jax import losses, models
+from v2f_jax import state as state_lib
 
 Metrics = dict[str, jax.Array]
 
@@ -39,7 +40,9 @@ def noisy_unit_embedding(raw, noise_key, noise_std: float, axis_name: str | None
     else:
         n_dev = jax.lax.psum(1, axis_name)
         noise = jax.random.normal(noise_key, (b_local * n_dev, dim))
-        noise = jax.lax.dynamic_slice_in_dim(noise, jax.lax.axis_index(axis_name) * b_local, b_local)
+        noise = jax.lax.dynamic_slice_in_dim(
+            noise, jax.lax.axis_index(axis_name) * b_local, b_local
+        )
     return unit(unit(raw) + noise_std * noise)
 
 
@@ -59,7 +62,9 @@ def make_gan_step(
     def embed(e_params, batch_stats, voice):
         if train_embedder:
             raw, updates = embedder.apply(
-                {"params": e_params, "batch_stats": batch_stats}, voice, train=True,
+                {"params": e_params, "batch_stats": batch_stats},
+                voice,
+                train=True,
                 mutable=["batch_stats"],
             )
             return raw, updates["batch_stats"]
@@ -94,7 +99,8 @@ def make_gan_step(
             fake, gen_vjp, new_stats = jax.vjp(generate, state.generator, e_params, has_aux=True)
         else:
             fake, gen_vjp, new_stats = jax.vjp(
-                lambda g: generate(g, jax.lax.stop_gradient(e_params)), state.generator,
+                lambda g: generate(g, jax.lax.stop_gradient(e_params)),
+                state.generator,
                 has_aux=True,
             )
 
@@ -104,8 +110,11 @@ def make_gan_step(
             d_real, d_fake = losses.bce(real_adv, 1.0), losses.bce(fake_adv, 0.0)
             c_loss = losses.xent(real_ids, batch["face_id"])
             metrics = {
-                "d_real": d_real, "d_fake": d_fake, "d_loss": d_real + d_fake,
-                "c_loss": c_loss, "c_acc": losses.accuracy(real_ids, batch["face_id"]),
+                "d_real": d_real,
+                "d_fake": d_fake,
+                "d_loss": d_real + d_fake,
+                "c_loss": c_loss,
+                "c_acc": losses.accuracy(real_ids, batch["face_id"]),
             }
             return d_real + d_fake + c_loss, metrics
 
@@ -137,8 +146,13 @@ def make_gan_step(
             }
 
         new_state = state.replace(
-            step=state.step + 1, embedder=embedder, generator=generator, critics=critics,
-            g_opt=g_opt, c_opt=c_opt, e_opt=e_opt,
+            step=state.step + 1,
+            embedder=embedder,
+            generator=generator,
+            critics=critics,
+            g_opt=g_opt,
+            c_opt=c_opt,
+            e_opt=e_opt,
         )
         return new_state, mean_over_devices(c_metrics | g_metrics)
 
@@ -154,7 +168,9 @@ def _ids_only(critics: models.Critics, face):
 
 
 def make_embedder_step(
-    config: ml_collections.ConfigDict, nets: models.Networks, num_speakers: int,
+    config: ml_collections.ConfigDict,
+    nets: models.Networks,
+    num_speakers: int,
     axis_name: str | None = None,
 ) -> Callable:
     """E's pretraining step: cross-entropy over speaker identities, BatchNorm in train mode."""
@@ -166,7 +182,9 @@ def make_embedder_step(
         def loss_fn(params):
             raw, updates = embedder.apply(
                 {"params": params["embedder"], "batch_stats": state.embedder["batch_stats"]},
-                batch["voice"], train=True, mutable=["batch_stats"],
+                batch["voice"],
+                train=True,
+                mutable=["batch_stats"],
             )
             logits = head.apply({"params": params["head"]}, raw)
             loss = losses.xent(logits, batch["voice_id"])
