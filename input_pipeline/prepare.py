@@ -1,0 +1,581 @@
+"""The `v2f prepare` job as a library: voices, faces and metadata -> sharded TFRecords.
+
+Plain TFRecords, not a TFDS builder. A TFDS builder (manual_dir = the user's data) cannot skip a
+bad file with a reason per file, runs in one process unless Apache Beam is set up, rewrites the
+whole dataset rather than resuming finished shards, and names/orders shards itself; here every
+one of those is a requirement. The records stay readable by plain `tf.data` (see `reader.py`).
+
+Output in OUT: `{voices,faces}-{train,test}-NNNNN-of-MMMMM.tfrecord` (schema in `records.py`),
+one `<shard>.done` JSON per finished shard (its input key, record count, size, sha256, rejects),
+`manifest.json` and `rejects.jsonl`. Same inputs -> byte-identical shards for any worker count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import pathlib
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import v2f_jax
+from input_pipeline import audio, errors, faces
+
+AUDIO_EXTS = (".wav", ".wave", ".flac", ".ogg", ".opus", ".mp3", ".m4a", ".aac", ".mp4", ".webm")
+FBANK_EXT = ".npy"
+FACE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+FACE_MODES = ("aligned", "detect")
+SPLIT_RULES = ("names", "meta")
+SPLITS = ("train", "test")
+KINDS = ("voices", "faces")
+# The reference's split: identities whose names start with A-E are the test set.
+TEST_INITIALS = "ABCDE"
+# Auto shard counts aim at ~50-60 MB shards (an 8 s utterance is ~100 KB as float16 log-mel).
+VOICES_PER_SHARD = 512
+FACES_PER_SHARD = 4096
+META_COLUMNS = ("VoxCeleb1 ID", "VGGFace1 ID", "Gender", "Nationality", "Set")
+
+_SHARD_RE = re.compile(r"^(voices|faces)-(train|test)-\d{5}-of-\d{5}\.tfrecord(\.done)?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaRow:
+    voxceleb_id: str
+    name: str
+    gender: str
+    set: str
+    line: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """One input file bound for one shard."""
+
+    kind: str  # "voices" | "faces"
+    path: str  # as found under the user's directory
+    rel: str  # relative to the voices/faces directory, '/'-separated; stored in the record
+    label: int
+    gender: int
+    name: str
+    speaker: str  # VoxCeleb id ("" for faces)
+
+
+def reject(path: str, reason: str, kind: str) -> dict:
+    """One `rejects.jsonl` line."""
+    return {"path": os.fspath(path), "reason": reason, "kind": kind}
+
+
+# ------------------------------------------------------------------------------------ scanning
+
+
+def read_meta(meta_file: str | os.PathLike) -> tuple[dict[str, MetaRow], list[dict]]:
+    """Parses `vox1_meta.csv` (tab-separated, with header).
+
+    Returns:
+      VoxCeleb id -> MetaRow, and `kind="meta"` rejects for malformed or duplicate rows.
+
+    Raises:
+      errors.BadInputError: the file is unreadable or lacks the id/name columns.
+    """
+    meta_file = os.fspath(meta_file)
+    try:
+        with open(meta_file, encoding="utf-8-sig") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise errors.BadInputError(meta_file, f"unreadable meta file ({err})") from None
+    if not lines:
+        raise errors.BadInputError(meta_file, "empty meta file")
+    header = [h.strip() for h in lines[0].split("\t")]
+    missing = [c for c in META_COLUMNS[:2] if c not in header]
+    if missing:
+        raise errors.BadInputError(
+            meta_file, f"meta header lacks {missing}; expected tab-separated {list(META_COLUMNS)}"
+        )
+    col = {c: header.index(c) for c in META_COLUMNS if c in header}
+    rows, rejects = {}, []
+    for lineno, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = [x.strip() for x in line.split("\t")]
+        where = f"{meta_file}:{lineno}"
+        if len(fields) != len(header):
+            reason = f"{len(fields)} tab-separated fields, the header has {len(header)}"
+            rejects.append(reject(where, reason, "meta"))
+            continue
+        row = MetaRow(
+            voxceleb_id=fields[col["VoxCeleb1 ID"]],
+            name=fields[col["VGGFace1 ID"]],
+            gender=fields[col["Gender"]] if "Gender" in col else "",
+            set=fields[col["Set"]] if "Set" in col else "",
+            line=lineno,
+        )
+        if not row.voxceleb_id or not row.name:
+            rejects.append(reject(where, "empty VoxCeleb1 ID or VGGFace1 ID", "meta"))
+        elif row.voxceleb_id in rows:
+            rejects.append(reject(where, f"duplicate VoxCeleb1 ID {row.voxceleb_id}", "meta"))
+        else:
+            rows[row.voxceleb_id] = row
+    return rows, rejects
+
+
+def list_files(root: str | os.PathLike, exts: Sequence[str]) -> list[str]:
+    """Files under `root` with one of `exts` (case-insensitive), as sorted '/'-separated relative
+    paths; hidden files and folders are skipped."""
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise errors.BadInputError(root, "not a directory")
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for filename in filenames:
+            if filename.startswith(".") or not filename.lower().endswith(tuple(exts)):
+                continue
+            rel = os.path.relpath(os.path.join(dirpath, filename), root)
+            found.append(pathlib.PurePath(rel).as_posix())
+    return sorted(found)
+
+
+def split_of(name: str, row: MetaRow, rule: str) -> str | None:
+    """`"train"`, `"test"`, or None when the meta Set column names neither."""
+    if rule == "names":
+        return "test" if name[:1] in TEST_INITIALS else "train"
+    return {"dev": "train", "train": "train", "test": "test"}.get(row.set.lower())
+
+
+@dataclasses.dataclass
+class Plan:
+    """What to write: items per (split, kind), identities, label maps, scan-time rejects."""
+
+    items: dict[tuple[str, str], list[Item]]
+    identities: dict[str, dict[str, dict]]  # split -> name -> info
+    label_maps: dict[str, dict[str, int]]
+    rejects: list[dict]
+    unpaired: dict[str, object]
+    voice_sources: list[str]
+
+
+def plan(voices_dir, faces_dir, meta_file, split_rule: str = "names") -> Plan:
+    """Scans the three inputs and decides identities, splits, labels and items (no decoding).
+
+    Labels follow the file listing, not decoding success, so one bad file never renumbers
+    identities; an identity whose files all fail keeps its label with zero records.
+    """
+    from input_pipeline import records  # noqa: PLC0415  (see the note on `_process`)
+
+    if split_rule not in SPLIT_RULES:
+        raise ValueError(f"split must be one of {SPLIT_RULES}, got {split_rule!r}")
+    voices_dir, faces_dir = os.fspath(voices_dir), os.fspath(faces_dir)
+    meta, rejects = read_meta(meta_file)
+    voice_files = list_files(voices_dir, AUDIO_EXTS + (FBANK_EXT,))
+    face_files = list_files(faces_dir, FACE_EXTS)
+
+    voices_by_name: dict[str, list[tuple[str, MetaRow]]] = {}
+    for rel in voice_files:
+        path = os.path.join(voices_dir, rel)
+        parts = rel.split("/")
+        if len(parts) < 2:
+            rejects.append(reject(path, "not inside a <voxceleb id>/ folder", "voice"))
+            continue
+        row = meta.get(parts[0])
+        if row is None:
+            rejects.append(reject(path, f"voice id {parts[0]} not in the meta file", "meta"))
+            continue
+        voices_by_name.setdefault(row.name, []).append((rel, row))
+
+    faces_by_name: dict[str, list[str]] = {}
+    for rel in face_files:
+        parts = rel.split("/")
+        if len(parts) < 2:
+            path = os.path.join(faces_dir, rel)
+            rejects.append(reject(path, "not inside a <VGGFace name>/ folder", "face"))
+            continue
+        faces_by_name.setdefault(parts[0], []).append(rel)
+
+    identities: dict[str, dict[str, dict]] = {s: {} for s in SPLITS}
+    for name in sorted(voices_by_name.keys() & faces_by_name.keys()):
+        row = voices_by_name[name][0][1]
+        split = split_of(name, row, split_rule)
+        if split is None:
+            for rel, _ in voices_by_name[name]:
+                rejects.append(
+                    reject(
+                        os.path.join(voices_dir, rel),
+                        f"meta Set {row.set!r} of {row.voxceleb_id} is neither dev nor test",
+                        "meta",
+                    )
+                )
+            continue
+        identities[split][name] = {
+            "voxceleb_ids": sorted({r.voxceleb_id for _, r in voices_by_name[name]}),
+            "gender": row.gender.lower()[:1],
+        }
+    label_maps = {s: {n: i for i, n in enumerate(sorted(identities[s]))} for s in SPLITS}
+    for split in SPLITS:
+        for name, info in identities[split].items():
+            info["label"] = label_maps[split][name]
+
+    items: dict[tuple[str, str], list[Item]] = {(s, k): [] for s in SPLITS for k in KINDS}
+    for split in SPLITS:
+        for name, info in identities[split].items():
+            gender = records.gender_code(info["gender"])
+            common = dict(label=info["label"], gender=gender, name=name)
+            for rel, row in voices_by_name[name]:
+                path = os.path.join(voices_dir, rel)
+                items[(split, "voices")].append(
+                    Item("voices", path, rel, speaker=row.voxceleb_id, **common)
+                )
+            for rel in faces_by_name[name]:
+                path = os.path.join(faces_dir, rel)
+                items[(split, "faces")].append(Item("faces", path, rel, speaker="", **common))
+    for key in items:
+        items[key].sort(key=lambda it: it.rel)
+
+    voice_items = [it for s in SPLITS for it in items[(s, "voices")]]
+    sources = {"fbank_npy" if it.rel.lower().endswith(FBANK_EXT) else "audio" for it in voice_items}
+    unpaired = {
+        "voice_names_without_faces": sorted(voices_by_name.keys() - faces_by_name.keys()),
+        # VGGFace has ~2600 names and VoxCeleb1 ~1250, so most face folders are unused: count only.
+        "face_names_without_voices": len(faces_by_name.keys() - voices_by_name.keys()),
+    }
+    return Plan(items, identities, label_maps, rejects, unpaired, sorted(sources))
+
+
+def shard_count(n_items: int, requested: int | None, per_shard: int) -> int:
+    """Shards for `n_items`: `requested` (at most one per item), or enough for ~`per_shard`."""
+    if n_items == 0:
+        return 0
+    want = requested if requested else -(-n_items // per_shard)
+    return max(1, min(want, n_items))
+
+
+def assign_shards(items: Sequence[Item], count: int) -> list[list[Item]]:
+    """Round-robin over the sorted items: each shard gets every identity, in sorted order."""
+    return [list(items[i::count]) for i in range(count)]
+
+
+# ------------------------------------------------------------------------------------ workers
+
+
+def _process(task: tuple[str, str, str, str]) -> tuple[str, object, float, float]:
+    """Decodes one file in a worker: (status, array or reason, audio seconds, CPU seconds).
+
+    Workers import this module but never TensorFlow: that is why `records` (which needs TF) is
+    imported inside the parent-only functions of this module rather than at the top.
+    """
+    kind, path, face_mode, frontend = task
+    start = time.process_time()
+    seconds = 0.0
+    try:
+        if kind == "voices":
+            if path.lower().endswith(FBANK_EXT):
+                out = audio.load_fbank_npy(path)
+            else:
+                seconds = _audio_seconds(path)
+                out = audio.voice_features(path, frontend=frontend)
+        else:
+            out = faces.load_face(path, mode=face_mode, size=faces.IMAGE_SIZE)
+        status = "ok"
+    except errors.BadInputError as err:
+        status, out = "reject", err.reason
+    except Exception as err:  # one undecodable file must not stop a 150k-file job
+        status, out = "reject", f"unexpected {type(err).__name__}: {' '.join(str(err).split())}"
+    return status, out, seconds, time.process_time() - start
+
+
+def _audio_seconds(path: str) -> float:
+    try:
+        import soundfile
+
+        return float(soundfile.info(path).duration)
+    except Exception:
+        return 0.0  # formats soundfile cannot open only lose their share of the throughput stat
+
+
+def _map_ordered(
+    fn: Callable, tasks: list, workers: int
+) -> Iterator[tuple[str, object, float, float]]:
+    if workers <= 1 or len(tasks) <= 1:
+        yield from map(fn, tasks)
+        return
+    # forkserver: the parent has TensorFlow loaded (threads), so forking it is unsafe. The server
+    # imports __main__ and this module once; workers fork from it instead of re-importing both.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["__main__", "input_pipeline.prepare"])
+    chunk = max(1, min(8, len(tasks) // (workers * 8)))
+    with ctx.Pool(min(workers, len(tasks))) as pool:
+        yield from pool.imap(fn, tasks, chunksize=chunk)
+
+
+# ------------------------------------------------------------------------------------ writing
+
+
+def _file_key(path: str) -> list:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+
+
+def shard_key(items: Sequence[Item], options: dict) -> str:
+    """Hash of all that decides a shard's bytes: inputs (path, size, mtime), labels, options."""
+    h = hashlib.sha256()
+    h.update(json.dumps(options, sort_keys=True).encode())
+    for it in items:
+        h.update(json.dumps([dataclasses.astuple(it), _file_key(it.path)]).encode())
+    return h.hexdigest()
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_done(out_dir: str, shard: str, key: str) -> dict | None:
+    """The `.done` record of a finished shard whose inputs are unchanged, else None."""
+    try:
+        with open(os.path.join(out_dir, shard + ".done")) as f:
+            done = json.load(f)
+        size = os.path.getsize(os.path.join(out_dir, shard))
+    except (OSError, ValueError):
+        return None
+    if done.get("key") != key or done.get("bytes") != size:
+        return None
+    return done
+
+
+def write_shard(out_dir: str, shard: str, key: str, items, results) -> dict:
+    """Serialises one shard's decoded items, writes it under a temp name, renames, then `.done`."""
+    from input_pipeline import records  # noqa: PLC0415  (see the note on `_process`)
+
+    serialized, rejects, counts, frames = [], [], {}, 0
+    for it, (status, out, _, _) in zip(items, results, strict=True):
+        if status == "ok":
+            try:
+                common = dict(label=it.label, gender=it.gender, name=it.name, path=it.rel)
+                if it.kind == "voices":
+                    rec = records.voice_example(out, speaker=it.speaker, **common)
+                    frames += int(out.shape[0])
+                else:
+                    rec = records.face_example(out, **common)
+            except ValueError as err:
+                status, out = "reject", str(err)
+        if status == "ok":
+            serialized.append(rec)
+            counts[it.name] = counts.get(it.name, 0) + 1
+        else:
+            rejects.append(reject(it.path, out, "voice" if it.kind == "voices" else "face"))
+    final = os.path.join(out_dir, shard)
+    tmp = os.path.join(out_dir, f".{shard}.tmp{os.getpid()}")
+    records.write_records(tmp, serialized)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    digest = _sha256(tmp)
+    os.replace(tmp, final)
+    done = {
+        "shard": shard,
+        "key": key,
+        "items": len(items),
+        "records": len(serialized),
+        "bytes": os.path.getsize(final),
+        "sha256": digest,
+        "frames": frames,
+        "counts": counts,
+        "rejects": rejects,
+    }
+    _write_atomic(final + ".done", json.dumps(done, indent=1, sort_keys=True).encode())
+    return done
+
+
+def prepare(
+    voices_dir: str | os.PathLike,
+    faces_dir: str | os.PathLike,
+    meta_file: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    face_mode: str = "aligned",
+    split_rule: str = "names",
+    frontend: str = "wen2019",
+    workers: int | None = None,
+    shards_per_split: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Writes the records, `manifest.json` and `rejects.jsonl` into `out_dir`.
+
+    Args:
+      voices_dir: `<voxceleb id>/<video>/<utt>.wav|.m4a|...` or the reference's `.npy` log-mels.
+      faces_dir: `<VGGFace name>/<image>.jpg|png`.
+      meta_file: `vox1_meta.csv` (tab-separated: VoxCeleb1 ID, VGGFace1 ID, Gender, ..., Set).
+      out_dir: created if missing; finished shards from an earlier run with the same inputs
+        are kept.
+      face_mode: "aligned" (resize) or "detect" (Haar detection + eye alignment).
+      split_rule: "names" (A-E test, as the reference) or "meta" (Set column: dev/test).
+      frontend: an `audio.FRONTENDS` log-mel front end for audio inputs.
+      workers: decoding processes; default `os.cpu_count()`.
+      shards_per_split: shards per (split, kind); default ~512 voices / ~4096 faces per shard.
+      progress: show a tqdm bar.
+
+    Returns:
+      `{"manifest", "rejects", "shards_written", "shards_skipped", "stats"}`; stats holds
+      `files`, `wall_s`, and per kind `{voices,faces}_files`, `{voices,faces}_cpu_s` (worker CPU
+      seconds) and `audio_s` (seconds of audio decoded) of the files decoded in this run.
+
+    Raises:
+      errors.BadInputError: a missing input directory or an unusable meta file.
+      ValueError: bad options, or no identity has both voices and faces.
+    """
+    from input_pipeline import records  # noqa: PLC0415  (see the note on `_process`)
+
+    if face_mode not in FACE_MODES:
+        raise ValueError(f"face_mode must be one of {FACE_MODES}, got {face_mode!r}")
+    frontend_params = audio.frontend_params(frontend)
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    p = plan(voices_dir, faces_dir, meta_file, split_rule)
+    if not any(p.identities[s] for s in SPLITS):
+        raise ValueError(
+            f"no identity has both voices (in {voices_dir}, named via {meta_file}) and faces "
+            f"(in {faces_dir})"
+        )
+    options = {
+        "schema": records.SCHEMA_VERSION,
+        "tool_version": v2f_jax.__version__,
+        "frontend": frontend_params if "audio" in p.voice_sources else None,
+        "face_mode": face_mode,
+        "image_size": faces.IMAGE_SIZE,
+    }
+
+    # Every shard, its items and key; which are already finished.
+    shards: dict[tuple[str, str], list[str]] = {}
+    done: dict[str, dict] = {}
+    pending: list[tuple[str, str, list[Item]]] = []
+    for (split, kind), items in p.items.items():
+        per = VOICES_PER_SHARD if kind == "voices" else FACES_PER_SHARD
+        n = shard_count(len(items), shards_per_split, per)
+        shards[(split, kind)] = []
+        for i, shard_items in enumerate(assign_shards(items, n)):
+            name = records.shard_name(kind, split, i, n)
+            # Voices do not depend on the face mode, nor faces on the front end.
+            drop = "face_mode" if kind == "voices" else "frontend"
+            key = shard_key(shard_items, {k: v for k, v in options.items() if k != drop})
+            shards[(split, kind)].append(name)
+            prior = read_done(out_dir, name, key)
+            if prior is not None:
+                done[name] = prior
+            else:
+                pending.append((name, key, shard_items))
+
+    tasks = [(it.kind, it.path, face_mode, frontend) for _, _, its in pending for it in its]
+    workers = max(1, workers or os.cpu_count() or 1)
+    start = time.perf_counter()
+    stats = {"files": len(tasks), "voices_files": 0, "faces_files": 0, "voices_cpu_s": 0.0,
+             "faces_cpu_s": 0.0, "audio_s": 0.0}  # fmt: skip
+    from tqdm import tqdm
+
+    results = _map_ordered(_process, tasks, workers)
+    bar = tqdm(total=len(tasks), disable=not progress, unit="file", desc="prepare")
+    try:
+        # Results come back in task order, so each shard is written as soon as it is complete.
+        for name, key, shard_items in pending:
+            got = []
+            for _ in shard_items:
+                got.append(next(results))
+                bar.update()
+            kind = shard_items[0].kind
+            stats[f"{kind}_files"] += len(got)
+            stats[f"{kind}_cpu_s"] += sum(r[3] for r in got)
+            stats["audio_s"] += sum(r[2] for r in got)
+            done[name] = write_shard(out_dir, name, key, shard_items, got)
+    finally:
+        results.close()  # stops the pool, also on an error or Ctrl-C
+        bar.close()
+    stats["wall_s"] = time.perf_counter() - start
+
+    _remove_stale(out_dir, {n for names in shards.values() for n in names})
+    all_rejects = sorted(
+        p.rejects + [r for d in done.values() for r in d["rejects"]],
+        key=lambda r: (r["kind"], r["path"]),
+    )
+    with open(os.path.join(out_dir, "rejects.jsonl"), "w") as f:
+        for r in all_rejects:
+            f.write(json.dumps(r, sort_keys=True) + "\n")
+    manifest = _manifest(p, shards, done, options, split_rule, all_rejects)
+    manifest["gender_codes"] = {**records.GENDER_CODES, "unknown": records.UNKNOWN_GENDER}
+    _write_atomic(
+        os.path.join(out_dir, "manifest.json"), json.dumps(manifest, indent=1).encode() + b"\n"
+    )
+    return {
+        "manifest": manifest,
+        "rejects": all_rejects,
+        "shards_written": len(pending),
+        "shards_skipped": len(done) - len(pending),
+        "stats": stats,
+    }
+
+
+def _remove_stale(out_dir: str, keep: set[str]) -> None:
+    """Removes shards of an earlier run with other shard counts, and leftover temp files."""
+    for entry in os.listdir(out_dir):
+        base = entry.removesuffix(".done")
+        if (_SHARD_RE.match(entry) and base not in keep) or (
+            entry.startswith(".") and ".tfrecord" in entry and ".tmp" in entry
+        ):
+            os.remove(os.path.join(out_dir, entry))
+
+
+def _manifest(p: Plan, shards, done, options, split_rule, rejects) -> dict:
+    splits = {}
+    for split in SPLITS:
+        idents = {}
+        for name, info in sorted(p.identities[split].items()):
+            idents[name] = {
+                "label": info["label"],
+                "gender": info["gender"],
+                "voxceleb_ids": info["voxceleb_ids"],
+                **{
+                    kind: sum(done[s]["counts"].get(name, 0) for s in shards[(split, kind)])
+                    for kind in KINDS
+                },
+            }
+        entry = {
+            "num_identities": len(idents),
+            "label_map": p.label_maps[split],
+            "identities": idents,
+        }
+        for kind in KINDS:
+            names = shards[(split, kind)]
+            entry[f"num_{kind}"] = sum(done[s]["records"] for s in names)
+            entry[f"{kind}_shards"] = [
+                {"file": s, **{k: done[s][k] for k in ("records", "bytes", "sha256")}}
+                for s in names
+            ]
+        entry["voice_frames"] = sum(done[s]["frames"] for s in shards[(split, "voices")])
+        splits[split] = entry
+    by_kind = {k: sum(r["kind"] == k for r in rejects) for k in ("voice", "face", "meta")}
+    return {
+        "format": "v2f-records",
+        "schema_version": options["schema"],
+        "tool_version": options["tool_version"],
+        "frontend": options["frontend"],
+        "voice_sources": p.voice_sources,
+        "face_mode": options["face_mode"],
+        "image_size": options["image_size"],
+        "n_mels": audio.N_MELS,
+        "split_rule": split_rule,
+        "splits": splits,
+        "rejects": {"total": len(rejects), **by_kind},
+        "unpaired": p.unpaired,
+    }
