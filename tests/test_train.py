@@ -1,0 +1,336 @@
+"""`v2f train`: outputs, E pretraining then GAN, SIGKILL/SIGTERM and exact resume, non-finite
+losses.
+
+Runs are real subprocesses of the CLI over tiny records (4 fake CPU devices, a shared persistent
+compilation cache so only the first run compiles); the non-finite tests call the library with a
+batch stream that poisons one batch.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import jax
+import numpy as np
+import pytest
+
+from input_pipeline import prepare
+from v2f_jax import checkpointing, config_lib, train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+NAMES = ["Ann_A", "Bea_B", "Cy_C", "Fay_F", "Gus_G", "Hal_H", "Ida_I", "Jo_J", "Kim_K", "Lu_L"]
+STEPS = 20
+COMMON = [
+    "--config.train.batch_size=8",
+    f"--config.train.steps={STEPS}",
+    "--config.train.log_every=5",
+    "--config.checkpoint.every=5",
+    "--config.train.sample_every=10",
+]
+# configs/embedder.py is full size; these make its E the E of configs/tiny.py.
+TINY_E = [
+    "--config.model.voice_channels=(32,32,48,48)",
+    "--config.model.embed_dim=16",
+    "--config.data.crop_lengths=(96,)",
+    "--config.data.shuffle_buffer=512",
+]
+
+
+def make_records(root: pathlib.Path) -> str:
+    """10 identities (A-E test, F-L train: 7 train ids), log-mels as .npy, 2 shards per split."""
+    rng = np.random.default_rng(0)
+    meta = ["VoxCeleb1 ID\tVGGFace1 ID\tGender\tNationality\tSet"]
+    for i, name in enumerate(NAMES):
+        vid = f"id{10001 + i}"
+        meta.append(f"{vid}\t{name}\t{'mf'[i % 2]}\tUK\tdev")
+        for u in range(4):
+            d = root / "fbank" / vid / f"v{u % 2}"
+            d.mkdir(parents=True, exist_ok=True)
+            mel = rng.standard_normal([int(rng.integers(40, 200)), 64]) + 0.1 * i
+            np.save(d / f"{u:05d}.npy", mel.astype(np.float32))
+        (root / "faces" / name).mkdir(parents=True)
+        for k in range(4):
+            img = 20 * i + rng.integers(0, 30, [72, 72, 3])
+            cv2.imwrite(str(root / "faces" / name / f"{k}.png"), img.astype(np.uint8))
+    (root / "meta.csv").write_text("\n".join(meta) + "\n")
+    out = root / "records"
+    prepare.prepare(
+        root / "fbank",
+        root / "faces",
+        root / "meta.csv",
+        out,
+        workers=1,
+        shards_per_split=2,
+        progress=False,
+    )
+    return str(out)
+
+
+_CORPUS: dict[str, str] = {}
+
+
+def session_records(tmp_path_factory) -> str:
+    """The records, built once per test session (tests/test_multihost.py uses them too)."""
+    if "records" not in _CORPUS:
+        _CORPUS["records"] = make_records(tmp_path_factory.mktemp("corpus"))
+    return _CORPUS["records"]
+
+
+@pytest.fixture(scope="session")
+def records_dir(tmp_path_factory):
+    return session_records(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("jax_cache")
+    return dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        JAX_NUM_CPU_DEVICES="4",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        JAX_COMPILATION_CACHE_DIR=str(cache),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    )
+
+
+def train_cmd(records_dir, workdir, *overrides, config="configs/tiny.py"):
+    return [
+        sys.executable,
+        "-m",
+        "v2f_jax.cli",
+        "train",
+        "--config",
+        str(REPO / config),
+        "--records",
+        str(records_dir),
+        "--workdir",
+        str(workdir),
+        *overrides,
+    ]
+
+
+def run_cmd(cmd, env, log: pathlib.Path, timeout=300) -> tuple[int, str]:
+    with open(log, "a") as f:
+        rc = subprocess.run(cmd, env=env, cwd=REPO, stdout=f, stderr=f, timeout=timeout).returncode
+    return rc, log.read_text()
+
+
+def start_cmd(cmd, env, log: pathlib.Path) -> subprocess.Popen:
+    f = open(log, "a")  # noqa: SIM115 - closed by the child's exit
+    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=f, stderr=f)
+
+
+def wait_for(path: pathlib.Path, proc: subprocess.Popen, timeout=240) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"exited {proc.returncode} before {path} appeared"
+        assert time.time() < deadline, f"no {path} after {timeout}s"
+        time.sleep(0.02)
+
+
+def saved_steps(workdir) -> list[int]:
+    """Complete checkpoint steps (orbax writes `<step>.orbax-checkpoint-tmp-*` until complete)."""
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def final_state(workdir):
+    _, state = checkpointing.restore_for_inference(workdir)
+    return state
+
+
+def assert_bitwise_equal(a, b):
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for x, y in zip(la, lb):
+        assert x.dtype == y.dtype and np.array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def embedder_run(records_dir, env, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("embedder") / "run"
+    cmd = train_cmd(
+        records_dir,
+        workdir,
+        *TINY_E,
+        "--config.train.batch_size=8",
+        "--config.train.steps=10",
+        "--config.train.log_every=5",
+        "--config.checkpoint.every=5",
+        config="configs/embedder.py",
+    )
+    rc, log = run_cmd(cmd, env, workdir.parent / "log.txt")
+    assert rc == 0, log[-3000:]
+    return workdir, log
+
+
+def gan_cmd(records_dir, workdir, embedder_workdir):
+    return train_cmd(
+        records_dir, workdir, *COMMON, f"--config.train.embedder_init={embedder_workdir}"
+    )
+
+
+@pytest.fixture(scope="module")
+def reference_run(records_dir, env, embedder_run, tmp_path_factory):
+    """The uninterrupted GAN run every interrupted one must equal."""
+    workdir = tmp_path_factory.mktemp("reference") / "run"
+    rc, log = run_cmd(gan_cmd(records_dir, workdir, embedder_run[0]), env, workdir.parent / "log")
+    assert rc == 0, log[-3000:]
+    return workdir, log
+
+
+def test_a_run_writes_config_metrics_tensorboard_samples_and_progress(reference_run):
+    workdir, log = reference_run
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["model"]["num_ids"] == 7 and config["train"]["steps"] == STEPS
+    lines = [json.loads(s) for s in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == list(range(5, STEPS + 1, 5))
+    for key in ("train/d_loss", "train/c_loss", "train/g_adv", "train/g_id"):
+        assert all(np.isfinite(m[key]) for m in lines), key
+    assert list((workdir / "tb").glob("events.out.tfevents.*"))
+    grid = cv2.imread(str(workdir / "samples" / f"step_{STEPS:06d}.png"))
+    assert (workdir / "samples" / "step_000010.png").exists() and grid.shape[0] > 2 * 64
+    progress = [s for s in log.splitlines() if f"/{STEPS} (" in s]
+    assert len(progress) == STEPS // 5
+    for word in ("steps/s", "samples/s", "ETA", "d_loss", "c_loss", "g_adv", "g_id"):
+        assert word in progress[-1], (word, progress[-1])
+    # keep=3 (the config's default)
+    assert saved_steps(workdir) == [STEPS - 10, STEPS - 5, STEPS]
+
+
+def test_embedder_pretraining_then_gan_starts_from_its_e(embedder_run, reference_run):
+    e_workdir, e_log = embedder_run
+    assert "e_loss" in e_log
+    e_config, e_state = checkpointing.restore_for_inference(e_workdir)
+    assert e_config.train.task == "embedder" and int(e_state.step) == 10
+    gan = final_state(reference_run[0])
+    assert int(gan.step) == STEPS
+    # E is frozen in the GAN (the reference's setting): the GAN ends with the pretrained E.
+    assert_bitwise_equal(gan.embedder, e_state.embedder)
+
+
+def test_sigkill_mid_run_then_the_same_command_resumes_to_bitwise_equal_params(
+    records_dir, env, embedder_run, reference_run, tmp_path
+):
+    workdir = tmp_path / "run"
+    cmd = gan_cmd(records_dir, workdir, embedder_run[0])
+    proc = start_cmd(cmd, env, tmp_path / "log")
+    wait_for(workdir / "checkpoints" / "10", proc)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    steps = saved_steps(workdir)
+    assert steps and steps[-1] < STEPS, steps
+
+    rc, log = run_cmd(cmd, env, tmp_path / "log")
+    assert rc == 0, log[-3000:]
+    assert "resuming" in log
+    assert_bitwise_equal(final_state(workdir), final_state(reference_run[0]))
+    # The log has each step once: lines a killed run wrote after its checkpoint were redone.
+    logged = [json.loads(s)["step"] for s in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(5, STEPS + 1, 5))
+
+
+def test_sigterm_saves_a_checkpoint_exits_zero_and_resumes_bitwise(
+    records_dir, env, embedder_run, reference_run, tmp_path
+):
+    workdir = tmp_path / "run"
+    cmd = gan_cmd(records_dir, workdir, embedder_run[0])
+    proc = start_cmd(cmd, env, tmp_path / "log")
+    wait_for(workdir / "checkpoints" / "5", proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
+    log = (tmp_path / "log").read_text()
+    assert "stopped by SIGTERM at step" in log
+    stopped_at = int(log.split("stopped by SIGTERM at step ")[1].split()[0])
+    assert 5 <= stopped_at < STEPS
+    assert saved_steps(workdir)[-1] == stopped_at  # saved where it stopped, off the schedule
+
+    rc, log = run_cmd(cmd, env, tmp_path / "log")
+    assert rc == 0, log[-3000:]
+    assert_bitwise_equal(final_state(workdir), final_state(reference_run[0]))
+
+
+# --- non-finite losses (in process, a poisoned batch stream) ------------------------------------
+
+
+def _config(path, *overrides):
+    return config_lib.load_config(REPO / path, list(overrides))
+
+
+def _poisoned(config, records_dir, poison: dict[int, str], drop: tuple[int, ...] = ()):
+    """The reader's stream with batch `i` made NaN in `poison[i]`; batches in `drop` left out."""
+    make = train.default_batches(config, records_dir)
+
+    def batches(start_batch):
+        assert start_batch == 0
+        for i, batch in enumerate(make(0)):
+            if i in drop:
+                continue
+            if i in poison:
+                batch = dict(batch, **{poison[i]: np.full_like(batch[poison[i]], np.nan)})
+            yield batch
+
+    return batches
+
+
+def test_nonfinite_loss_stops_the_run_naming_the_step_and_the_loss(records_dir, tmp_path):
+    config = _config(
+        "configs/tiny.py", *COMMON, "--config.train.steps=12", "--config.train.sample_every=0"
+    )
+    with pytest.raises(train.NonFiniteLossError) as err:
+        train.train_and_evaluate(
+            config, tmp_path, records_dir, make_batches=_poisoned(config, records_dir, {6: "face"})
+        )
+    assert err.value.step == 7  # batch 6 is step 7
+    assert {"d_real", "d_loss", "c_loss"} <= set(err.value.names)
+    assert "step 7" in str(err.value) and "d_loss=nan" in str(err.value)
+    # Nothing after the bad step was saved; what was saved is finite.
+    assert saved_steps(tmp_path) == [5]
+    state = final_state(tmp_path)
+    assert all(
+        np.isfinite(x).all() for x in jax.tree_util.tree_leaves(state) if x.dtype.kind == "f"
+    )
+
+
+def test_skip_leaves_no_trace_of_the_bad_update_and_has_a_limit(records_dir, tmp_path):
+    overrides = [
+        *TINY_E,
+        "--config.train.batch_size=8",
+        "--config.train.log_every=4",
+        "--config.checkpoint.every=100",
+        "--config.train.on_nonfinite=skip",
+        "--config.train.max_nonfinite_skips=1",
+    ]
+    # E's step draws no random numbers, so skipping batch 3 must equal never seeing it.
+    skipped = _config("configs/embedder.py", *overrides, "--config.train.steps=8")
+    result = train.train_and_evaluate(
+        skipped,
+        tmp_path / "skip",
+        records_dir,
+        make_batches=_poisoned(skipped, records_dir, {3: "voice"}),
+    )
+    assert result["nonfinite_skips"] == 1 and np.isfinite(result["train/e_loss"])
+    clean = _config("configs/embedder.py", *overrides, "--config.train.steps=7")
+    train.train_and_evaluate(
+        clean,
+        tmp_path / "clean",
+        records_dir,
+        make_batches=_poisoned(clean, records_dir, {}, drop=(3,)),
+    )
+    a, b = final_state(tmp_path / "skip"), final_state(tmp_path / "clean")
+    assert int(a.step) == 7
+    assert_bitwise_equal(a, b)
+
+    with pytest.raises(train.NonFiniteLossError, match="max_nonfinite_skips") as err:
+        train.train_and_evaluate(
+            skipped,
+            tmp_path / "limit",
+            records_dir,
+            make_batches=_poisoned(skipped, records_dir, {1: "voice", 5: "voice"}),
+        )
+    assert err.value.step == 6 and err.value.names == ["e_loss"]

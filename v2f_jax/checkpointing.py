@@ -1,0 +1,281 @@
+"""Checkpoints of a run's workdir: the only module that imports orbax.
+
+A checkpoint is one orbax step directory `WORKDIR/checkpoints/<step>/` with two items:
+  state  the training state (GanState or EmbedderState) as host numpy arrays (`StandardSave`);
+  meta   JSON: the data position (`next_batch`), the host-side loop counters, and the SHA-256 of
+         the state's bytes, which a restore recomputes to find a damaged checkpoint.
+
+Orbax writes a step into a temporary directory and renames it when complete, so a run killed
+during a save (SIGKILL included) leaves no partial step, only a temporary directory that the next
+run removes. A complete step whose files were later damaged (truncated, deleted, bytes changed)
+fails to restore or fails the digest; it is moved to `WORKDIR/checkpoints.damaged/<step>` with a
+warning and the previous step is used.
+
+Saves are asynchronous: the state is copied to the host first (`jax.device_get`), so the training
+step that follows may donate the device buffers while orbax writes in a background thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from v2f_jax import config_lib, models
+from v2f_jax import state as state_lib
+
+PyTree = Any
+CHECKPOINTS = "checkpoints"
+DAMAGED = "checkpoints.damaged"
+CONFIG = "config.json"
+_FORMAT = "v2f-checkpoint"
+_VERSION = 1
+
+logger = logging.getLogger("v2f.checkpointing")
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint where one is required."""
+
+
+def state_digest(tree: PyTree) -> str:
+    """SHA-256 over every leaf's path, dtype, shape and bytes (host arrays; exact)."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        arr = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{jax.tree_util.keystr(path)}|{arr.dtype.str}|{arr.shape}|".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def _to_numpy(tree: PyTree) -> PyTree:
+    return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
+
+
+class Checkpointer:
+    """Async, keep-N, verified checkpoints under `directory`.
+
+    Call every method on every process (orbax synchronises the hosts; process 0 writes).
+
+    Args:
+      directory: the orbax root (`WORKDIR/checkpoints`).
+      keep: complete steps to keep (the newest `keep`); at least 2 leaves a fallback.
+      async_save: write in a background thread.
+      read_only: restore only; damaged steps are skipped (with a warning), not moved.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        keep: int = 3,
+        async_save: bool = True,
+        read_only: bool = False,
+    ):
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.damaged_dir = os.path.join(os.path.dirname(self.directory), DAMAGED)
+        self.read_only = read_only
+        if read_only:
+            # Another process may be training into this directory: touch nothing. (Not orbax's
+            # `read_only`, which warns on every open; this manager is simply never asked to save.)
+            options = ocp.CheckpointManagerOptions(
+                create=False,
+                cleanup_tmp_directories=False,
+                enable_async_checkpointing=False,
+                save_root_metadata=False,
+            )
+        else:
+            options = ocp.CheckpointManagerOptions(
+                preservation_policy=ocp.checkpoint_managers.LatestN(max(1, int(keep))),
+                # A run killed mid-save leaves `<step>.orbax-checkpoint-tmp-*`: removed here.
+                cleanup_tmp_directories=True,
+                enable_async_checkpointing=async_save,
+                create=True,
+            )
+        self._manager = ocp.CheckpointManager(
+            self.directory, item_names=("state", "meta"), options=options
+        )
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, state: PyTree, meta: dict | None = None) -> None:
+        """Starts saving `state` (device or host arrays) as step `step`; returns once the state
+        is on the host. `meta` is extra JSON (the loop's counters)."""
+        if self.read_only:
+            raise CheckpointError(f"{self.directory}: opened read-only")
+        host = _to_numpy(state)
+        record = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "step": int(step),
+            "state_sha256": state_digest(host),
+            "saved_at": time.time(),
+            **(meta or {}),
+        }
+        self._manager.save(
+            int(step),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(record)
+            ),
+            force=True,
+        )
+
+    def wait(self) -> None:
+        """Blocks until the saves in flight are complete on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def restore(self, step: int, template: PyTree) -> tuple[PyTree, dict]:
+        """Step `step` as host numpy arrays in the structure of `template`; raises on damage."""
+        target = jax.tree_util.tree_map(
+            lambda x: np.zeros(np.shape(x), np.dtype(x.dtype)), template
+        )
+        restored = self._manager.restore(
+            int(step),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+            ),
+        )
+        state, meta = restored["state"], restored["meta"]
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+            raise CheckpointError(f"step {step}: no v2f metadata")
+        if meta.get("state_sha256") != state_digest(state):
+            raise CheckpointError(f"step {step}: state bytes do not match the saved SHA-256")
+        return state, meta
+
+    def restore_latest(self, template: PyTree) -> tuple[int, PyTree, dict] | None:
+        """The newest step that restores and verifies, as `(step, state, meta)`; None if no step
+        exists. A damaged step is moved aside with a warning and the previous one tried.
+
+        Raises:
+          CheckpointError: steps exist but none is usable.
+        """
+        steps = self.all_steps()
+        for step in reversed(steps):
+            try:
+                state, meta = self.restore(step, template)
+            except Exception as err:  # noqa: BLE001 - any failure to read back means damaged
+                self._set_aside(step, err)
+                continue
+            return step, state, meta
+        if steps:
+            raise CheckpointError(
+                f"{self.directory}: none of the checkpoints {steps} could be restored (damaged "
+                f"ones moved to {self.damaged_dir}); start a fresh workdir"
+            )
+        return None
+
+    def _set_aside(self, step: int, err: Exception) -> None:
+        reason = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+        if self.read_only:
+            logger.warning(
+                "checkpoint step %d in %s is damaged (%s); using the previous one",
+                step,
+                self.directory,
+                reason,
+            )
+            return
+        logger.warning(
+            "checkpoint step %d in %s is damaged (%s); moving it to %s and using the previous one",
+            step,
+            self.directory,
+            reason,
+            self.damaged_dir,
+        )
+        if jax.process_index() == 0:
+            src = os.path.join(self.directory, str(step))
+            if os.path.isdir(src):
+                os.makedirs(self.damaged_dir, exist_ok=True)
+                dst = os.path.join(self.damaged_dir, f"{step}.{int(time.time())}")
+                shutil.move(src, dst)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"v2f_set_aside_{step}")
+        self._manager.reload()
+
+
+# --- workdirs ---------------------------------------------------------------------------------
+
+
+def write_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> None:
+    """`WORKDIR/config.json`: the fully resolved config (process 0 writes, atomically)."""
+    if jax.process_index() != 0:
+        return
+    path = os.path.join(os.fspath(workdir), CONFIG)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(config_lib.to_dict(config), f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+    path = os.path.join(os.fspath(workdir), CONFIG)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no config.json; is {workdir} the --workdir of `v2f train`?")
+    with open(path) as f:
+        return config_lib.from_dict(json.load(f))
+
+
+def state_template(config: ml_collections.ConfigDict, nets: models.Networks | None = None):
+    """The shapes and dtypes of the state a run of `config` trains (`jax.ShapeDtypeStruct`s;
+    nothing is computed). `config.model.num_ids` must be set."""
+    nets = nets or models.Networks(config.model, int(config.model.num_ids))
+    if config.train.task == "embedder":
+        return jax.eval_shape(
+            lambda: state_lib.create_embedder_state(config, nets, int(config.model.num_ids))
+        )
+    if config.train.task != "gan":
+        raise ValueError(
+            f"config.train.task must be 'gan' or 'embedder', not {config.train.task!r}"
+        )
+    return jax.eval_shape(lambda: state_lib.create_gan_state(config, nets))
+
+
+def restore_for_inference(workdir: str | os.PathLike, step: int | None = None):
+    """The config and trained state of a `v2f train` workdir.
+
+    Args:
+      workdir: the `--workdir` of a GAN or embedder run.
+      step: a checkpoint step; default the newest complete, verified one.
+
+    Returns:
+      `(config, state)`: the run's ConfigDict (with `model.num_ids`) and a GanState (or
+      EmbedderState for `train.task="embedder"`) of host numpy arrays.
+
+    Raises:
+      CheckpointError: no config.json, no checkpoint, or the requested step is unusable.
+    """
+    workdir = os.fspath(workdir)
+    config = read_config(workdir)
+    template = state_template(config)
+    ckpt_dir = os.path.join(workdir, CHECKPOINTS)
+    if not os.path.isdir(ckpt_dir):
+        raise CheckpointError(f"{ckpt_dir}: no checkpoints")
+    ckpt = Checkpointer(ckpt_dir, read_only=True)
+    try:
+        if step is not None:
+            state, _ = ckpt.restore(step, template)
+            return config, state
+        found = ckpt.restore_latest(template)
+        if found is None:
+            raise CheckpointError(f"{ckpt_dir}: no complete checkpoint yet")
+        return config, found[1]
+    finally:
+        ckpt.close()
