@@ -2,12 +2,25 @@
 
 Parameters are stored so that a PyTorch state dict converts by a plain transpose (see
 `export.py`): a transposed convolution keeps PyTorch's un-flipped kernel as `[kh, kw, in, out]`.
-Each layer computes either the plain form (`impl="reference"`) or an exactly equivalent faster
-form selected by `impl`; the parameter layout is the same for every impl.
+Each layer computes either the plain form or an exactly equivalent faster form selected by `impl`;
+the parameter layout is the same for every impl, and so are the numbers (to float rounding):
+
+- `"reference"`: `lax.conv_general_dilated`; a transposed conv is a conv over the stride-dilated
+  input with the flipped kernel (what autodiff of a strided conv gives).
+- `"subpixel"`: a strided transposed conv as one stride-1 conv producing `stride**2` phases of the
+  output as channels, then depth-to-space (no multiplications by the dilation's zeros, and no
+  gradient through a dilated input, which XLA:CPU runs 20-30x slower). Plain convs as reference.
+- `"matmul"`: every conv as patch extraction (im2col, strided slices; space-to-depth first for a
+  strided conv) and one 2-D matmul `[B*H*W, k*k*in] @ [k*k*in, out]` with a custom VJP whose
+  backward is two more 2-D matmuls. Inputs in the compute dtype, accumulation in float32, the
+  kernel's gradient in float32: on XLA:CPU this is the only form where bfloat16 reaches the
+  bf16 dot-product instructions (convolutions and bf16->bf16 dots run in float32 there).
+- `"auto"`: the fastest of these on the default backend (`resolve_impl`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -16,13 +29,21 @@ import jax.numpy as jnp
 
 Dtype = Any
 _DIMS = ("NHWC", "HWIO", "NHWC")
+IMPLS = ("reference", "subpixel", "matmul")
+# Measured (BENCHMARKS.md): on CPU the matmul forms; elsewhere the vendor conv libraries already
+# run transposed convs and their gradients well, so the plain forms.
+_AUTO = {"cpu": "matmul"}
+# transpose_form: the sub-pixel overhead above which col2im is used.
+_COL2IM_ABOVE = float(__import__("os").environ.get("V2F_COL2IM_ABOVE", "1.15"))
 
 
-def resolve_impl(impl: str) -> str:
-    """`auto` -> the fastest exact form on this backend."""
-    if impl != "auto":
-        return impl
-    return "reference"
+def resolve_impl(impl: str, backend: str | None = None) -> str:
+    """`"auto"` -> the fastest exact form on `backend` (default: JAX's default backend)."""
+    if impl == "auto":
+        return _AUTO.get(backend or jax.default_backend(), "reference")
+    if impl not in IMPLS:
+        raise ValueError(f"config.model.impl must be 'auto' or one of {IMPLS}, not {impl!r}")
+    return impl
 
 
 class ConvTranspose2d(nn.Module):
@@ -51,9 +72,10 @@ class ConvTranspose2d(nn.Module):
             jnp.float32,
         )
         bias = self.param("bias", _uniform(bound), (self.features,), jnp.float32)
-        x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
-        y = conv_transpose(x, kernel, self.stride, self.padding, resolve_impl(self.impl))
-        return y + bias
+        return conv_transpose(
+            x.astype(self.dtype), kernel, self.stride, self.padding, resolve_impl(self.impl),
+            bias=bias,
+        )
 
 
 class Conv2d(nn.Module):
@@ -77,39 +99,362 @@ class Conv2d(nn.Module):
             jnp.float32,
         )
         bias = self.param("bias", _uniform(bound), (self.features,), jnp.float32)
-        x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
-        y = conv2d(x, kernel, self.stride, self.padding, resolve_impl(self.impl))
-        return y + bias
+        return conv2d(
+            x.astype(self.dtype), kernel, self.stride, self.padding, resolve_impl(self.impl),
+            bias=bias,
+        )
 
 
-def conv2d(x, kernel, stride: int, padding: int, impl: str):
-    """Cross-correlation as PyTorch's Conv2d. x `[B,H,W,I]`, kernel `[k,k,I,O]`."""
-    if impl == "reference":
-        return jax.lax.conv_general_dilated(
+def conv2d(x, kernel, stride: int, padding: int, impl: str, bias=None):
+    """Cross-correlation as PyTorch's Conv2d, computed in `x.dtype`.
+
+    Args:
+      x: `[B, H, W, I]`.
+      kernel: `[k, k, I, O]`, any float dtype (the matmul form returns its gradient in that dtype).
+      stride, padding: as PyTorch's.
+      impl: "reference", "subpixel" (the same as reference for a plain conv) or "matmul".
+      bias: `[O]` or None. The matmul form adds it in float32 before rounding to `x.dtype`.
+
+    Returns:
+      `[B, (H + 2p - k) // s + 1, ..., O]` in `x.dtype`.
+    """
+    if impl in ("reference", "subpixel"):
+        y = jax.lax.conv_general_dilated(
             x,
-            kernel,
+            kernel.astype(x.dtype),
             window_strides=(stride, stride),
             padding=((padding, padding), (padding, padding)),
             dimension_numbers=_DIMS,
         )
+        return y if bias is None else y + bias.astype(x.dtype)
+    if impl == "matmul":
+        return _conv_mm(x, kernel, _bias_or_zeros(bias, kernel), stride, padding)
     raise ValueError(f"unknown conv impl {impl!r}")
 
 
-def conv_transpose(x, kernel, stride: int, padding: int, impl: str):
-    """PyTorch's ConvTranspose2d. x `[B,H,W,I]`, kernel `[k,k,I,O]` (PyTorch's, un-flipped)."""
+def conv_transpose(x, kernel, stride: int, padding: int, impl: str, bias=None):
+    """PyTorch's ConvTranspose2d, computed in `x.dtype`.
+
+    Args:
+      x: `[B, H, W, I]`.
+      kernel: `[k, k, I, O]`, PyTorch's un-flipped kernel (`weight.permute(2, 3, 0, 1)`).
+      stride, padding: as PyTorch's (no output_padding).
+      impl: "reference", "subpixel" or "matmul".
+      bias: `[O]` or None. The matmul form adds it in float32 before rounding to `x.dtype`.
+
+    Returns:
+      `[B, (H-1)*s - 2p + k, ..., O]` in `x.dtype`.
+    """
     k = kernel.shape[0]
+    if impl == "matmul":
+        return _conv_transpose_mm(x, kernel, _bias_or_zeros(bias, kernel), stride, padding)
+    if bias is not None:
+        return conv_transpose(x, kernel, stride, padding, impl) + bias.astype(x.dtype)
     if impl == "reference":
         # A transposed conv is a conv over the stride-dilated input with the flipped kernel.
         edge = k - 1 - padding
         return jax.lax.conv_general_dilated(
             x,
-            kernel[::-1, ::-1],
+            kernel[::-1, ::-1].astype(x.dtype),
             window_strides=(1, 1),
             padding=((edge, edge), (edge, edge)),
             lhs_dilation=(stride, stride),
             dimension_numbers=_DIMS,
         )
+    if impl == "subpixel":
+        sub, n = subpixel_kernel(kernel, stride)
+        xp = jnp.pad(x, ((0, 0), (n - 1, n - 1), (n - 1, n - 1), (0, 0)))
+        z = jax.lax.conv_general_dilated(
+            xp, sub.astype(x.dtype), (1, 1), ((0, 0), (0, 0)), dimension_numbers=_DIMS
+        )
+        return _crop(_depth_to_space(z, stride), x.shape, k, stride, padding)
     raise ValueError(f"unknown conv-transpose impl {impl!r}")
+
+
+def subpixel_kernel(kernel, stride: int):
+    """A transposed conv's kernel `[k, k, I, O]` -> the sub-pixel conv's `[n, n, I, s*s*O]`.
+
+    The uncropped output pixel `s*m + r` sums `x[m - t] * kernel[s*t + r]` over taps `t < n`,
+    `n = ceil(k / s)`: per phase `r`, a stride-1 correlation with `n` taps over `x` padded by
+    `n - 1`. Output channel `(rh, rw, o)` is phase `(rh, rw)` of channel `o`; tap `(dh, dw)` is
+    `kernel[s*(n-1-dh) + rh, s*(n-1-dw) + rw]` (zero past `k`). Returns `(sub_kernel, n)`.
+    """
+    k, _, i, o = kernel.shape
+    s = stride
+    n = -(-k // s)
+    padded = jnp.pad(kernel, ((0, s * n - k), (0, s * n - k), (0, 0), (0, 0)))
+    sub = padded.reshape(n, s, n, s, i, o)[::-1, :, ::-1]  # [dh, rh, dw, rw, I, O]
+    sub = sub.transpose(0, 2, 4, 1, 3, 5)  # [dh, dw, I, rh, rw, O]
+    return sub.reshape(n, n, i, s * s * o), n
+
+
+def transpose_form(h: int, w: int, k: int, stride: int) -> str:
+    """Which matmul form a transposed conv over an `h x w` input takes.
+
+    The sub-pixel form computes `(h+n-1)(w+n-1)` positions for `h*w` inputs (`n = ceil(k/s)`):
+    56% extra work for G's 4x4 -> 8x8 layer, 6% for its 32x32 -> 64x64 one. The col2im form
+    (PyTorch's) does exactly the work but writes `k*k/s**2` times the layer's output and
+    overlap-adds it; it wins on small inputs.
+    """
+    n = -(-k // stride)
+    extra = (h + n - 1) * (w + n - 1) / (h * w)
+    return "col2im" if extra > _COL2IM_ABOVE else "subpixel"
+
+
+# ------------------------------------------------------------------------------ matmul forms
+#
+# Each conv's backward is the other's forward: a conv's input gradient is the transposed conv of
+# the output gradient (same kernel, in/out swapped), and a transposed conv's input gradient is
+# the conv of its output gradient. The kernel gradient is one more 2-D matmul over the patches
+# already at hand. So every pass is im2col (or col2im) plus 2-D matmuls, and no gradient ever
+# goes through XLA's convolution or its dilated-input path.
+
+
+def _patches(x, k: int, stride: int, padding: int):
+    """im2col: `x [B, H, W, C]` -> `(patches [B*Ho*Wo, k*k*C], (Ho, Wo))`.
+
+    Column order is `_arrange(kernel, stride)`'s row order.
+    """
+    s = stride
+    if padding:
+        x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    b, h, w, c = x.shape
+    out_h, out_w = (h - k) // s + 1, (w - k) // s + 1
+    if _space_to_depth(k, s):
+        # A k x k stride-s conv is an n x n stride-1 conv over s*s*C channels (n = k/s): n*n
+        # slices instead of k*k, and the same kernel with its rows permuted.
+        n = k // s
+        x = x[:, : s * (out_h + n - 1), : s * (out_w + n - 1)]
+        hs, ws = x.shape[1] // s, x.shape[2] // s
+        x = x.reshape(b, hs, s, ws, s, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, hs, ws, s * s * c)
+        return _patches(x, n, 1, 0)
+    if k == 1:
+        cols = x[:, : s * (out_h - 1) + 1 : s, : s * (out_w - 1) + 1 : s]
+    elif (out_h, out_w) == (1, 1) and (h, w) == (k, k):
+        cols = x  # the window is the whole input
+    else:
+        # Stacked on a new axis, not concatenated: the same bytes, but XLA:CPU emits a
+        # concatenate along the minor dimension several times slower.
+        cols = jnp.stack(
+            [
+                x[:, dh : dh + s * (out_h - 1) + 1 : s, dw : dw + s * (out_w - 1) + 1 : s]
+                for dh in range(k)
+                for dw in range(k)
+            ],
+            axis=-2,
+        )
+    return cols.reshape(b * out_h * out_w, k * k * c), (out_h, out_w)
+
+
+def _space_to_depth(k: int, s: int) -> bool:
+    return s > 1 and k % s == 0
+
+
+def _arrange(kernel, stride: int):
+    """A kernel `[k, k, C, O]` -> `[k*k*C, O]`, rows in `_patches`' column order."""
+    k, _, c, o = kernel.shape
+    s = stride
+    if _space_to_depth(k, s):
+        n = k // s  # rows (dh, dw, sh, sw, c) where kh = s*dh + sh
+        return kernel.reshape(n, s, n, s, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(-1, o)
+    return kernel.reshape(k * k * c, o)
+
+
+def _unarrange(rows, kernel_shape, stride: int):
+    """The inverse of `_arrange` (a permutation, so its transpose)."""
+    like = jax.ShapeDtypeStruct(kernel_shape, rows.dtype)
+    return jax.linear_transpose(lambda kern: _arrange(kern, stride), like)(rows)[0]
+
+
+def _conv_fwd(x, kernel, stride: int, padding: int):
+    """conv2d in the matmul form, float32 `[B, Ho, Wo, O]`; also returns the patches."""
+    k, o = kernel.shape[0], kernel.shape[-1]
+    cols, (out_h, out_w) = _patches(x, k, stride, padding)
+    y = _mm(cols, _arrange(kernel, stride).astype(x.dtype))
+    return y.reshape(x.shape[0], out_h, out_w, o), cols
+
+
+def _conv_transpose_fwd(x, kernel, stride: int, padding: int, out_hw=None):
+    """The transposed conv in the cheaper matmul form for this input (`transpose_form`), in
+    float32.
+
+    `out_hw` (default PyTorch's output size) extends the output on the bottom/right, with zeros
+    past the uncropped output: a strided conv's input gradient when its windows skip the last
+    rows.
+    """
+    b, h, w, i = x.shape
+    k, o, s = kernel.shape[0], kernel.shape[-1], stride
+    n = -(-k // s)
+    if transpose_form(h, w, k, s) == "subpixel":
+        sub, n = subpixel_kernel(kernel, s)
+        xp = jnp.pad(x, ((0, 0), (n - 1, n - 1), (n - 1, n - 1), (0, 0)))
+        z, _ = _conv_fwd(xp, sub, 1, 0)
+    else:
+        # col2im: every input pixel times the whole kernel, then the uncropped output pixel
+        # s*(m+t) + r gets cols[m, t, r]: n*n shifted adds.
+        padded = jnp.pad(kernel, ((0, s * n - k), (0, s * n - k), (0, 0), (0, 0)))
+        w2 = padded.transpose(2, 0, 1, 3).reshape(i, -1).astype(x.dtype)
+        cols = _mm(x.reshape(b * h * w, i), w2).reshape(b, h, w, n, s, n, s, o)
+        z = sum(
+            jnp.pad(cols[:, :, :, th, :, tw], ((0, 0), (th, n - 1 - th), (tw, n - 1 - tw),
+                                                (0, 0), (0, 0), (0, 0)))
+            for th in range(n)
+            for tw in range(n)
+        )
+        z = z.reshape(b, h + n - 1, w + n - 1, s * s * o)
+    return _crop(_depth_to_space(z, s), x.shape, k, s, padding, out_hw)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _conv_mm(x, kernel, bias, stride, padding):
+    return _conv_mm_fwd(x, kernel, bias, stride, padding)[0]
+
+
+def _conv_mm_fwd(x, kernel, bias, stride, padding):
+    y, cols = _conv_fwd(x, kernel, stride, padding)
+    return (y + bias).astype(x.dtype), (cols, kernel, bias, x.shape)
+
+
+def _conv_mm_bwd(stride, padding, res, g):
+    cols, kernel, bias, x_shape = res
+    o = kernel.shape[-1]
+    g = g.astype(cols.dtype)
+    # dx: the transposed conv of g with the same kernel (in and out swapped); input rows the
+    # strided windows never reached get zero.
+    dx = _conv_transpose_fwd(g, kernel.transpose(0, 1, 3, 2), stride, padding, x_shape[1:3])
+    dw_rows = _mm_tn(cols, g.reshape(-1, o))  # cols.T @ g, [k*k*I, O] in patch order
+    dw = _unarrange(dw_rows, kernel.shape, stride)
+    return dx.astype(cols.dtype), dw.astype(kernel.dtype), _bias_grad(g, bias)
+
+
+_conv_mm.defvjp(_conv_mm_fwd, _conv_mm_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _conv_transpose_mm(x, kernel, bias, stride, padding):
+    return _conv_transpose_mm_fwd(x, kernel, bias, stride, padding)[0]
+
+
+def _conv_transpose_mm_fwd(x, kernel, bias, stride, padding):
+    y = _conv_transpose_fwd(x, kernel, stride, padding) + bias
+    return y.astype(x.dtype), (x, kernel, bias)
+
+
+def _conv_transpose_mm_bwd(stride, padding, res, g):
+    x, kernel, bias = res
+    b, h, w, i = x.shape
+    k, o = kernel.shape[0], kernel.shape[-1]
+    g = g.astype(x.dtype)
+    # dx: the strided conv of g with the same kernel (in and out swapped); its patches of g
+    # also give the kernel's gradient, x.T @ patches.
+    cols, _ = _patches(g, k, stride, padding)
+    kernel_t = kernel.transpose(0, 1, 3, 2)  # [k, k, O, I]
+    dx = _mm(cols, _arrange(kernel_t, stride).astype(x.dtype)).astype(x.dtype).reshape(b, h, w, i)
+    dw_rows = _mm_tn(cols, x.reshape(-1, i))  # [k*k*O, I] in patch order
+    dw_t = _unarrange(dw_rows, kernel_t.shape, stride)
+    return dx, dw_t.transpose(0, 1, 3, 2).astype(kernel.dtype), _bias_grad(g, bias)
+
+
+def _bias_or_zeros(bias, kernel):
+    return jnp.zeros(kernel.shape[-1], jnp.float32) if bias is None else bias
+
+
+def _bias_grad(g, bias):
+    """Sum of `g` over all but its last axis, accumulated in float32, in `bias.dtype`."""
+    rows = g.reshape(-1, g.shape[-1]).astype(jnp.float32)
+    return jnp.sum(rows, axis=0).astype(bias.dtype)
+
+
+_conv_transpose_mm.defvjp(_conv_transpose_mm_fwd, _conv_transpose_mm_bwd)
+
+
+def _depth_to_space(z, s: int):
+    """`[B, H, W, s*s*O]` (channels `(rh, rw, o)`) -> `[B, s*H, s*W, O]`."""
+    b, h, w, _ = z.shape
+    z = z.reshape(b, h, w, s, s, -1).transpose(0, 1, 3, 2, 4, 5)
+    return z.reshape(b, h * s, w * s, -1)
+
+
+def _crop(full, x_shape, k: int, s: int, p: int, out_hw=None):
+    """Rows and columns `[p, p + out)` of the uncropped output, zero past its end."""
+    if out_hw is None:
+        out_hw = ((x_shape[1] - 1) * s - 2 * p + k, (x_shape[2] - 1) * s - 2 * p + k)
+    out_h, out_w = out_hw
+    extra_h, extra_w = max(0, p + out_h - full.shape[1]), max(0, p + out_w - full.shape[2])
+    if extra_h or extra_w:
+        full = jnp.pad(full, ((0, 0), (0, extra_h), (0, extra_w), (0, 0)))
+    return full[:, p : p + out_h, p : p + out_w]
+
+
+@jax.custom_vjp
+def matmul(a, w):
+    """`a @ w` for `a [M, K]` (compute dtype) and `w [K, N]` (parameter dtype).
+
+    Computed as `lax.dot` of `a` and `w` cast to `a.dtype` with float32 accumulation, returned in
+    `a.dtype`. The backward is two 2-D dots of the same kind; `w`'s gradient stays in `w.dtype`.
+    """
+    return _mm(a, w.astype(a.dtype)).astype(a.dtype)
+
+
+def _matmul_fwd(a, w):
+    return matmul(a, w), (a, w)
+
+
+def _matmul_bwd(res, g):
+    a, w = res
+    g = g.astype(a.dtype)
+    da = _mm_nt(g, w.astype(a.dtype)).astype(a.dtype)
+    return da, _mm_tn(a, g).astype(w.dtype)
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def _mm(a, b):
+    """`a [M, K] @ b [K, N]` -> float32, with float32 accumulation."""
+    return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _mm_nt(a, b):
+    """`a [M, K] @ b[N, K].T` -> float32."""
+    return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _mm_tn(a, b):
+    """`a[M, K].T @ b [M, N]` -> float32 `[K, N]`.
+
+    Contracting the rows of both is the one form XLA:CPU's matmul library does not take: it
+    falls back to XLA's own dot, which is as fast for float32 (faster for these tall operands)
+    but computes bfloat16 in float32. So bfloat16 first transposes the operand with fewer
+    columns (`_transpose_rows`).
+    """
+    if a.dtype == jnp.float32 or min(a.shape[1], b.shape[1]) <= 16:
+        # (Also for a handful of columns, e.g. RGB: the library matmul is slow with so few.)
+        return jax.lax.dot_general(
+            a.astype(jnp.float32), b.astype(jnp.float32), (((0,), (0,)), ((), ())),
+            preferred_element_type=jnp.float32,
+        )
+    if b.shape[1] <= a.shape[1]:
+        return _small_t(_mm(_transpose_rows(b), a))  # (b.T @ a).T
+    return _mm(_transpose_rows(a), b)
+
+
+def _transpose_rows(x):
+    """`x [M, N].T` for a large `M`, as a matmul with the identity (`I @ x.T`, exact).
+
+    XLA fuses a transpose with its operand's producer and then computes that producer in
+    transposed, cache-hostile order (several times slower than the matmul it feeds); the
+    library matmul takes `x` as it is in memory. Costs `2*M*N*N` FLOPs (1/8 of the weight
+    gradient it serves, for this model's layers).
+    """
+    eye = jnp.eye(x.shape[1], dtype=x.dtype)
+    return _mm_nt(eye, x).astype(x.dtype)
+
+
+def _small_t(x):
+    """`x.T` for a small `x` (a weight gradient), written so that XLA cannot fold it into the
+    dot that produced `x` (which would undo the layout `_mm_tn` chose)."""
+    return jnp.pad(x, ((0, 0), (0, 1))).T[: x.shape[1]]
 
 
 def torch_linear_init(fan_in: int):

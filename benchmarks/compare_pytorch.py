@@ -1,0 +1,370 @@
+"""Our training step against the reference's PyTorch training iteration, interleaved, same shapes.
+
+The PyTorch side is the published loop of cmu-mlsp/reconstructing_faces_from_voices
+(`gan_train.py`, `network.py`), re-implemented here: the same layers, losses, Adam settings and
+update order, the face trunk run five times per iteration (`f_net(face)` twice and
+`f_net(fake.detach())` for the critics, `f_net(fake)` twice for G), and one change that only helps
+it: the frozen voice embedder runs under `torch.no_grad()` (the published loop backpropagates
+through it for nothing). `--torch-variant dedup` also gives PyTorch our dedup (three trunk passes)
+as an extra, stronger peer.
+
+Each side runs in its own worker process, started by this one; the parent tells them in turn to
+run a few steps, alternating the order every round, so both see the same machine load and only
+one runs at a time. Ratios are computed per round (adjacent in time), then their median taken.
+
+    python benchmarks/compare_pytorch.py --batch 128 --frames 800 --dtype float32 --rounds 6
+    python benchmarks/compare_pytorch.py --dtype bfloat16      # both sides in bf16
+    python benchmarks/compare_pytorch.py --track-bf16 200      # bf16 vs fp32 losses, tiny config
+
+Needs `pip install torch` (CPU wheel). Prints a table on stderr and one JSON line on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+NUM_IDS = 924
+
+
+# ----------------------------------------------------------------------------- PyTorch worker
+
+
+def _torch_worker(args) -> None:
+    import torch  # noqa: PLC0415
+    import torch.nn as nn  # noqa: PLC0415
+    import torch.nn.functional as F  # noqa: PLC0415
+
+    torch.set_num_threads(args.torch_threads)
+    torch.manual_seed(0)
+
+    def voice_embed_net():
+        c = (256, 384, 576, 864)
+        layers, prev = [], 64
+        for ch in c:
+            layers += [nn.Conv1d(prev, ch, 3, 2, 1, bias=False), nn.BatchNorm1d(ch, affine=True),
+                       nn.ReLU(inplace=True)]
+            prev = ch
+        layers.append(nn.Conv1d(prev, 64, 3, 2, 1, bias=True))
+        return nn.Sequential(*layers)
+
+    def generator():
+        c = (1024, 512, 256, 128, 64)
+        layers = [nn.ConvTranspose2d(64, c[0], 4, 1, 0, bias=True), nn.ReLU(inplace=True)]
+        for a, b in zip(c[:-1], c[1:]):
+            layers += [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=True), nn.ReLU(inplace=True)]
+        layers.append(nn.ConvTranspose2d(c[-1], 3, 1, 1, 0, bias=True))
+        return nn.Sequential(*layers)
+
+    def face_embed_net():
+        c = (32, 64, 128, 256, 512)
+        layers = [nn.Conv2d(3, c[0], 1, 1, 0, bias=True), nn.LeakyReLU(0.2, inplace=True)]
+        for a, b in zip(c[:-1], c[1:]):
+            layers += [nn.Conv2d(a, b, 4, 2, 1, bias=True), nn.LeakyReLU(0.2, inplace=True)]
+        layers.append(nn.Conv2d(c[-1], 64, 4, 1, 0, bias=True))
+        return nn.Sequential(*layers)
+
+    class Classifier(nn.Module):
+        def __init__(self, n_in, n_out):
+            super().__init__()
+            self.model = nn.Linear(n_in, n_out, bias=False)
+
+        def forward(self, x):
+            return self.model(x.view(x.size()[0], -1))
+
+    e_net, g_net, f_net = voice_embed_net(), generator(), face_embed_net()
+    d_net, c_net = Classifier(64, 1), Classifier(64, NUM_IDS)
+    e_net.eval()
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    g_net.to(memory_format=memory_format)
+    f_net.to(memory_format=memory_format)
+
+    def adam(net):
+        return torch.optim.Adam(net.parameters(), lr=2e-4, betas=(0.5, 0.999))
+
+    g_opt, f_opt, d_opt, c_opt = adam(g_net), adam(f_net), adam(d_net), adam(c_net)
+    b, t = args.batch, args.frames
+    gen = torch.Generator().manual_seed(0)
+    voice = torch.randn(b, 64, t, generator=gen)
+    voice_label = torch.randint(0, NUM_IDS, (b,), generator=gen)
+    face = (torch.rand(b, 3, 64, 64, generator=gen) * 2 - 1).contiguous(memory_format=memory_format)
+    face_label = torch.randint(0, NUM_IDS, (b,), generator=gen)
+    real_label, fake_label = torch.ones(b, 1), torch.zeros(b, 1)
+    bf16 = (args.torch_dtype or args.dtype) == "bfloat16"
+
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+    def step():
+        noise = 0.05 * torch.randn(b, 64, 1, 1)
+        with torch.no_grad(), autocast():
+            embeddings = e_net(voice)
+            embeddings = F.avg_pool1d(embeddings, embeddings.size()[2], stride=1)
+            embeddings = embeddings.view(embeddings.size()[0], -1, 1, 1).float()
+        embeddings = F.normalize(embeddings)
+        embeddings = F.normalize(embeddings + noise)
+        with autocast():
+            fake = g_net(embeddings)
+
+        f_opt.zero_grad()
+        d_opt.zero_grad()
+        c_opt.zero_grad()
+        with autocast():
+            if args.torch_variant == "dedup":
+                feats = f_net(torch.cat([face, fake.detach()]))
+                real_score_out, fake_score_out = d_net(feats).float().chunk(2)
+                real_label_out = c_net(feats[:b]).float()
+            else:
+                real_score_out = d_net(f_net(face)).float()
+                fake_score_out = d_net(f_net(fake.detach())).float()
+                real_label_out = c_net(f_net(face)).float()
+        d_real = F.binary_cross_entropy(torch.sigmoid(real_score_out), real_label)
+        d_fake = F.binary_cross_entropy(torch.sigmoid(fake_score_out), fake_label)
+        c_real = F.nll_loss(F.log_softmax(real_label_out, 1), face_label)
+        (d_real + d_fake + c_real).backward()
+        f_opt.step()
+        d_opt.step()
+        c_opt.step()
+
+        g_opt.zero_grad()
+        with autocast():
+            if args.torch_variant == "dedup":
+                feats = f_net(fake)
+                fake_score_out, fake_label_out = d_net(feats).float(), c_net(feats).float()
+            else:
+                fake_score_out = d_net(f_net(fake)).float()
+                fake_label_out = c_net(f_net(fake)).float()
+        gd = F.binary_cross_entropy(torch.sigmoid(fake_score_out), real_label)
+        gc = F.nll_loss(F.log_softmax(fake_label_out, 1), voice_label)
+        (gd + gc).backward()
+        g_opt.step()
+        # The reference's meters call .item() on every loss every iteration.
+        return [x.item() for x in (d_real, d_fake, c_real, gd, gc)]
+
+    start = time.perf_counter()
+    step()
+    _serve(
+        {"side": "pytorch", "first_step_s": time.perf_counter() - start,
+         "torch": torch.__version__, "threads": torch.get_num_threads()},
+        lambda: step(),
+    )
+
+
+# ----------------------------------------------------------------------------- JAX worker
+
+
+def _jax_worker(args) -> None:
+    from v2f_jax import bench, config_lib  # noqa: PLC0415
+
+    config = config_lib.load_config(args.config, args.config_override)
+    config = bench.apply_step_overrides(
+        config, batch_size=args.batch, dtype=args.dtype, parallel_mode="jit", impl=args.impl
+    )
+    runner = bench.StepRunner(config, frames=args.frames, num_ids=NUM_IDS)
+    compile_s = runner.compile()
+    start = time.perf_counter()
+    runner.run(1)
+    info = {
+        "side": "jax", "compile_s": compile_s, "first_step_s": time.perf_counter() - start,
+        "flops_per_step": bench.compiled_flops(runner.compiled), "impl": config.model.impl,
+        "hlo": bench.hlo_op_counts(runner.compiled), "machine": bench.machine(),
+    }
+    if args.peak:
+        info["peak_gflops_per_s"] = bench.matmul_peak(args.dtype)["gflops_per_s"]
+    _serve(info, lambda: runner.run(1))
+
+
+def _serve(ready: dict, step) -> None:
+    """Line protocol: we print `ready`, then answer each `run N` with N step times."""
+    out = sys.stdout
+    print(json.dumps(ready), file=out, flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd or cmd[0] == "quit":
+            break
+        times = []
+        for _ in range(int(cmd[1])):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+        print(json.dumps({"times": times}), file=out, flush=True)
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+class Worker:
+    def __init__(self, side: str, args, extra: list[str]):
+        cmd = [sys.executable, __file__, "--worker", side, "--batch", str(args.batch),
+               "--frames", str(args.frames), "--dtype", args.dtype, "--config", args.config,
+               "--torch-dtype", args.torch_dtype or args.dtype,
+               "--torch-threads", str(args.torch_threads), "--torch-variant", args.torch_variant,
+               "--impl", args.impl, *extra]
+        cmd += [f"--config-override={o}" for o in args.config_override]
+        if args.channels_last:
+            cmd.append("--channels-last")
+        if args.peak:
+            cmd.append("--peak")
+        env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+        self.side = side
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, env=env, cwd=REPO)
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.side} worker died (exit {self.proc.wait()})")
+        return json.loads(line)
+
+    def run(self, n: int) -> list[float]:
+        self.proc.stdin.write(f"run {n}\n")
+        self.proc.stdin.flush()
+        return self._read()["times"]
+
+    def close(self):
+        try:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        self.proc.wait(timeout=60)
+
+
+def compare(args) -> dict:
+    log = sys.stderr
+    torch_dtype = args.torch_dtype or args.dtype
+    print(f"starting workers (B={args.batch}, T={args.frames}, ours {args.dtype}, PyTorch "
+          f"{torch_dtype}, {args.torch_threads} PyTorch threads)...", file=log)
+    # The peer first: its warm-up is short, ours includes compiling.
+    workers = [Worker("pytorch", args, []), Worker("jax", args, [])]
+    for w in workers:
+        print(f"  {w.side}: {json.dumps(w.info)}", file=log)
+    times = {w.side: [] for w in workers}
+    ratios = []
+    try:
+        for r in range(args.rounds):
+            order = workers if r % 2 == 0 else workers[::-1]
+            got = {w.side: w.run(args.steps_per_round) for w in order}
+            for side, ts in got.items():
+                times[side] += ts
+            ratios.append(statistics.median(got["pytorch"]) / statistics.median(got["jax"]))
+            print(f"  round {r}: pytorch {statistics.median(got['pytorch']):.2f} s/step, "
+                  f"jax {statistics.median(got['jax']):.2f} s/step, ratio {ratios[-1]:.2f}",
+                  file=log)
+    finally:
+        for w in workers:
+            w.close()
+    b = args.batch
+    summary = {
+        "batch": b, "frames": args.frames, "dtype": args.dtype, "torch_dtype": torch_dtype,
+        "rounds": args.rounds,
+        "steps_per_round": args.steps_per_round, "torch_variant": args.torch_variant,
+        "torch_threads": args.torch_threads, "channels_last": args.channels_last,
+        "impl": args.impl, "date": time.strftime("%Y-%m-%d"),
+    }
+    for side, ts in times.items():
+        med = statistics.median(ts)
+        summary[side] = {
+            "step_s_median": med, "step_s_min": min(ts), "step_s_max": max(ts),
+            "samples_per_s": b / med,
+        }
+    jax_info = workers[1].info
+    summary["jax"].update(
+        compile_s=jax_info["compile_s"], flops_per_step=jax_info["flops_per_step"],
+        hlo=jax_info["hlo"],
+    )
+    if jax_info.get("flops_per_step"):
+        summary["jax"]["gflops_per_s"] = jax_info["flops_per_step"] / summary["jax"][
+            "step_s_median"] / 1e9
+    if "peak_gflops_per_s" in jax_info:
+        summary["jax"]["peak_gflops_per_s"] = jax_info["peak_gflops_per_s"]
+    summary["pytorch"].update(torch=workers[0].info["torch"], threads=workers[0].info["threads"])
+    summary["speedup_median_of_rounds"] = statistics.median(ratios)
+    summary["speedup_range"] = [min(ratios), max(ratios)]
+    summary["speedup_of_medians"] = (
+        summary["pytorch"]["step_s_median"] / summary["jax"]["step_s_median"]
+    )
+    summary["machine"] = jax_info["machine"]
+    print(
+        f"\n{'':10s}{'s/step':>10s}{'samples/s':>12s}\n"
+        f"{'pytorch':10s}{summary['pytorch']['step_s_median']:10.2f}"
+        f"{summary['pytorch']['samples_per_s']:12.1f}\n"
+        f"{'v2f-jax':10s}{summary['jax']['step_s_median']:10.2f}"
+        f"{summary['jax']['samples_per_s']:12.1f}\n"
+        f"speedup {summary['speedup_median_of_rounds']:.2f}x (median of {args.rounds} rounds, "
+        f"range {min(ratios):.2f}-{max(ratios):.2f})",
+        file=log,
+    )
+    return summary
+
+
+def track_bf16(args) -> dict:
+    """fp32 and bf16 runs of the tiny config from the same start on the same batches: losses."""
+    import numpy as np  # noqa: PLC0415
+
+    from v2f_jax import bench, config_lib  # noqa: PLC0415
+
+    histories = {}
+    for dtype in ("float32", "bfloat16"):
+        config = config_lib.load_config(REPO / "configs/tiny.py", args.config_override)
+        config = bench.apply_step_overrides(config, dtype=dtype, impl=args.impl)
+        histories[dtype] = bench.loss_history(config, steps=args.track_bf16)
+    keys = sorted(histories["float32"])
+    out = {"steps": args.track_bf16, "config": "configs/tiny.py", "losses": {}}
+    for k in keys:
+        a, b = np.asarray(histories["float32"][k]), np.asarray(histories["bfloat16"][k])
+        last = slice(-max(1, len(a) // 10), None)  # the last 10% of the run
+        out["losses"][k] = {
+            "fp32_first": float(a[0]), "bf16_first": float(b[0]),
+            "fp32_last10pct_mean": float(a[last].mean()),
+            "bf16_last10pct_mean": float(b[last].mean()),
+            "max_abs_diff": float(np.max(np.abs(a - b))),
+            "mean_abs_diff": float(np.mean(np.abs(a - b))),
+            "corr": float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else None,
+        }
+        print(f"  {k:8s} fp32 {a[0]:.3f} -> {a[last].mean():.3f}   bf16 {b[0]:.3f} -> "
+              f"{b[last].mean():.3f}   max|diff| {np.max(np.abs(a - b)):.3f}", file=sys.stderr)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--frames", type=int, default=800)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="our compute dtype (and PyTorch's unless --torch-dtype)")
+    parser.add_argument("--torch-dtype", choices=("float32", "bfloat16"), default=None,
+                        help="PyTorch's: float32, or bfloat16 autocast (default: --dtype)")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--steps-per-round", type=int, default=2)
+    parser.add_argument("--torch-threads", type=int, default=os.cpu_count())
+    parser.add_argument("--torch-variant", choices=("reference", "dedup"), default="reference")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="PyTorch G and F in channels_last memory format")
+    parser.add_argument("--config", default=str(REPO / "configs/wen2019.py"))
+    parser.add_argument("--config-override", action="append", default=[],
+                        help="a --config.x=y for our side (repeatable)")
+    parser.add_argument("--impl", default="auto", help="our conv forms (config.model.impl)")
+    parser.add_argument("--peak", action="store_true", help="also measure our matmul peak")
+    parser.add_argument("--track-bf16", type=int, default=0, metavar="STEPS",
+                        help="instead: fp32 vs bf16 losses over STEPS steps of configs/tiny.py")
+    parser.add_argument("--worker", choices=("pytorch", "jax"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker == "pytorch":
+        return _torch_worker(args)
+    if args.worker == "jax":
+        return _jax_worker(args)
+    result = track_bf16(args) if args.track_bf16 else compare(args)
+    print(json.dumps(result, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""`v2f bench`: every mode runs on tiny shapes and prints one JSON line with its keys (no timing
+assertions: the numbers depend on the machine)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from v2f_jax import bench, cli
+
+STEP_KEYS = {
+    "samples_per_s", "steps_per_s", "samples_per_s_per_device", "compile_s", "step_s",
+    "flops_per_step", "gflops_per_s", "peak_gflops_per_s_per_device", "peak_share", "devices",
+    "impl_resolved", "dtype", "batch", "frames", "machine", "losses_finite", "hlo",
+}
+
+
+def _bench(capsys, *argv):
+    assert cli.main(["bench", *argv]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    return json.loads(lines[0])
+
+
+def test_step_mode_reports_throughput_flops_and_peak(capsys):
+    out = _bench(capsys, "--config", "configs/tiny.py", "--batch", "8", "--frames", "32",
+                 "--steps", "2", "--warmup", "1", "--num-ids", "5")
+    assert STEP_KEYS <= set(out)
+    assert out["mode"] == "step" and out["batch"] == 8 and out["frames"] == 32
+    assert out["devices"] == 4  # conftest's fake CPU devices; jit over the mesh
+    assert out["samples_per_s"] > 0 and out["flops_per_step"] > 0
+    assert 0 < out["peak_share"]
+    assert out["step_s"]["n"] == 2 and out["step_s"]["min"] <= out["step_s"]["median"]
+    assert out["impl_resolved"] == "matmul" and out["losses_finite"]
+    # The fast form leaves no convolution in G or the critics (E's 1-D convs remain).
+    assert out["hlo"]["convolutions"] <= 5
+
+
+def test_step_mode_bfloat16_pmap_and_config_overrides(capsys):
+    out = _bench(capsys, "--config", "configs/tiny.py", "--batch", "8", "--frames", "32",
+                 "--steps", "1", "--warmup", "0", "--dtype", "bfloat16", "--parallel", "pmap",
+                 "--no-peak", "--num-ids", "5", "--config.model.impl=reference")
+    assert out["dtype"] == "bfloat16" and out["parallel"] == "pmap"
+    assert out["impl_resolved"] == "reference"
+    assert "peak_share" not in out and out["samples_per_s"] > 0
+
+
+def test_generate_mode_reports_latency_at_each_batch(capsys):
+    out = _bench(capsys, "--config", "configs/tiny.py", "--mode", "generate", "--frames", "32",
+                 "--steps", "2", "--num-ids", "5")
+    for b in ("batch1", "batch64"):
+        assert out[b]["latency_s"]["median"] > 0 and out[b]["faces_per_s"] > 0
+
+
+def test_prepare_mode_reports_audio_seconds_per_cpu_second(capsys, examples_dir):
+    wavs = sorted(str(p) for p in examples_dir.glob("*.wav"))[:2]
+    out = _bench(capsys, "--config", "configs/tiny.py", "--mode", "prepare", "--audio", *wavs)
+    assert out["files"] == 2 and out["audio_s"] > 0 and out["audio_s_per_cpu_s"] > 0
+
+
+def test_input_mode_reads_real_shards_against_a_demand(capsys, tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    from input_pipeline import prepare
+
+    rng = np.random.default_rng(0)
+    meta = ["VoxCeleb1 ID\tVGGFace1 ID\tGender\tNationality\tSet"]
+    for i, name in enumerate(["Fay_F", "Gus_G", "Hal_H", "Ida_I"]):
+        vid = f"id{10001 + i}"
+        meta.append(f"{vid}\t{name}\t{'mf'[i % 2]}\tUK\tdev")
+        (tmp_path / "fbank" / vid / "v").mkdir(parents=True)
+        (tmp_path / "faces" / name).mkdir(parents=True)
+        for u in range(3):
+            mel = rng.standard_normal([int(rng.integers(40, 120)), 64]).astype(np.float32)
+            np.save(tmp_path / "fbank" / vid / "v" / f"{u:05d}.npy", mel)
+            img = rng.integers(0, 256, [72, 72, 3], dtype=np.uint8)
+            cv2.imwrite(str(tmp_path / "faces" / name / f"{u}.png"), img)
+    (tmp_path / "meta.csv").write_text("\n".join(meta) + "\n")
+    records = tmp_path / "records"
+    prepare.prepare(tmp_path / "fbank", tmp_path / "faces", tmp_path / "meta.csv", records,
+                    workers=1, shards_per_split=2, progress=False)
+    out = _bench(capsys, "--config", "configs/tiny.py", "--mode", "input", "--records",
+                 str(records), "--batch", "4", "--steps", "3", "--demand", "100",
+                 "--config.data.shuffle_buffer=8")
+    assert out["batches_per_s"] > 0 and out["records_per_s"] == pytest.approx(
+        2 * 4 * out["batches_per_s"])
+    assert out["step_demand_samples_per_s"] == 100 and out["supply_over_demand"] > 0
+
+
+def test_bad_impl_is_a_usage_error(capsys):
+    assert cli.main(["bench", "--config", "configs/tiny.py", "--impl", "im2col"]) == 2
+    assert "im2col" in capsys.readouterr().err
+
+
+def test_spread_and_hlo_counts():
+    s = bench.spread([3.0, 1.0, 2.0, 10.0])
+    assert s["median"] == 2.5 and s["min"] == 1.0 and s["max"] == 10.0 and s["n"] == 4
+    text = (
+        '%ynn_fusion = f32[2,2]{1,0} fusion(%a, %b), kind=kCustom, calls=%fc, '
+        'backend_config={"fusion_config":{"kind":"__ynn_fusion"}}\n'
+        "%dot.1 = f32[2,2]{1,0} dot(%a, %b)\n"
+        "%convolution.2 = f32[1,2,2,1]{3,2,1,0} convolution(%x, %w)\n"
+    )
+
+    class Fake:
+        def as_text(self):
+            return text
+
+    assert bench.hlo_op_counts(Fake()) == {
+        "library_fusions": 1, "other_dots": 1, "convolutions": 1}

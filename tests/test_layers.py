@@ -1,0 +1,129 @@
+"""Every fast form of the convolutions equals the plain form: values and gradients, fp32 ~1e-5."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from v2f_jax import config_lib, layers, models, state as state_lib
+
+FAST = [impl for impl in layers.IMPLS if impl != "reference"]
+# (kernel, stride, padding, input size): G's layers (4x4 s2 p1 at several sizes, the 1x1 -> 4x4
+# projection, the 1x1 to RGB) and odd geometries that exercise the general sub-pixel algebra.
+TRANSPOSE_CASES = [(4, 2, 1, 4), (4, 2, 1, 9), (4, 1, 0, 1), (1, 1, 0, 5), (3, 2, 1, 5),
+                   (5, 3, 2, 4)]
+# F's layers (1x1, 4x4 s2 p1, 4x4 valid on 4x4) and others.
+CONV_CASES = [(1, 1, 0, 6), (4, 2, 1, 8), (4, 2, 1, 7), (4, 1, 0, 4), (3, 2, 1, 7)]
+
+
+def _inputs(k, size, in_ch=3, out_ch=5, seed=0):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.normal(size=(2, size, size + 1, in_ch)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(k, k, in_ch, out_ch)) / k, jnp.float32)
+    return x, w
+
+
+def _value_and_grads(op, case, impl):
+    k, stride, padding, size = case
+    x, w = _inputs(k, size)
+    probe = jax.random.normal(jax.random.PRNGKey(1), op(x, w, stride, padding, "reference").shape)
+
+    def loss(x, w):
+        return jnp.sum(op(x, w, stride, padding, impl).astype(jnp.float32) * probe)
+
+    return op(x, w, stride, padding, impl), jax.grad(loss, argnums=(0, 1))(x, w)
+
+
+def _assert_all_same(op, cases, rtol=1e-5, atol=1e-5):
+    for case in cases:
+        # One small jit per case (XLA's compile time grows faster than the graph).
+        results = jax.jit(lambda: {i: _value_and_grads(op, case, i) for i in layers.IMPLS})()
+        ref = results["reference"]
+        for impl in FAST:
+            got = results[impl]
+            for name, a, b in zip(("y", "dx", "dw"), jax.tree_util.tree_leaves(got),
+                                  jax.tree_util.tree_leaves(ref)):
+                assert a.shape == b.shape
+                np.testing.assert_allclose(
+                    a, b, rtol=rtol, atol=atol, err_msg=f"{impl} {name} k,s,p,size={case}"
+                )
+
+
+def test_transposed_conv_forms_equal_the_plain_form():
+    _assert_all_same(layers.conv_transpose, TRANSPOSE_CASES)
+
+
+def test_conv_forms_equal_the_plain_form():
+    _assert_all_same(layers.conv2d, CONV_CASES)
+
+
+def test_both_matmul_forms_of_the_transposed_conv_are_exercised():
+    assert layers.transpose_form(4, 4, 4, 2) == "col2im"  # G's 4x4 -> 8x8
+    assert layers.transpose_form(32, 32, 4, 2) == "subpixel"  # G's 32x32 -> 64x64
+    assert layers.transpose_form(1, 1, 4, 1) == "col2im"  # the 1x1 projection
+
+
+def test_transposed_conv_matches_pytorch_semantics_by_hand():
+    """ConvTranspose2d(1, 1, k=4, s=2, p=1) of a single 1 at (1, 1) stamps the kernel at
+    rows/cols 2*1 - 1 + [0, 4), cropped to the 4x4 output: the definition, not another impl."""
+    x = jnp.zeros((1, 2, 2, 1)).at[0, 1, 1, 0].set(1.0)
+    w = jnp.arange(16.0).reshape(4, 4, 1, 1)
+    expected = np.zeros((4, 4))
+    expected[1:4, 1:4] = np.arange(16.0).reshape(4, 4)[:3, :3]
+    for impl in layers.IMPLS:
+        np.testing.assert_allclose(layers.conv_transpose(x, w, 2, 1, impl)[0, :, :, 0], expected)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_matmul_gradients_and_dtypes(dtype):
+    """The custom VJP: a's gradient in the compute dtype, w's in w's dtype (float32)."""
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.normal(size=(37, 11)), dtype)
+    w = jnp.asarray(rng.normal(size=(11, 6)), jnp.float32)
+    y = layers.matmul(a, w)
+    assert y.dtype == dtype
+    da, dw = jax.grad(lambda a, w: jnp.sum(layers.matmul(a, w).astype(jnp.float32) ** 2),
+                      argnums=(0, 1))(a, w)
+    assert da.dtype == dtype and dw.dtype == jnp.float32
+    a32 = a.astype(jnp.float32)
+    da_ref, dw_ref = jax.grad(lambda a, w: jnp.sum((a @ w) ** 2), argnums=(0, 1))(a32, w)
+    tol = 1e-5 if dtype == jnp.float32 else 5e-2
+    np.testing.assert_allclose(da.astype(jnp.float32), da_ref, rtol=tol, atol=tol * 10)
+    np.testing.assert_allclose(dw, dw_ref, rtol=tol, atol=tol * 10)
+
+
+def test_auto_picks_per_backend_and_rejects_unknown_names():
+    assert layers.resolve_impl("auto", "cpu") == "matmul"
+    assert layers.resolve_impl("auto", "gpu") == "reference"
+    assert layers.resolve_impl("auto", "tpu") == "reference"
+    assert layers.resolve_impl("subpixel") == "subpixel"
+    with pytest.raises(ValueError, match="im2col"):
+        layers.resolve_impl("im2col")
+
+
+def test_networks_give_the_same_numbers_under_every_impl():
+    """The tiny G and critics, parameters shared across impls (the layout is the same)."""
+    base = config_lib.load_config("configs/tiny.py")
+    nets = {}
+    for impl in layers.IMPLS:
+        config = config_lib.load_config("configs/tiny.py", [f"--config.model.impl={impl}"])
+        nets[impl] = models.Networks(config.model, num_ids=7)
+    state = state_lib.create_gan_state(base, nets["reference"])
+    emb = jax.random.normal(jax.random.PRNGKey(3), (3, base.model.embed_dim))
+
+    def run(n):
+        def loss(g_params, c_params):
+            faces = n.generator.apply({"params": g_params}, emb)
+            adv, ids = n.critics.apply({"params": c_params}, faces)
+            return jnp.sum(adv) + jnp.sum(ids**2) * 1e-2, faces
+
+        (value, faces), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+            state.generator, state.critics
+        )
+        return value, faces, grads
+
+    results = {impl: jax.jit(lambda n=n: run(n))() for impl, n in nets.items()}
+    for impl in FAST:
+        leaves = zip(*(jax.tree_util.tree_leaves(results[i]) for i in (impl, "reference")))
+        for a, b in leaves:
+            np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5, err_msg=impl)

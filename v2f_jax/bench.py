@@ -1,0 +1,458 @@
+"""Throughput measurements behind `v2f bench`: the training step, the input pipeline, the feature
+front end and generation. Each returns one flat JSON-able dict.
+
+Timings are wall-clock, one `block_until_ready` per step (the step's device->host copy of the
+metrics is not timed: a training loop only fetches them at log steps). Every figure states its
+spread because shared machines are noisy; compare runs only with each other's spread in mind, or
+interleave them (`benchmarks/compare_pytorch.py`).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import statistics
+import time
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from v2f_jax import layers, models, parallel, state as state_lib, train_step
+
+DEFAULT_NUM_IDS = 924  # the reference's training identities (VoxCeleb1 F-Z)
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def machine() -> dict:
+    """Where the numbers came from."""
+    return {
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "backend": jax.default_backend(),
+        "devices": jax.device_count(),
+        "device_kind": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def spread(seconds: Sequence[float]) -> dict:
+    """Median, min, max and the interquartile range of a list of durations, in seconds."""
+    xs = sorted(seconds)
+    q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
+    return {
+        "median": statistics.median(xs),
+        "min": xs[0],
+        "max": xs[-1],
+        "iqr": q[2] - q[0],
+        "n": len(xs),
+    }
+
+
+def time_calls(fn: Callable[[], object], n: int) -> list[float]:
+    """Wall seconds of `n` calls of `fn`, each blocked on its result."""
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def matmul_peak(dtype: str = "float32", size: int = 2048, repeats: int = 5) -> dict:
+    """GFLOP/s of one large `[size, size] @ [size, size]` in the compute dtype, best of `repeats`.
+
+    bfloat16 is measured as the step computes it: bf16 inputs, float32 accumulation.
+    """
+    dt = models.compute_dtype(dtype)
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(size, size)), dt)
+    f = jax.jit(lambda a: jax.lax.dot(a, a, preferred_element_type=jnp.float32))
+    jax.block_until_ready(f(a))
+    best = min(time_calls(lambda: f(a), repeats))
+    return {"gflops_per_s": 2 * size**3 / best / 1e9, "size": size, "dtype": dtype}
+
+
+def compiled_flops(compiled) -> float | None:
+    """FLOPs of one call, from XLA's cost analysis of the compiled executable (None if absent)."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 (not every backend implements it)
+        return None
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    if not cost or "flops" not in cost:
+        return None
+    return float(cost["flops"])
+
+
+def hlo_op_counts(compiled) -> dict:
+    """What the compiled step is made of: matmuls in a library fusion (XLA:CPU's YNNPACK/XNNPACK/
+    oneDNN), other dots, and convolutions (the slow forms on XLA:CPU)."""
+    try:
+        text = compiled.as_text()
+    except Exception:  # noqa: BLE001
+        return {}
+    library = len(re.findall(r'"kind":"__(?:ynn|xnn|onednn)[a-z_]*"', text))
+    return {
+        "library_fusions": library,
+        "other_dots": len(re.findall(r"\bdot\(", text)) - _dots_inside_library_fusions(text),
+        "convolutions": len(re.findall(r"\bconvolution\(", text)),
+    }
+
+
+def _dots_inside_library_fusions(text: str) -> int:
+    """Dots in the fused computations that library fusions call (counted once per fusion)."""
+    called = set(re.findall(r'calls=(%[\w.\-]+)[^\n]*"kind":"__(?:ynn|xnn|onednn)', text))
+    count = 0
+    for block in re.split(r"\n(?=\S)", text):
+        name = block.split(" ", 1)[0]
+        if name in called:
+            count += len(re.findall(r"\bdot\(", block))
+    return count
+
+
+# ------------------------------------------------------------------------------ training step
+
+
+def synthetic_batch(
+    batch_size: int, frames: int, num_ids: int, n_mels: int = 64, image_size: int = 64, seed=0
+) -> dict[str, np.ndarray]:
+    """A training batch of the right shapes and ranges (voices N(0,1), faces in [-1, 1])."""
+    rng = np.random.default_rng(seed)
+    return {
+        "voice": rng.normal(size=(batch_size, frames, n_mels)).astype(np.float32),
+        "voice_id": rng.integers(0, num_ids, batch_size).astype(np.int32),
+        "face": rng.uniform(-1, 1, size=(batch_size, image_size, image_size, 3)).astype(np.float32),
+        "face_id": rng.integers(0, num_ids, batch_size).astype(np.int32),
+    }
+
+
+def apply_step_overrides(
+    config: ml_collections.ConfigDict,
+    *,
+    batch_size: int | None = None,
+    dtype: str | None = None,
+    parallel_mode: str | None = None,
+    impl: str | None = None,
+) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict(config.to_dict())
+    if batch_size is not None:
+        config.train.batch_size = batch_size
+    if dtype is not None:
+        config.model.dtype = dtype
+    if parallel_mode is not None:
+        config.train.parallel = parallel_mode
+    if impl is not None:
+        config.model.impl = impl
+    return config
+
+
+class StepRunner:
+    """The compiled GAN step of a config on synthetic data: `compile()`, then `run(n)`.
+
+    Shared by `v2f bench` and `benchmarks/compare_pytorch.py`, so both time the same thing.
+    """
+
+    def __init__(self, config, *, frames: int, num_ids: int = DEFAULT_NUM_IDS, seed: int = 0):
+        self.config = config
+        self.frames = frames
+        self.num_ids = num_ids
+        self.nets = models.Networks(config.model, num_ids)
+        mode = config.train.parallel
+        self.dp = parallel.DataParallel(
+            lambda axis_name: train_step.make_gan_step(config, self.nets, axis_name), mode
+        )
+        batch_size = config.train.batch_size
+        if batch_size % self.dp.num_devices:
+            raise ValueError(
+                f"batch {batch_size} is not divisible by {self.dp.num_devices} devices"
+            )
+        self.batch_size = batch_size
+        host_state = _run_once(lambda: state_lib.create_gan_state(config, self.nets))
+        self.state = self.dp.put_state(jax.device_get(host_state))
+        host_batch = synthetic_batch(
+            batch_size, frames, num_ids, config.data.n_mels, config.data.image_size, seed
+        )
+        self.batch = self.dp.put_batch(host_batch)
+        self.step = None
+        self.compile_s = None
+        self.compiled = None
+
+    def compile(self) -> float:
+        """Compiles the step once; returns the seconds it took."""
+        start = time.perf_counter()
+        self.compiled = self.dp.step.lower(self.state, self.batch).compile()
+        self.compile_s = time.perf_counter() - start
+        self.step = self.compiled
+        return self.compile_s
+
+    def run(self, n: int) -> list[float]:
+        """Runs `n` steps; their wall seconds each. The state advances (donated buffers)."""
+        if self.step is None:
+            self.compile()
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            self.state, metrics = self.step(self.state, self.batch)
+            jax.block_until_ready((self.state, metrics))
+            times.append(time.perf_counter() - start)
+        self.last_metrics = metrics
+        return times
+
+    def metrics(self) -> dict[str, float]:
+        return self.dp.get_metrics(self.last_metrics)
+
+
+def _run_once(fn: Callable):
+    """`jax.jit(fn)()` compiled with XLA:CPU's cheap settings (initialisation runs once)."""
+    lowered = jax.jit(fn).lower()
+    options = {}
+    if jax.default_backend() == "cpu":
+        options = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+    return lowered.compile(compiler_options=options)()
+
+
+def bench_step(
+    config: ml_collections.ConfigDict,
+    *,
+    frames: int,
+    steps: int = 10,
+    warmup: int = 2,
+    num_ids: int = DEFAULT_NUM_IDS,
+    peak: bool = True,
+) -> dict:
+    """Compile once, warm up, time `steps` steps of the full GAN step (`train_step`)."""
+    runner = StepRunner(config, frames=frames, num_ids=num_ids)
+    compile_s = runner.compile()
+    flops = compiled_flops(runner.compiled)
+    peak_before = matmul_peak(config.model.dtype) if peak else None
+    runner.run(warmup)
+    times = runner.run(steps)
+    peak_after = matmul_peak(config.model.dtype) if peak else None
+    metrics = runner.metrics()
+    step_s = spread(times)
+    n_dev = runner.dp.num_devices
+    samples_per_s = runner.batch_size / step_s["median"]
+    out = {
+        "mode": "step",
+        "batch": runner.batch_size,
+        "frames": frames,
+        "dtype": config.model.dtype,
+        "impl": config.model.impl,
+        "impl_resolved": layers.resolve_impl(config.model.impl),
+        "arch": config.model.arch,
+        "parallel": config.train.parallel,
+        "num_ids": num_ids,
+        "compile_s": compile_s,
+        "step_s": step_s,
+        "samples_per_s": samples_per_s,
+        "steps_per_s": 1.0 / step_s["median"],
+        "devices": n_dev,
+        "samples_per_s_per_device": samples_per_s / n_dev,
+        "flops_per_step": flops,
+        "gflops_per_s": flops / step_s["median"] / 1e9 if flops else None,
+        "gflops_per_s_per_device": flops / step_s["median"] / 1e9 / n_dev if flops else None,
+        "losses_finite": all(np.isfinite(v) for v in metrics.values()),
+        "hlo": hlo_op_counts(runner.compiled),
+    }
+    if peak:
+        best = max(peak_before["gflops_per_s"], peak_after["gflops_per_s"])
+        out["peak_gflops_per_s_per_device"] = best
+        out["peak_matmul"] = f"{peak_before['size']}^3 {config.model.dtype}"
+        if flops:
+            # XLA's cost analysis counts the whole program (all devices under jit).
+            out["peak_share"] = out["gflops_per_s"] / (best * n_dev)
+    out["machine"] = machine()
+    return out
+
+
+def learnable_batches(
+    n_batches: int, batch_size: int, frames: int, num_ids: int, n_mels: int = 64, seed: int = 0
+) -> list[dict[str, np.ndarray]]:
+    """Batches with something to learn: a face's colour and a voice's spectral tilt say the
+    identity. For loss-tracking runs (bf16 vs fp32), not for quality."""
+    rng = np.random.default_rng(seed)
+    tint = np.linspace(-0.8, 0.8, num_ids)
+    tilt = rng.normal(size=(num_ids, n_mels))
+    out = []
+    for _ in range(n_batches):
+        face_id = rng.integers(0, num_ids, batch_size).astype(np.int32)
+        voice_id = rng.integers(0, num_ids, batch_size).astype(np.int32)
+        face = tint[face_id][:, None, None, None] + 0.1 * rng.normal(size=(batch_size, 64, 64, 3))
+        face[..., 1] *= -1
+        voice = tilt[voice_id][:, None, :] + rng.normal(size=(batch_size, frames, n_mels))
+        out.append({
+            "voice": voice.astype(np.float32), "voice_id": voice_id,
+            "face": np.clip(face, -1, 1).astype(np.float32), "face_id": face_id,
+        })
+    return out
+
+
+def loss_history(
+    config: ml_collections.ConfigDict, steps: int, num_ids: int = 8, n_batches: int = 16
+) -> dict[str, list[float]]:
+    """Every step's metrics over `steps` steps from the config's seed on `learnable_batches`."""
+    frames = max(config.data.crop_lengths)
+    nets = models.Networks(config.model, num_ids)
+    dp = parallel.DataParallel(
+        lambda axis_name: train_step.make_gan_step(config, nets, axis_name), "jit",
+        devices=jax.devices()[:1],
+    )
+    state = dp.put_state(jax.device_get(
+        _run_once(lambda: state_lib.create_gan_state(config, nets))))
+    batches = [dp.put_batch(b) for b in learnable_batches(
+        n_batches, config.train.batch_size, frames, num_ids, config.data.n_mels, config.seed)]
+    history: dict[str, list[float]] = {}
+    for i in range(steps):
+        state, metrics = dp(state, batches[i % n_batches])
+        for k, v in dp.get_metrics(metrics).items():
+            history.setdefault(k, []).append(v)
+    return history
+
+
+# ------------------------------------------------------------------------------ generation
+
+
+def bench_generate(
+    config: ml_collections.ConfigDict,
+    *,
+    frames: int = 800,
+    batch_sizes: Sequence[int] = (1, 64),
+    repeats: int = 10,
+    num_ids: int = DEFAULT_NUM_IDS,
+) -> dict:
+    """Latency of E + G forward (voice features -> faces) at each batch size."""
+    nets = models.Networks(config.model, num_ids)
+    state = _run_once(lambda: state_lib.create_gan_state(config, nets))
+
+    def generate(embedder, generator, voice):
+        raw = nets.embedder.apply(embedder, voice)
+        return nets.generator.apply({"params": generator}, train_step.unit(raw))
+
+    out = {"mode": "generate", "frames": frames, "dtype": config.model.dtype,
+           "impl_resolved": layers.resolve_impl(config.model.impl)}
+    f = jax.jit(generate)
+    for b in batch_sizes:
+        voice = jnp.asarray(synthetic_batch(b, frames, 1, config.data.n_mels)["voice"])
+        start = time.perf_counter()
+        jax.block_until_ready(f(state.embedder, state.generator, voice))
+        compile_s = time.perf_counter() - start
+        lat = spread(time_calls(lambda: f(state.embedder, state.generator, voice), repeats))
+        out[f"batch{b}"] = {
+            "latency_s": lat,
+            "faces_per_s": b / lat["median"],
+            "first_call_s": compile_s,
+        }
+    out["machine"] = machine()
+    return out
+
+
+# ------------------------------------------------------------------------------ input pipeline
+
+
+def bench_input(
+    config: ml_collections.ConfigDict,
+    records_dir: str | os.PathLike,
+    *,
+    batch_size: int,
+    batches: int = 50,
+    warmup: int = 5,
+    demand_samples_per_s: float | None = None,
+) -> dict:
+    """Batches/s and records/s of the training reader over real shards, against the step."""
+    from input_pipeline import reader  # noqa: PLC0415 (TensorFlow)
+
+    it = reader.make_train_iterator(
+        records_dir,
+        batch_size=batch_size,
+        crop_lengths=tuple(config.data.crop_lengths),
+        seed=config.seed,
+        face_flip=config.data.face_flip,
+        shuffle_buffer=config.data.shuffle_buffer,
+    )
+    start = time.perf_counter()
+    for _ in range(warmup):
+        next(it)
+    first_s = time.perf_counter() - start
+    times = []
+    for _ in range(batches):
+        t0 = time.perf_counter()
+        next(it)
+        times.append(time.perf_counter() - t0)
+    total = sum(times)
+    out = {
+        "mode": "input",
+        "records_dir": str(records_dir),
+        "batch": batch_size,
+        "crop_lengths": list(config.data.crop_lengths),
+        "warmup_s": first_s,
+        "batch_s": spread(times),
+        "batches_per_s": batches / total,
+        # A batch is batch_size voices and batch_size faces.
+        "records_per_s": 2 * batch_size * batches / total,
+        "samples_per_s": batch_size * batches / total,
+    }
+    if demand_samples_per_s:
+        out["step_demand_samples_per_s"] = demand_samples_per_s
+        out["supply_over_demand"] = out["samples_per_s"] / demand_samples_per_s
+    out["machine"] = machine()
+    return out
+
+
+# ------------------------------------------------------------------------------ feature front end
+
+
+def bench_prepare(paths: Sequence[str | os.PathLike], frontend: str = "wen2019", repeats=2) -> dict:
+    """Audio seconds per CPU-second of decode + VAD + features (what `v2f prepare` runs per file).
+
+    CPU time of this process (`time.process_time`), best of `repeats`, so other load on the
+    machine does not count; wall time alongside.
+    """
+    from input_pipeline import audio, errors  # noqa: PLC0415
+
+    if not paths:
+        raise ValueError("no audio files to time")
+    seconds = 0.0
+    for p in paths:
+        seconds += audio.load_audio(p).size / audio.SAMPLE_RATE
+    audio.voice_features(paths[0], frontend)  # warm-up: imports and filter caches
+    best_cpu, best_wall, rejected = float("inf"), float("inf"), 0
+    for _ in range(repeats):
+        cpu, wall, rejected = time.process_time(), time.perf_counter(), 0
+        for p in paths:
+            try:
+                audio.voice_features(p, frontend)
+            except errors.BadInputError:
+                rejected += 1
+        best_cpu = min(best_cpu, time.process_time() - cpu)
+        best_wall = min(best_wall, time.perf_counter() - wall)
+    return {
+        "mode": "prepare",
+        "frontend": frontend,
+        "files": len(paths),
+        "rejected": rejected,
+        "audio_s": seconds,
+        "cpu_s": best_cpu,
+        "wall_s": best_wall,
+        "audio_s_per_cpu_s": seconds / best_cpu,
+        "audio_s_per_wall_s": seconds / best_wall,
+        "machine": machine(),
+    }

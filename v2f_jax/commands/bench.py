@@ -1,0 +1,106 @@
+"""Measure throughput; print one JSON line.
+
+Modes:
+  step      (default) the full GAN training step on synthetic data: compile time, median step
+            time and its spread, samples/s and steps/s (total and per device), FLOPs/step from
+            XLA's cost analysis, GFLOP/s, and the share of a matmul peak measured in the same run.
+  input     the training reader over real shards (`--records`, from `v2f prepare`): batches/s and
+            records/s against the step's demand (measured here unless `--demand` is given).
+  prepare   the feature front end (decode + VAD + log-mel) over audio files: audio seconds per
+            CPU-second.
+  generate  E + G forward latency at batch 1 and 64.
+
+Examples:
+  v2f bench --config configs/wen2019.py --batch 128 --frames 800 --dtype bfloat16
+  v2f bench --config configs/wen2019.py --mode input --records records/
+  v2f bench --config configs/wen2019.py --mode prepare --audio data/*.wav
+The PyTorch comparison is `python benchmarks/compare_pytorch.py` (see BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+MODES = ("step", "input", "prepare", "generate")
+DEFAULT_EXAMPLES = pathlib.Path(__file__).resolve().parents[3] / "shared/data/voxceleb-examples"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--config", required=True, type=pathlib.Path, help="configs/*.py file")
+    parser.add_argument("--mode", choices=MODES, default="step")
+    parser.add_argument("--batch", type=int, default=None, help="global batch (config's default)")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="voice frames per example (default: the config's longest crop)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                        help="compute dtype (config's default); parameters stay float32")
+    parser.add_argument("--impl", default=None,
+                        help="conv forms: auto | reference | subpixel | matmul (config's default)")
+    parser.add_argument("--parallel", choices=("jit", "pmap"), default=None)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (or batches, calls)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+    parser.add_argument("--num-ids", type=int, default=None,
+                        help="identities for C (default: config.model.num_ids, else 924)")
+    parser.add_argument("--no-peak", action="store_true", help="skip the matmul peak")
+    parser.add_argument("--records", type=pathlib.Path, help="input mode: v2f prepare --out")
+    parser.add_argument("--demand", type=float, default=None,
+                        help="input mode: the step's samples/s (default: measure it here)")
+    parser.add_argument("--audio", nargs="+", default=None, metavar="FILE",
+                        help=f"prepare mode: audio files (default: the wavs in {DEFAULT_EXAMPLES})")
+    parser.add_argument("--frontend", default="wen2019", help="prepare mode: front end")
+
+
+def run(args: argparse.Namespace) -> int:
+    from v2f_jax import bench, config_lib  # noqa: PLC0415 (JAX)
+
+    try:
+        config = config_lib.load_config(args.config, getattr(args, "config_overrides", []))
+        config = bench.apply_step_overrides(
+            config, batch_size=args.batch, dtype=args.dtype, parallel_mode=args.parallel,
+            impl=args.impl,
+        )
+        from v2f_jax import layers  # noqa: PLC0415
+
+        layers.resolve_impl(config.model.impl)  # a bad name fails here, not mid-compile
+    except (config_lib.ConfigError, ValueError) as err:
+        print(f"v2f bench: {err}", file=sys.stderr)
+        return 2
+    frames = args.frames or max(config.data.crop_lengths)
+    num_ids = args.num_ids or int(config.model.get("num_ids", 0) or 0) or bench.DEFAULT_NUM_IDS
+
+    if args.mode == "step":
+        result = bench.bench_step(
+            config, frames=frames, steps=args.steps, warmup=args.warmup, num_ids=num_ids,
+            peak=not args.no_peak,
+        )
+    elif args.mode == "generate":
+        result = bench.bench_generate(
+            config, frames=frames, repeats=args.steps, num_ids=num_ids
+        )
+    elif args.mode == "input":
+        if args.records is None:
+            print("v2f bench: --mode input needs --records DIR (from v2f prepare)", file=sys.stderr)
+            return 2
+        demand = args.demand
+        if demand is None:
+            step = bench.bench_step(
+                config, frames=frames, steps=3, warmup=1, num_ids=num_ids, peak=False
+            )
+            demand = step["samples_per_s"]
+        result = bench.bench_input(
+            config, args.records, batch_size=config.train.batch_size, batches=args.steps,
+            demand_samples_per_s=demand,
+        )
+    else:
+        paths = args.audio or sorted(str(p) for p in DEFAULT_EXAMPLES.glob("*.wav"))
+        if not paths:
+            print(f"v2f bench: no --audio given and no wavs in {DEFAULT_EXAMPLES}",
+                  file=sys.stderr)
+            return 2
+        result = bench.bench_prepare(paths, args.frontend)
+    result["config"] = str(args.config)
+    print(json.dumps(result, sort_keys=True))
+    return 0

@@ -1,0 +1,51 @@
+"""Draw a face for each voice: VAD, log-mel, E, G; one PNG per voice and a contact sheet.
+
+The model's own front end (the one that made its training features) computes the log-mels;
+`--frontend` may only confirm it. A file that cannot be used (unreadable, no speech) is reported
+and skipped, and the exit status is then 1. `generate.json` in --out lists every input.
+
+Examples:
+  v2f generate --model wen2019.safetensors --audio a.wav b.m4a --out faces/
+  v2f generate --torch-embedder voice_embedding.pth --torch-generator generator.pth \\
+      --audio data/example_data/*.wav --out faces/
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+from v2f_jax.commands import export as export_command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    export_command.add_source_arguments(parser)
+    parser.add_argument("--audio", nargs="+", required=True, metavar="FILE", help="audio files")
+    parser.add_argument("--out", required=True, type=pathlib.Path, help="output directory")
+    parser.add_argument(
+        "--frontend", choices=("wen2019", "librosa"), default=None,
+        help="the model's front end is used; naming a different one is an error",
+    )
+    parser.add_argument(
+        "--min-seconds", type=float, default=0.5,
+        help="skip a file with less speech than this after VAD (default 0.5)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from v2f_jax import export, generate, torch_interop  # noqa: PLC0415
+
+    try:
+        model = export_command.load_source(args)
+        generate.check_frontend(model, args.frontend)
+    except (ValueError, FileNotFoundError, ImportError, OSError, RuntimeError,
+            export.ModelFileError, torch_interop.StateDictError) as err:
+        print(f"v2f generate: error: {err}", file=sys.stderr)
+        return 2
+    result = generate.generate(model, args.audio, args.out, min_seconds=args.min_seconds)
+    for item in result.items:
+        if "reason" in item:
+            print(f"v2f generate: {item['path']}: {item['reason']}", file=sys.stderr)
+    print(f"v2f generate: {result.summary}")
+    return 1 if result.n_failed else 0
