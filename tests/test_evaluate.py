@@ -71,8 +71,14 @@ def test_matching_equals_brute_force_over_trials():
     for v, y in enumerate(g_labels):
         acc = []
         for j in set(f_labels) - {y}:  # impostor identity uniform, then its face
-            acc.append(np.mean([[float(s[v, t] > s[v, i]) for i in np.flatnonzero(f_labels == j)]
-                                for t in np.flatnonzero(f_labels == y)]))
+            acc.append(
+                np.mean(
+                    [
+                        [float(s[v, t] > s[v, i]) for i in np.flatnonzero(f_labels == j)]
+                        for t in np.flatnonzero(f_labels == y)
+                    ]
+                )
+            )
         expected.append(np.mean(acc))
     m = evaluate.matching_1v2(gen, g_labels, faces, f_labels)
     assert m["accuracy"] == pytest.approx(np.mean(expected))
@@ -134,8 +140,14 @@ def records(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("eval")
     corpus = synthetic.make_corpus(root / "corpus", identities=10, utterances=2, faces=3, seed=1)
-    prepare.prepare(corpus["voices_dir"], corpus["faces_dir"], corpus["meta"], root / "records",
-                    workers=1, progress=False)
+    prepare.prepare(
+        corpus["voices_dir"],
+        corpus["faces_dir"],
+        corpus["meta"],
+        root / "records",
+        workers=1,
+        progress=False,
+    )
     return root / "records"
 
 
@@ -154,16 +166,33 @@ def test_eval_command_writes_the_report(records, untrained_model_file, tmp_path,
     from v2f_jax import cli
 
     out = tmp_path / "eval"
-    argv = ["eval", "--model", untrained_model_file, "--records", str(records), "--out", str(out),
-            "--config.eval.face_embedder_steps=20"]
+    argv = [
+        "eval",
+        "--model",
+        untrained_model_file,
+        "--records",
+        str(records),
+        "--out",
+        str(out),
+        "--config.eval.face_embedder_steps=20",
+    ]
     assert cli.main(argv) == 0
     captured = capsys.readouterr()
     assert "training on" in captured.err
     assert captured.out.strip().splitlines()[-2:] == [
-        f"report: {out / 'eval.md'}", f"picture: {out / 'eval.png'}"]
+        f"report: {out / 'eval.md'}",
+        f"picture: {out / 'eval.png'}",
+    ]
     result = json.loads((out / "eval.json").read_text())
-    for key in ("matching_1v2", "matching_1v2_gender", "recall_at_1", "recall_at_5",
-                "recall_at_10", "id_top1", "id_top5"):
+    for key in (
+        "matching_1v2",
+        "matching_1v2_gender",
+        "recall_at_1",
+        "recall_at_5",
+        "recall_at_10",
+        "id_top1",
+        "id_top5",
+    ):
         assert 0.0 <= result[key] <= 1.0, key
     c = result["counts"]
     assert c["test_identities"] >= 2 and c["test_voices"] == 2 * c["test_identities"]
@@ -181,7 +210,8 @@ def test_eval_command_writes_the_report(records, untrained_model_file, tmp_path,
     assert "cached" in capsys.readouterr().err
     again = json.loads((tmp_path / "again" / "eval.json").read_text())
     assert {k: again[k] for k in result if k.startswith(("matching", "recall", "id_"))} == {
-        k: result[k] for k in result if k.startswith(("matching", "recall", "id_"))}
+        k: result[k] for k in result if k.startswith(("matching", "recall", "id_"))
+    }
 
 
 def test_eval_refuses_records_of_another_front_end(records, untrained_model_file, tmp_path):

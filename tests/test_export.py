@@ -9,12 +9,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from v2f_jax import cli, config_lib, export, models, state as state_lib, torch_interop
+from v2f_jax import cli, config_lib, export, models, torch_interop
+from v2f_jax import state as state_lib
 
 
-@functools.lru_cache(maxsize=None)
-def _model(arch="wen2019", num_ids=7, seed=0):
+def _model(arch="wen2019"):
     """A tiny-config model with random E and G (built once per arch; tests must not mutate it)."""
+    return _build_model(arch)
+
+
+@functools.cache
+def _build_model(arch, num_ids=7, seed=0):
     config = config_lib.load_config("configs/tiny.py")
     config.model.arch = arch
     config.model.num_ids = num_ids
@@ -29,7 +34,8 @@ def _model(arch="wen2019", num_ids=7, seed=0):
         lambda x: np.asarray(rng.uniform(0.5, 1.5, x.shape), np.float32), embedder["batch_stats"]
     )
     gan = types.SimpleNamespace(
-        step=np.int32(0), embedder={"params": embedder["params"], "batch_stats": stats},
+        step=np.int32(0),
+        embedder={"params": embedder["params"], "batch_stats": stats},
         generator=generator["params"],
     )
     return export.model_from_state(config, gan, {"test": True}), nets
@@ -62,7 +68,8 @@ def test_model_file_round_trip(tmp_path, arch, suffix):
 
 
 def test_safetensors_file_reads_without_v2f(tmp_path):
-    from safetensors import numpy as st_numpy, safe_open
+    from safetensors import numpy as st_numpy
+    from safetensors import safe_open
 
     model, _ = _model()
     path = export.save_model(model, tmp_path / "m.safetensors")
@@ -90,24 +97,27 @@ def test_torch_layout_round_trip_without_torch():
     e_sd = torch_interop.embedder_to_torch(model.embedder)
     g_sd = torch_interop.generator_to_torch(model.generator)
     assert list(e_sd) == [
-        f"model.{i}.{n}" for i, names in [
-            (0, ["weight"]), (1, ["weight", "bias", "running_mean", "running_var",
-                                  "num_batches_tracked"]),
-            (3, ["weight"]), (4, ["weight", "bias", "running_mean", "running_var",
-                                  "num_batches_tracked"]),
-            (6, ["weight"]), (7, ["weight", "bias", "running_mean", "running_var",
-                                  "num_batches_tracked"]),
-            (9, ["weight"]), (10, ["weight", "bias", "running_mean", "running_var",
-                                   "num_batches_tracked"]),
+        f"model.{i}.{n}"
+        for i, names in [
+            (0, ["weight"]),
+            (1, ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]),
+            (3, ["weight"]),
+            (4, ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]),
+            (6, ["weight"]),
+            (7, ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]),
+            (9, ["weight"]),
+            (10, ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]),
             (12, ["weight", "bias"]),
-        ] for n in names
+        ]
+        for n in names
     ]
     assert list(g_sd) == [f"model.{i}.{n}" for i in (0, 2, 4, 6, 8, 10) for n in ("weight", "bias")]
     assert e_sd["model.0.weight"].shape == (32, 64, 3)  # Conv1d [out, in, k]
     assert g_sd["model.0.weight"].shape == (16, 128, 4, 4)  # ConvTranspose2d [in, out, kh, kw]
     back_e = torch_interop.embedder_from_torch(e_sd)
-    back_g = torch_interop.generator_from_torch(collections.OrderedDict(
-        ("module." + k, v) for k, v in g_sd.items()))  # nn.DataParallel's prefix is dropped
+    back_g = torch_interop.generator_from_torch(
+        collections.OrderedDict(("module." + k, v) for k, v in g_sd.items())
+    )  # nn.DataParallel's prefix is dropped
     jax.tree_util.tree_map(np.testing.assert_array_equal, back_e, model.embedder)
     jax.tree_util.tree_map(np.testing.assert_array_equal, back_g, model.generator)
     config = torch_interop.model_config_from_torch(e_sd, g_sd)
@@ -238,12 +248,24 @@ def test_export_command_converts_between_formats(tmp_path):
     pytest.importorskip("torch")
     model, nets = _model()
     src = export.save_model(model, tmp_path / "ours.safetensors")
-    assert cli.main(["export", "--model", src, "--format", "torch", "--out", str(tmp_path / "pth")]) == 0
-    assert cli.main([
-        "export", "--torch-embedder", str(tmp_path / "pth" / "voice_embedding.pth"),
-        "--torch-generator", str(tmp_path / "pth" / "generator.pth"),
-        "--out", str(tmp_path / "back.msgpack"),
-    ]) == 0
+    assert (
+        cli.main(["export", "--model", src, "--format", "torch", "--out", str(tmp_path / "pth")])
+        == 0
+    )
+    assert (
+        cli.main(
+            [
+                "export",
+                "--torch-embedder",
+                str(tmp_path / "pth" / "voice_embedding.pth"),
+                "--torch-generator",
+                str(tmp_path / "pth" / "generator.pth"),
+                "--out",
+                str(tmp_path / "back.msgpack"),
+            ]
+        )
+        == 0
+    )
     back = export.load_model(tmp_path / "back.msgpack")
     rng = np.random.default_rng(3)
     mel, emb = rng.normal(size=(2, 96, 64)), rng.normal(size=(2, 16))

@@ -10,10 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from v2f_jax import cli, config_lib, export, generate, models, state as state_lib
+from v2f_jax import cli, config_lib, export, generate, models
+from v2f_jax import state as state_lib
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model():
     """A freshly initialised tiny-config model (untrained; shapes are what is tested)."""
     config = config_lib.load_config("configs/tiny.py")
@@ -61,15 +62,29 @@ def test_generate_command_on_real_wavs(examples_dir, tmp_path):
     report = json.loads((out / "generate.json").read_text())
     assert report["frontend"]["name"] == "wen2019"
     assert [("png" in i, "reason" in i) for i in report["items"]] == [
-        (True, False), (True, False), (False, True)]
+        (True, False),
+        (True, False),
+        (False, True),
+    ]
     assert "speech" in report["items"][2]["reason"]
 
 
 def test_a_different_frontend_is_refused(examples_dir, tmp_path, capsys):
     model, _ = _model()
     path = export.save_model(model, tmp_path / "tiny.safetensors")
-    rc = cli.main(["generate", "--model", path, "--audio", str(examples_dir / "Alan_Tudyk.wav"),
-                   "--out", str(tmp_path / "faces"), "--frontend", "librosa"])
+    rc = cli.main(
+        [
+            "generate",
+            "--model",
+            path,
+            "--audio",
+            str(examples_dir / "Alan_Tudyk.wav"),
+            "--out",
+            str(tmp_path / "faces"),
+            "--frontend",
+            "librosa",
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert "trained on 'wen2019' features" in err and "--frontend librosa" in err
@@ -82,11 +97,26 @@ def test_generate_from_the_reference_pth_pair(examples_dir, tmp_path):
     model, _ = _model()
     e_pth, g_pth = export.export_torch(model, tmp_path)
     out = tmp_path / "faces"
-    rc = cli.main(["generate", "--torch-embedder", e_pth, "--torch-generator", g_pth,
-                   "--audio", str(examples_dir / "Witney_Carson.wav"), "--out", str(out)])
+    rc = cli.main(
+        [
+            "generate",
+            "--torch-embedder",
+            e_pth,
+            "--torch-generator",
+            g_pth,
+            "--audio",
+            str(examples_dir / "Witney_Carson.wav"),
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
-    ours = generate.to_uint8(generate.generate_faces(model, generate.embed_voices(
-        model, [generate_features(examples_dir / "Witney_Carson.wav")])))[0]
+    ours = generate.to_uint8(
+        generate.generate_faces(
+            model,
+            generate.embed_voices(model, [generate_features(examples_dir / "Witney_Carson.wav")]),
+        )
+    )[0]
     np.testing.assert_array_equal(cv2.imread(str(out / "Witney_Carson.png"))[..., ::-1], ours)
 
 

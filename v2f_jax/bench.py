@@ -171,14 +171,18 @@ class StepRunner:
     Shared by `v2f bench` and `benchmarks/compare_pytorch.py`, so both time the same thing.
     """
 
-    def __init__(self, config, *, frames: int, num_ids: int = DEFAULT_NUM_IDS, seed: int = 0):
+    def __init__(
+        self, config, *, frames: int, num_ids: int = DEFAULT_NUM_IDS, seed: int = 0,
+        devices: int | None = None,
+    ):
         self.config = config
         self.frames = frames
         self.num_ids = num_ids
         self.nets = models.Networks(config.model, num_ids)
         mode = config.train.parallel
         self.dp = parallel.DataParallel(
-            lambda axis_name: train_step.make_gan_step(config, self.nets, axis_name), mode
+            lambda axis_name: train_step.make_gan_step(config, self.nets, axis_name), mode,
+            devices=jax.devices()[:devices] if devices else None,
         )
         batch_size = config.train.batch_size
         if batch_size % self.dp.num_devices:
@@ -195,6 +199,7 @@ class StepRunner:
         self.step = None
         self.compile_s = None
         self.compiled = None
+        self.last_metrics = None
 
     def compile(self) -> float:
         """Compiles the step once; returns the seconds it took."""
@@ -211,10 +216,9 @@ class StepRunner:
         times = []
         for _ in range(n):
             start = time.perf_counter()
-            self.state, metrics = self.step(self.state, self.batch)
-            jax.block_until_ready((self.state, metrics))
+            self.state, self.last_metrics = self.step(self.state, self.batch)
+            jax.block_until_ready((self.state, self.last_metrics))
             times.append(time.perf_counter() - start)
-        self.last_metrics = metrics
         return times
 
     def metrics(self) -> dict[str, float]:
@@ -238,9 +242,13 @@ def bench_step(
     warmup: int = 2,
     num_ids: int = DEFAULT_NUM_IDS,
     peak: bool = True,
+    devices: int | None = None,
 ) -> dict:
-    """Compile once, warm up, time `steps` steps of the full GAN step (`train_step`)."""
-    runner = StepRunner(config, frames=frames, num_ids=num_ids)
+    """Compile once, warm up, time `steps` steps of the full GAN step (`train_step`).
+
+    `devices`: use the first N devices (default all).
+    """
+    runner = StepRunner(config, frames=frames, num_ids=num_ids, devices=devices)
     compile_s = runner.compile()
     flops = compiled_flops(runner.compiled)
     peak_before = matmul_peak(config.model.dtype) if peak else None
@@ -307,9 +315,11 @@ def learnable_batches(
 
 
 def loss_history(
-    config: ml_collections.ConfigDict, steps: int, num_ids: int = 8, n_batches: int = 16
+    config: ml_collections.ConfigDict, steps: int, num_ids: int = 8, n_batches: int = 16,
+    data_seed: int = 0,
 ) -> dict[str, list[float]]:
-    """Every step's metrics over `steps` steps from the config's seed on `learnable_batches`."""
+    """Every step's metrics over `steps` steps from the config's seed (initial parameters and
+    noise) on `learnable_batches(seed=data_seed)`."""
     frames = max(config.data.crop_lengths)
     nets = models.Networks(config.model, num_ids)
     dp = parallel.DataParallel(
@@ -319,7 +329,7 @@ def loss_history(
     state = dp.put_state(jax.device_get(
         _run_once(lambda: state_lib.create_gan_state(config, nets))))
     batches = [dp.put_batch(b) for b in learnable_batches(
-        n_batches, config.train.batch_size, frames, num_ids, config.data.n_mels, config.seed)]
+        n_batches, config.train.batch_size, frames, num_ids, config.data.n_mels, data_seed)]
     history: dict[str, list[float]] = {}
     for i in range(steps):
         state, metrics = dp(state, batches[i % n_batches])

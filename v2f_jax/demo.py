@@ -13,8 +13,9 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 import time
-from typing import Callable
+from collections.abc import Callable
 
 # Tuned so the run takes under 5 minutes on 2 CPU cores and 1:2 matching is clearly above
 # chance. 64 identities give 22 held-out ones (A-E names); 12 faces each keep the critics' identity
@@ -77,17 +78,27 @@ def run_demo(
     start = time.perf_counter()
     if not (corpus / "vox1_meta.csv").exists():
         summary = synthetic.make_corpus(
-            corpus, identities=identities, utterances=utterances, faces=faces, seed=seed,
+            corpus,
+            identities=identities,
+            utterances=utterances,
+            faces=faces,
+            seed=seed,
             overwrite=True,
         )
-        log(f"synthesised {summary['identities']} identities ({summary['train_identities']} "
-            f"train, {summary['test_identities']} test) in {corpus}")
+        log(
+            f"synthesised {summary['identities']} identities ({summary['train_identities']} "
+            f"train, {summary['test_identities']} test) in {corpus}"
+        )
     stage("synth", start)
 
     start = time.perf_counter()
     prepare.prepare(
-        corpus / "voices", corpus / "faces", corpus / "vox1_meta.csv", records,
-        workers=min(2, os.cpu_count() or 1), progress=False,
+        corpus / "voices",
+        corpus / "faces",
+        corpus / "vox1_meta.csv",
+        records,
+        workers=min(2, os.cpu_count() or 1),
+        progress=False,
     )
     stage("prepare", start)
 
@@ -98,14 +109,21 @@ def run_demo(
     )
     e_result = train.train_and_evaluate(e_config, e_workdir, records)
     stage("pretrain_embedder", start)
-    log(f"voice embedder: speaker accuracy {e_result.get('train/e_acc', float('nan')):.2f} on "
-        f"training crops after {embedder_steps} steps")
+    log(
+        f"voice embedder: speaker accuracy {e_result.get('train/e_acc', float('nan')):.2f} on "
+        f"training crops after {embedder_steps} steps"
+    )
 
     start = time.perf_counter()
     config = config_lib.load_config(
         TINY_CONFIG,
-        [*GAN_OVERRIDES, f"train.steps={steps}", f"train.embedder_init={e_workdir}", *common,
-         *config_overrides],
+        [
+            *GAN_OVERRIDES,
+            f"train.steps={steps}",
+            f"train.embedder_init={e_workdir}",
+            *common,
+            *config_overrides,
+        ],
     )
     train.train_and_evaluate(config, workdir, records)
     stage("train", start)
@@ -122,51 +140,82 @@ def run_demo(
         # The same E, and G as step 0 of the run initialised it.
         start = time.perf_counter()
         fresh = dataclasses.replace(
-            model, generator=export.init_model(model.config).generator,
+            model,
+            generator=export.init_model(model.config).generator,
             source={"untrained_generator": True, "step": 0},
         )
         untrained = evaluate.evaluate(
-            fresh, records, out / "eval_untrained",
-            face_embedder_path=eval_dir / "face_embedder.safetensors", log=log,
+            fresh,
+            records,
+            out / "eval_untrained",
+            face_embedder_path=eval_dir / "face_embedder.safetensors",
+            log=log,
         )
         stage("eval_untrained", start)
 
     start = time.perf_counter()
-    held_out = _held_out_voices(corpus, records)
+    held_out = _held_out_voices(corpus, records, out / "held_out_voices")
     faces_result = generate.generate(export.load_model(model_path), held_out, out / "faces")
     stage("generate", start)
     seconds["total"] = round(time.perf_counter() - t0, 1)
-    (out / "demo.json").write_text(json.dumps({
-        "seconds": seconds,
-        "eval": {k: result[k] for k in _KEYS},
-        "untrained_eval": {k: untrained[k] for k in _KEYS} if untrained else None,
-        "settings": {"identities": identities, "utterances": utterances, "faces": faces,
-                     "embedder_steps": embedder_steps, "steps": steps, "batch_size": batch_size,
-                     "config_overrides": list(config_overrides)},
-    }, indent=2) + "\n")
+    (out / "demo.json").write_text(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "eval": {k: result[k] for k in _KEYS},
+                "untrained_eval": {k: untrained[k] for k in _KEYS} if untrained else None,
+                "settings": {
+                    "identities": identities,
+                    "utterances": utterances,
+                    "faces": faces,
+                    "embedder_steps": embedder_steps,
+                    "steps": steps,
+                    "batch_size": batch_size,
+                    "config_overrides": list(config_overrides),
+                },
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return DemoResult(
-        out_dir=str(out), eval=result, untrained_eval=untrained,
-        eval_md=str(eval_dir / "eval.md"), picture=str(eval_dir / "eval.png"),
-        faces_sheet=faces_result.contact_sheet, seconds=seconds,
+        out_dir=str(out),
+        eval=result,
+        untrained_eval=untrained,
+        eval_md=str(eval_dir / "eval.md"),
+        picture=str(eval_dir / "eval.png"),
+        faces_sheet=faces_result.contact_sheet,
+        seconds=seconds,
     )
 
 
-_KEYS = ("matching_1v2", "matching_1v2_gender", "recall_at_1", "recall_at_5", "recall_at_10",
-         "id_top1", "id_top5")
+_KEYS = (
+    "matching_1v2",
+    "matching_1v2_gender",
+    "recall_at_1",
+    "recall_at_5",
+    "recall_at_10",
+    "id_top1",
+    "id_top5",
+)
 
 
-def _held_out_voices(corpus: pathlib.Path, records: pathlib.Path) -> list[str]:
-    """One wav of each test identity (never seen in training), in label order."""
+def _held_out_voices(corpus: pathlib.Path, records: pathlib.Path, out: pathlib.Path) -> list[str]:
+    """One wav of each test identity (never seen in training), copied to `out/<Name>.wav` so
+    the faces drawn from them are named after the speaker."""
     from input_pipeline import reader  # noqa: PLC0415
 
     manifest = reader.read_manifest(records)
+    out.mkdir(parents=True, exist_ok=True)
     wavs = []
-    for _, info in sorted(manifest["splits"]["test"]["identities"].items(),
-                          key=lambda kv: kv[1]["label"]):
+    for name, info in sorted(
+        manifest["splits"]["test"]["identities"].items(), key=lambda kv: kv[1]["label"]
+    ):
         for vid in info.get("voxceleb_ids", []):
             found = sorted((corpus / "voices" / vid).glob("*/*.wav"))
             if found:
-                wavs.append(str(found[0]))
+                wavs.append(str(out / f"{name}.wav"))
+                shutil.copyfile(found[0], wavs[-1])
                 break
     return wavs
 

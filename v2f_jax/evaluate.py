@@ -23,16 +23,18 @@ every voice scores exactly 50% on 1:2 matching.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import hashlib
 import json
 import math
 import os
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from v2f_jax import export, face_embedder, generate as generate_lib
+from v2f_jax import export, face_embedder
+from v2f_jax import generate as generate_lib
 
 CHANCE_1V2 = 0.5
 RECALL_KS = (1, 5, 10)
@@ -75,8 +77,12 @@ def _weighted_win_rate(s_true, w_true, s_imp, w_imp) -> float:
 
 
 def matching_1v2(
-    gen_emb: np.ndarray, gen_labels: np.ndarray, face_emb: np.ndarray, face_labels: np.ndarray,
-    gen_genders: np.ndarray | None = None, face_genders: np.ndarray | None = None,
+    gen_emb: np.ndarray,
+    gen_labels: np.ndarray,
+    face_emb: np.ndarray,
+    face_labels: np.ndarray,
+    gen_genders: np.ndarray | None = None,
+    face_genders: np.ndarray | None = None,
     same_gender: bool = False,
 ) -> dict:
     """1:2 matching accuracy of generated faces against real ones (cosine).
@@ -89,8 +95,9 @@ def matching_1v2(
 
     Returns:
       `{"accuracy": per-identity mean, "stderr": its standard error over identities,
-      "accuracy_per_utterance", "voices", "identities", "skipped_voices"}`; a voice is skipped when it has no real face of its own identity or no
-      impostor (or, with same_gender, no known gender).
+      "accuracy_per_utterance", "voices", "identities", "skipped_voices"}`; a voice is skipped
+      when it has no real face of its own identity or no impostor (or, with same_gender, no
+      known gender).
     """
     gen_emb, face_emb = _unit(gen_emb), _unit(face_emb)
     gen_labels, face_labels = np.asarray(gen_labels), np.asarray(face_labels)
@@ -124,7 +131,9 @@ def matching_1v2(
     }
 
 
-def identity_gallery(face_emb: np.ndarray, face_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def identity_gallery(
+    face_emb: np.ndarray, face_labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """SF2F's gallery: per identity the renormalised mean of its unit face embeddings."""
     face_emb, face_labels = _unit(face_emb), np.asarray(face_labels)
     ids = np.unique(face_labels)
@@ -143,8 +152,12 @@ def _p_in_top_k(n_better: int, n_others: int, draws: int, k: int) -> float:
 
 
 def retrieval_recall(
-    gen_emb: np.ndarray, gen_labels: np.ndarray, face_emb: np.ndarray, face_labels: np.ndarray,
-    gallery_size: int = 0, ks: Sequence[int] = RECALL_KS,
+    gen_emb: np.ndarray,
+    gen_labels: np.ndarray,
+    face_emb: np.ndarray,
+    face_labels: np.ndarray,
+    gallery_size: int = 0,
+    ks: Sequence[int] = RECALL_KS,
 ) -> dict:
     """Recall@k of each generated face over galleries of `gallery_size` identities (SF2F).
 
@@ -166,10 +179,12 @@ def retrieval_recall(
     cache: dict[tuple[int, int], float] = {}
     out = {"gallery_size": int(size), "voices": int(keep.sum())}
     for k in ks:
-        p = np.array([
-            cache.setdefault((int(b), k), _p_in_top_k(int(b), n_ids - 1, size - 1, k))
-            for b in n_better
-        ])
+        p = np.array(
+            [
+                cache.setdefault((int(b), k), _p_in_top_k(int(b), n_ids - 1, size - 1, k))
+                for b in n_better
+            ]
+        )
         out[f"recall_at_{k}"], out["identities"] = _per_identity_mean(p, labels)
     return out
 
@@ -193,29 +208,53 @@ def _sha256(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def _load_voices(records_dir, split: str, limit: int | None = None):
+def _generated_embeddings(
+    records_dir,
+    split: str,
+    embed: Callable,
+    per_identity: int | None = None,
+    keep_faces: int = 0,
+    chunk: int = 256,
+):
+    """Streams a split's utterances through E, G and the face embedder, `chunk` at a time, so
+    memory holds embeddings, not log-mels.
+
+    Args:
+      embed: `list of [T, 64] log-mels -> (faces [N, 64, 64, 3], face embeddings [N, D])`.
+      per_identity: use at most this many utterances of each identity (the first ones).
+      keep_faces: keep the generated faces of each identity's first `keep_faces` utterances.
+
+    Returns:
+      `(embeddings [N, D], labels [N], genders [N], {label: [faces]})`.
+    """
     from input_pipeline import reader  # noqa: PLC0415
 
-    mels, labels, genders = [], [], []
+    mels, labels, genders, embs = [], [], [], []
+    counts: collections.Counter = collections.Counter()
+    kept: dict[int, list] = collections.defaultdict(list)
+
+    def flush():
+        if not mels:
+            return
+        faces, emb = embed(mels)
+        embs.append(emb)
+        for face, label in zip(faces, labels[len(labels) - len(mels) :]):
+            if len(kept[label]) < keep_faces:
+                kept[label].append(face)
+        mels.clear()
+
     for mel, label, gender in reader.make_eval_voices(records_dir, split):
+        if per_identity is not None and counts[label] >= per_identity:
+            continue
+        counts[label] += 1
         mels.append(mel)
         labels.append(label)
         genders.append(gender)
-        if limit is not None and len(mels) >= limit:
-            break
-    return mels, np.asarray(labels, np.int64), np.asarray(genders, np.int64)
-
-
-def _subsample_per_identity(labels: np.ndarray, limit: int) -> np.ndarray:
-    """Indices of up to `limit` voices, spread evenly over identities (first ones of each)."""
-    if limit <= 0 or len(labels) <= limit:
-        return np.arange(len(labels))
-    order = np.argsort(labels, kind="stable")
-    rank_within = np.empty(len(labels), int)
-    _, first = np.unique(labels[order], return_index=True)
-    starts = np.repeat(first, np.diff(np.append(first, len(labels))))
-    rank_within[order] = np.arange(len(labels)) - starts
-    return np.sort(np.argsort(rank_within, kind="stable")[:limit])
+        if len(mels) == chunk:
+            flush()
+    flush()
+    emb = np.concatenate(embs) if embs else np.zeros([0, 0], np.float32)
+    return emb, np.asarray(labels, np.int64), np.asarray(genders, np.int64), dict(kept)
 
 
 def evaluate(
@@ -240,7 +279,8 @@ def evaluate(
       out_dir: created if missing.
       face_embedder_steps: default `model.config.eval.face_embedder_steps`.
       gallery_size: default `model.config.eval.gallery_size`.
-      max_train_voices: TRAIN utterances generated for identity accuracy, spread over identities.
+      max_train_voices: about this many TRAIN utterances (the first of each identity, the same
+        number of each) are generated for identity accuracy; <= 0: all.
       face_embedder_path: score with this embedder file instead of the cached/trained one (it
         must have been trained on these records' TRAIN identities for `id_top*`).
 
@@ -263,9 +303,14 @@ def evaluate(
             f"--frontend {model.frontend_name}"
         )
     eval_cfg = model.config.get("eval", {})
-    steps = int(face_embedder_steps if face_embedder_steps is not None
-                else eval_cfg.get("face_embedder_steps", 2000))
-    gallery_size = int(gallery_size if gallery_size is not None else eval_cfg.get("gallery_size", 0))
+    steps = int(
+        face_embedder_steps
+        if face_embedder_steps is not None
+        else eval_cfg.get("face_embedder_steps", 2000)
+    )
+    gallery_size = int(
+        gallery_size if gallery_size is not None else eval_cfg.get("gallery_size", 0)
+    )
 
     if face_embedder_path is not None:
         fe, fe_path = face_embedder.load(face_embedder_path), os.fspath(face_embedder_path)
@@ -278,20 +323,22 @@ def evaluate(
 
     embed_fn, generate_fn = generate_lib.make_embed_fn(model), generate_lib.make_generate_fn(model)
 
-    def generated_embeddings(mels):
+    def embed(mels):
         faces = generate_lib.generate_faces(
-            model, generate_lib.embed_voices(model, mels, embed_fn=embed_fn),
+            model,
+            generate_lib.embed_voices(model, mels, embed_fn=embed_fn),
             generate_fn=generate_fn,
         )
         return faces, fe.embed(np.clip(faces, -1.0, 1.0))
 
     # Test split: generated faces of unseen speakers against their real faces.
     log("eval: test split")
-    t_mels, t_labels, t_genders = _load_voices(records_dir, "test")
+    t_emb, t_labels, t_genders, t_faces = _generated_embeddings(
+        records_dir, "test", embed, keep_faces=2
+    )
     f_imgs, f_labels, f_genders = reader.load_faces(records_dir, "test")
-    if not t_mels or not len(f_imgs):
+    if not len(t_labels) or not len(f_imgs):
         raise ValueError(f"{records_dir}: the test split has no voices or no faces to evaluate")
-    t_faces, t_emb = generated_embeddings(t_mels)
     f_emb = fe.embed(face_embedder.to_float(f_imgs))
     m_all = matching_1v2(t_emb, t_labels, f_emb, f_labels)
     m_gender = matching_1v2(
@@ -301,13 +348,11 @@ def evaluate(
 
     # Train split: is the generated face recognisably the (seen) speaker?
     log("eval: identity accuracy on training voices")
-    tr_mels, tr_labels, _ = _load_voices(records_dir, "train")
-    keep = _subsample_per_identity(tr_labels, max_train_voices)
-    tr_mels, tr_labels = [tr_mels[i] for i in keep], tr_labels[keep]
-    _, tr_emb = generated_embeddings(tr_mels)
+    num_train_ids = int(manifest["splits"]["train"]["num_identities"])
+    quota = -(-max_train_voices // max(1, num_train_ids)) if max_train_voices > 0 else None
+    tr_emb, tr_labels, _, _ = _generated_embeddings(records_dir, "train", embed, quota)
     ident = identity_accuracy(fe.logits(tr_emb), tr_labels)
 
-    num_train_ids = int(manifest["splits"]["train"]["num_identities"])
     names = {v["label"]: k for k, v in manifest["splits"]["test"]["identities"].items()}
     result = {
         "matching_1v2": m_all["accuracy"],
@@ -324,14 +369,14 @@ def evaluate(
         },
         "counts": {
             "test_identities": int(np.unique(t_labels).size),
-            "test_voices": len(t_mels),
+            "test_voices": int(len(t_labels)),
             "test_faces": int(len(f_imgs)),
             "matching_voices": m_all["voices"],
             "matching_gender_voices": m_gender["voices"],
             "matching_gender_identities": m_gender["identities"],
             "gallery_size": recall["gallery_size"],
             "train_identities": num_train_ids,
-            "train_voices": int(len(tr_mels)),
+            "train_voices": int(len(tr_labels)),
         },
         "stderr": {
             "matching_1v2": m_all["stderr"],
@@ -341,16 +386,24 @@ def evaluate(
             "matching_1v2": m_all["accuracy_per_utterance"],
             "matching_1v2_gender": m_gender["accuracy_per_utterance"],
         },
-        "model": {"source": model.source, "frontend": model.frontend_name,
-                  "arch": model.config.model.arch},
-        "records": {"dir": os.path.abspath(records_dir),
-                    "manifest_sha256": _sha256(os.path.join(records_dir, "manifest.json"))},
-        "face_embedder": {"file": os.path.basename(fe_path), "steps": fe.settings["steps"],
-                          **fe.info},
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": {
+            "source": model.source,
+            "frontend": model.frontend_name,
+            "arch": model.config.model.arch,
+        },
+        "records": {
+            "dir": os.path.abspath(records_dir),
+            "manifest_sha256": _sha256(os.path.join(records_dir, "manifest.json")),
+        },
+        "face_embedder": {
+            "file": os.path.basename(fe_path),
+            "steps": fe.settings["steps"],
+            **fe.info,
+        },
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     picture = os.path.join(out_dir, "eval.png")
-    generate_lib.write_png(picture, _picture(t_faces, t_labels, f_imgs, f_labels, names))
+    generate_lib.write_png(picture, _picture(t_faces, f_imgs, f_labels, names))
     with open(os.path.join(out_dir, "eval.json"), "w") as f:
         json.dump(result, f, indent=2)
         f.write("\n")
@@ -359,15 +412,18 @@ def evaluate(
     return result
 
 
-def _picture(gen_faces, gen_labels, real_faces, real_labels, names, n_ids: int = 8) -> np.ndarray:
-    """Columns: test identities. Rows: faces generated from two of their voices, a real face."""
-    ids = [i for i in np.unique(gen_labels) if np.any(real_labels == i)][:n_ids]
+def _picture(gen_faces: dict, real_faces, real_labels, names, n_ids: int = 8) -> np.ndarray:
+    """Columns: test identities. Rows: faces generated from two of their voices, a real face.
+
+    `gen_faces`: label -> generated faces (float, [-1, 1]) of its first utterances.
+    """
+    ids = [i for i in sorted(gen_faces) if np.any(real_labels == i)][:n_ids]
     rows = [[], [], []]
     captions = [[], [], []]
     for i in ids:
-        gen = np.flatnonzero(gen_labels == i)
-        rows[0].append(generate_lib.to_uint8(gen_faces[gen[0]]))
-        rows[1].append(generate_lib.to_uint8(gen_faces[gen[min(1, len(gen) - 1)]]))
+        gen = gen_faces[i]
+        rows[0].append(generate_lib.to_uint8(gen[0]))
+        rows[1].append(generate_lib.to_uint8(gen[min(1, len(gen) - 1)]))
         rows[2].append(real_faces[np.flatnonzero(real_labels == i)[0]])
         captions[0].append("")
         captions[1].append("")
@@ -386,35 +442,53 @@ def _pm(stderr) -> str:
 
 def report_markdown(r: dict) -> str:
     """`eval.md`: the figures against chance, what they were computed on, and the picture."""
-    c, ch = r["counts"], r["chance"]
+    c, ch, stderr = r["counts"], r["chance"], r.get("stderr", {})
     g = c["gallery_size"]
     src = r["model"]["source"]
     where = src.get("workdir") or src.get("torch_generator") or src.get("file") or "model"
     step = f", step {src['step']}" if "step" in src else ""
     fe = r["face_embedder"]
     rows = [
-        ("1:2 matching", "matching_1v2",
-         f"{c['matching_voices']} voices of {c['test_identities']} identities"),
-        ("1:2 matching, same-gender impostor", "matching_1v2_gender",
-         f"{c['matching_gender_voices']} voices of {c['matching_gender_identities']} identities"),
-        *[(f"retrieval recall@{k}" + (" (trivial: gallery <= k)" if g <= k else ""),
-           f"recall_at_{k}", f"gallery of {g} test identities") for k in RECALL_KS],
-        ("identity top-1 (training identities)", "id_top1",
-         f"{c['train_voices']} voices of {c['train_identities']} identities"),
+        (
+            "1:2 matching",
+            "matching_1v2",
+            f"{c['matching_voices']} voices of {c['test_identities']} identities",
+        ),
+        (
+            "1:2 matching, same-gender impostor",
+            "matching_1v2_gender",
+            f"{c['matching_gender_voices']} voices of {c['matching_gender_identities']} identities",
+        ),
+        *[
+            (
+                f"retrieval recall@{k}" + (" (trivial: gallery <= k)" if g <= k else ""),
+                f"recall_at_{k}",
+                f"gallery of {g} test identities",
+            )
+            for k in RECALL_KS
+        ],
+        (
+            "identity top-1 (training identities)",
+            "id_top1",
+            f"{c['train_voices']} voices of {c['train_identities']} identities",
+        ),
         ("identity top-5 (training identities)", "id_top5", ""),
     ]
     lines = [
         "# v2f eval",
         "",
         f"Model: `{where}`{step}, {r['model']['arch']}, front end `{r['model']['frontend']}`.  ",
-        f"Records: `{r['records']['dir']}` (manifest sha256 `{r['records']['manifest_sha256'][:12]}`).  ",
+        f"Records: `{r['records']['dir']}` "
+        f"(manifest sha256 `{r['records']['manifest_sha256'][:12]}`).  ",
         f"Test split (identities never seen in training): {c['test_identities']} identities, "
         f"{c['test_voices']} voices, {c['test_faces']} faces.",
         "",
         "| metric | value | chance | on |",
         "|---|---:|---:|---|",
-        *[f"| {name} | {_pct(r[key])}{_pm(r.get('stderr', {}).get(key))} | {_pct(ch[key])} | {on} |"
-          for name, key, on in rows],
+        *[
+            f"| {name} | {_pct(r[key])}{_pm(stderr.get(key))} | {_pct(ch[key])} | {on} |"
+            for name, key, on in rows
+        ],
         "",
         "Scores are cosine similarities of a face embedder trained on the training split's real "
         f"faces only (`{fe['file']}`, {fe['steps']} steps, top-1 {_pct(fe.get('train_top1'))} on "

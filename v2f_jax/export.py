@@ -108,11 +108,14 @@ def init_model(config: ml_collections.ConfigDict) -> Model:
         generator = nets.generator.init(k_g, jax.numpy.zeros((1, nets.embed_dim)))["params"]
         return embedder, generator
 
-    embedder, generator = jax.tree_util.tree_map(
-        np.asarray, init(jax.random.PRNGKey(config.seed))
+    embedder, generator = jax.tree_util.tree_map(np.asarray, init(jax.random.PRNGKey(config.seed)))
+    return Model(
+        config=config,
+        embedder=embedder,
+        generator=generator,
+        frontend=frontend_of(config),
+        source={"untrained": True, "step": 0},
     )
-    return Model(config=config, embedder=embedder, generator=generator,
-                 frontend=frontend_of(config), source={"untrained": True, "step": 0})
 
 
 def model_from_workdir(workdir: str | os.PathLike, step: int | None = None) -> Model:
@@ -149,7 +152,11 @@ def load_any(
 ) -> Model:
     """Exactly one source: an exported file, a training workdir (at `step`, default the newest
     checkpoint), or a pair of .pth files. A directory given as `model` is taken as a workdir."""
-    given = [model is not None, workdir is not None, (torch_embedder or torch_generator) is not None]
+    given = [
+        model is not None,
+        workdir is not None,
+        (torch_embedder or torch_generator) is not None,
+    ]
     if sum(given) != 1:
         raise ValueError(
             "give exactly one model source: --model FILE, --workdir DIR, or "
@@ -241,10 +248,14 @@ def load_model(path: str | os.PathLike) -> Model:
 
             with open(path, "rb") as f:
                 payload = serialization.msgpack_restore(f.read())
-            meta = {k: payload.get(k) for k in ("format", "format_version", "config", "frontend", "source")}
+            meta = {
+                k: payload.get(k)
+                for k in ("format", "format_version", "config", "frontend", "source")
+            }
             trees = {k: payload.get(k) for k in ("embedder", "generator")}
         else:
-            from safetensors import numpy as st_numpy, safe_open  # noqa: PLC0415
+            from safetensors import numpy as st_numpy  # noqa: PLC0415
+            from safetensors import safe_open
 
             with safe_open(path, framework="numpy") as f:
                 meta = dict(f.metadata() or {})
@@ -252,7 +263,9 @@ def load_model(path: str | os.PathLike) -> Model:
     except ModelFileError:
         raise
     except Exception as err:  # a corrupt or foreign file: say so, with the cause
-        raise ModelFileError(f"{path}: not a v2f model file ({err.__class__.__name__}: {err})")
+        raise ModelFileError(
+            f"{path}: not a v2f model file ({err.__class__.__name__}: {err})"
+        ) from err
     if meta.get("format") != FORMAT:
         raise ModelFileError(
             f"{path}: not a v2f model file (write one with `v2f export --workdir DIR --out FILE`)"

@@ -48,12 +48,7 @@ class FaceEmbedder:
     info: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        self._trunk = _trunk(self.settings)
-        self._embed = jax.jit(self._embed_batch)
-
-    def _embed_batch(self, params, faces):
-        faces = _pool(faces, self.settings.get("pool", 1))
-        return _unit(self._trunk.apply({"params": params["trunk"]}, faces))
+        self._embed = _embed_fn(self.settings)
 
     def embed(self, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Unit embeddings float32 `[N, out_dim]` of faces float `[N, 64, 64, 3]` in [-1, 1]."""
@@ -64,7 +59,9 @@ class FaceEmbedder:
             chunk = faces[start : start + batch_size]
             padded = np.zeros((batch_size,) + faces.shape[1:], np.float32)
             padded[: len(chunk)] = chunk
-            out[start : start + len(chunk)] = np.asarray(self._embed(self.params, padded))[: len(chunk)]
+            out[start : start + len(chunk)] = np.asarray(self._embed(self.params, padded))[
+                : len(chunk)
+            ]
         return out
 
     def logits(self, embeddings: np.ndarray) -> np.ndarray:
@@ -73,9 +70,27 @@ class FaceEmbedder:
         return np.asarray(self.settings["scale"] * jnp.asarray(embeddings) @ w)
 
 
+_EMBED_FNS: dict[str, Any] = {}
+
+
+def _embed_fn(settings: dict):
+    """The jitted `(params, faces) -> unit embeddings` of an architecture, shared by instances."""
+    key = json.dumps({k: settings.get(k) for k in ("channels", "out_dim", "pool")}, default=list)
+    if key not in _EMBED_FNS:
+        trunk, pool = _trunk(settings), settings.get("pool", 1)
+        _EMBED_FNS[key] = jax.jit(
+            lambda params, faces: _unit(
+                trunk.apply({"params": params["trunk"]}, _pool(faces, pool))
+            )
+        )
+    return _EMBED_FNS[key]
+
+
 def _trunk(settings: dict) -> models.FaceTrunk:
     return models.FaceTrunk(
-        channels=tuple(settings["channels"]), out_dim=settings["out_dim"], kernel=4,
+        channels=tuple(settings["channels"]),
+        out_dim=settings["out_dim"],
+        kernel=4,
         impl="reference",
     )
 
@@ -199,7 +214,8 @@ def save(fe: FaceEmbedder, path: str | os.PathLike) -> str:
 
 
 def load(path: str | os.PathLike) -> FaceEmbedder:
-    from safetensors import numpy as st_numpy, safe_open  # noqa: PLC0415
+    from safetensors import numpy as st_numpy  # noqa: PLC0415
+    from safetensors import safe_open
 
     path = os.fspath(path)
     with safe_open(path, framework="numpy") as f:
@@ -235,8 +251,11 @@ def cache_key(records_dir: str | os.PathLike, steps: int, **overrides) -> str:
 
 
 def get_or_train(
-    records_dir: str | os.PathLike, steps: int, out_dir: str | os.PathLike | None = None,
-    log=print, **overrides,
+    records_dir: str | os.PathLike,
+    steps: int,
+    out_dir: str | os.PathLike | None = None,
+    log=print,
+    **overrides,
 ) -> tuple[FaceEmbedder, str]:
     """The face embedder of these records: from the cache, else trained on the TRAIN split.
 
@@ -261,8 +280,10 @@ def get_or_train(
     if fe is None:
         faces, labels, _ = reader.load_faces(records_dir, "train")
         num_ids = int(reader.read_manifest(records_dir)["splits"]["train"]["num_identities"])
-        log(f"face embedder: training on {len(faces)} real faces of {num_ids} identities, "
-            f"{steps} steps")
+        log(
+            f"face embedder: training on {len(faces)} real faces of {num_ids} identities, "
+            f"{steps} steps"
+        )
         fe = train(faces, labels, num_ids, steps, **overrides)
         fe.info["cache_key"] = key
         cached = None

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import os
 import pathlib
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -61,18 +61,39 @@ def _bucket(length: int) -> int:
     return size
 
 
+def _model_key(model: export.Model) -> str:
+    """Models with equal keys have the same networks: their jitted functions are shared."""
+    return json.dumps(model.config.model.to_dict(), sort_keys=True, default=list)
+
+
 def make_embed_fn(model: export.Model) -> Callable:
     """`(embedder_vars, mel [B, P, n_mels], valid [B]) -> unit embeddings [B, D]`, jitted.
 
-    `valid` is each row's number of real frames (a multiple of 32); the rest is padding.
+    `valid` is each row's number of real frames (a multiple of 32); the rest is padding. One
+    function per architecture: a second model of the same config reuses its compilations.
     """
+    return _cached(("embed", _model_key(model)), lambda: _build_embed_fn(model))
+
+
+_FNS: dict[tuple[str, str], Callable] = {}
+
+
+def _cached(key: tuple[str, str], build: Callable[[], Callable]) -> Callable:
+    if key not in _FNS:
+        _FNS[key] = build()
+    return _FNS[key]
+
+
+def _build_embed_fn(model: export.Model) -> Callable:
     nets = model.networks()
     last = f"conv{len(nets.embedder.channels)}"
 
     @jax.jit
     def embed(variables, mel, valid):
         _, inter = nets.embedder.apply(
-            variables, mel, capture_intermediates=lambda mdl, _: mdl.name == last,
+            variables,
+            mel,
+            capture_intermediates=lambda mdl, _: mdl.name == last,
             mutable=["intermediates"],
         )
         out = inter["intermediates"][last]["__call__"][0].astype(jnp.float32)  # [B, P/32, D]
@@ -86,7 +107,9 @@ def make_embed_fn(model: export.Model) -> Callable:
 
 
 def embed_voices(
-    model: export.Model, voices: Sequence[np.ndarray], batch_size: int = _BATCH,
+    model: export.Model,
+    voices: Sequence[np.ndarray],
+    batch_size: int = _BATCH,
     embed_fn: Callable | None = None,
 ) -> np.ndarray:
     """Unit voice embeddings `[N, D]` of whole utterances (each float32 `[T, n_mels]`)."""
@@ -112,13 +135,20 @@ def embed_voices(
 
 
 def make_generate_fn(model: export.Model) -> Callable:
-    """`(generator_params, unit embeddings [B, D]) -> faces [B, 64, 64, 3]`, jitted."""
+    """`(generator_params, unit embeddings [B, D]) -> faces [B, 64, 64, 3]`, jitted (one per
+    architecture, as `make_embed_fn`)."""
+    return _cached(("generate", _model_key(model)), lambda: _build_generate_fn(model))
+
+
+def _build_generate_fn(model: export.Model) -> Callable:
     nets = model.networks()
     return jax.jit(lambda params, emb: nets.generator.apply({"params": params}, emb))
 
 
 def generate_faces(
-    model: export.Model, embeddings: np.ndarray, batch_size: int = 64,
+    model: export.Model,
+    embeddings: np.ndarray,
+    batch_size: int = 64,
     generate_fn: Callable | None = None,
 ) -> np.ndarray:
     """G's faces float32 `[N, 64, 64, 3]`, nominally in [-1, 1] (not clipped)."""
@@ -144,8 +174,11 @@ def to_uint8(faces: np.ndarray) -> np.ndarray:
 
 
 def contact_sheet(
-    images: np.ndarray, captions: Sequence[str] | None = None, cols: int | None = None,
-    scale: int = 2, rows_first: bool = True,
+    images: np.ndarray,
+    captions: Sequence[str] | None = None,
+    cols: int | None = None,
+    scale: int = 2,
+    rows_first: bool = True,
 ) -> np.ndarray:
     """A grid of uint8 RGB `[N, H, W, 3]` images, each enlarged `scale`x, with a caption under it.
 
@@ -168,7 +201,9 @@ def contact_sheet(
             text = str(captions[k])
             while len(text) > 3 and cv2.getTextSize(text, cv2.FONT_HERSHEY_PLAIN, 0.8, 1)[0][0] > w:
                 text = text[:-1]
-            cv2.putText(sheet, text, (x, y + h + cap - 3), cv2.FONT_HERSHEY_PLAIN, 0.8, (0, 0, 0), 1)
+            cv2.putText(
+                sheet, text, (x, y + h + cap - 3), cv2.FONT_HERSHEY_PLAIN, 0.8, (0, 0, 0), 1
+            )
     return sheet
 
 
@@ -193,8 +228,11 @@ class GenerateResult:
 
 
 def generate(
-    model: export.Model, audio_paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-    frontend: str | None = None, min_seconds: float = 0.5,
+    model: export.Model,
+    audio_paths: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    frontend: str | None = None,
+    min_seconds: float = 0.5,
 ) -> GenerateResult:
     """VAD, log-mel (the model's front end), E, G: `<stem>.png` per voice and `contact_sheet.png`.
 
@@ -235,10 +273,15 @@ def generate(
         write_png(sheet_path, contact_sheet(faces, captions))
     (out / "generate.json").write_text(
         json.dumps(
-            {"frontend": model.frontend, "model": model.source, "items": items,
-             "contact_sheet": "contact_sheet.png" if sheet_path else None},
+            {
+                "frontend": model.frontend,
+                "model": model.source,
+                "items": items,
+                "contact_sheet": "contact_sheet.png" if sheet_path else None,
+            },
             indent=2,
-        ) + "\n"
+        )
+        + "\n"
     )
     summary = f"{len(ok)} face(s) from {len(items)} voice(s) in {out}"
     if sheet_path:

@@ -10,12 +10,17 @@ the parameter layout is the same for every impl, and so are the numbers (to floa
 - `"subpixel"`: a strided transposed conv as one stride-1 conv producing `stride**2` phases of the
   output as channels, then depth-to-space (no multiplications by the dilation's zeros, and no
   gradient through a dilated input, which XLA:CPU runs 20-30x slower). Plain convs as reference.
-- `"matmul"`: every conv as patch extraction (im2col, strided slices; space-to-depth first for a
-  strided conv) and one 2-D matmul `[B*H*W, k*k*in] @ [k*k*in, out]` with a custom VJP whose
-  backward is two more 2-D matmuls. Inputs in the compute dtype, accumulation in float32, the
-  kernel's gradient in float32: on XLA:CPU this is the only form where bfloat16 reaches the
-  bf16 dot-product instructions (convolutions and bf16->bf16 dots run in float32 there).
-- `"auto"`: the fastest of these on the default backend (`resolve_impl`).
+- `"matmul"`: every conv and transposed conv as 2-D matmuls `[rows, k] @ [k, n]`, with a custom
+  VJP per layer: a conv is im2col (space-to-depth first when strided) + matmul; a transposed conv
+  is either the sub-pixel conv above in this form or, on small inputs where that wastes work,
+  PyTorch's col2im (`x @ kernel`, then overlap-add). Each one's input gradient is the other one's
+  forward (a conv's is a transposed conv of the output gradient, and back), and the kernel's
+  gradient is one more matmul over the same patches. Matmul inputs are in the compute dtype,
+  accumulation, bias and kernel gradients in float32. On XLA:CPU this is what reaches the
+  matmul library (YNNPACK) and, for bfloat16, its bf16 dot-product instructions: XLA:CPU runs
+  convolution gradients 3-30x slower and bf16 convolutions in float32.
+- `"auto"`: `resolve_impl` picks per backend: "matmul" on CPU (measured, BENCHMARKS.md);
+  "reference" elsewhere (GPU/TPU conv libraries handle these layers; not measured here).
 """
 
 from __future__ import annotations
@@ -30,11 +35,10 @@ import jax.numpy as jnp
 Dtype = Any
 _DIMS = ("NHWC", "HWIO", "NHWC")
 IMPLS = ("reference", "subpixel", "matmul")
-# Measured (BENCHMARKS.md): on CPU the matmul forms; elsewhere the vendor conv libraries already
-# run transposed convs and their gradients well, so the plain forms.
+# Measured on CPU (BENCHMARKS.md). Other backends keep the plain forms until measured there.
 _AUTO = {"cpu": "matmul"}
-# transpose_form: the sub-pixel overhead above which col2im is used.
-_COL2IM_ABOVE = float(__import__("os").environ.get("V2F_COL2IM_ABOVE", "1.15"))
+# transpose_form: the sub-pixel form's extra work above which the col2im form is used.
+_COL2IM_ABOVE = 1.15
 
 
 def resolve_impl(impl: str, backend: str | None = None) -> str:

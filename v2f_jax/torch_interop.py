@@ -3,16 +3,17 @@
 The reference (cmu-mlsp/reconstructing_faces_from_voices, `network.py`) builds both networks as one
 `nn.Sequential` named `model`:
 
-    VoiceEmbedNet  model.{0,3,6,9}   Conv1d(k=3, s=2, p=1, bias=False)  weight [out, in, 3]
-                   model.{1,4,7,10}  BatchNorm1d   weight, bias, running_mean, running_var,
-                                                   num_batches_tracked
-                   model.12          Conv1d(k=3, s=2, p=1)              weight [out, in, 3], bias
-    Generator      model.{0,2,4,6,8,10}  ConvTranspose2d                weight [in, out, kh, kw], bias
+    VoiceEmbedNet  model.{0,3,6,9}       Conv1d(k=3, s=2, p=1, bias=False)  weight [out, in, 3]
+                   model.{1,4,7,10}      BatchNorm1d  weight, bias, running_mean, running_var,
+                                                      num_batches_tracked
+                   model.12              Conv1d(k=3, s=2, p=1)  weight [out, in, 3], bias
+    Generator      model.{0,2,4,6,8,10}  ConvTranspose2d        weight [in, out, kh, kw], bias
 
 Ours (`models.VoiceEmbedder`, `models.Generator(upsample="transpose")`), channels-last:
 
-    E  params conv{i}.kernel [3, in, out]; conv4.bias; bn{i}.scale/.bias; batch_stats bn{i}.mean/.var
-    G  params deconv{i}.kernel [kh, kw, in, out] (PyTorch's kernel, un-flipped); deconv{i}.bias
+    E  params conv{i}.kernel [3, in, out], conv4.bias, bn{i}.scale/.bias;
+       batch_stats bn{i}.mean/.var
+    G  params deconv{i}.kernel [kh, kw, in, out] (PyTorch's kernel, un-flipped), deconv{i}.bias
 
 so every conversion is a transpose. The layout functions here work on numpy arrays and need no
 torch; only `load_pth` / `save_pth` import it (an optional dependency: `pip install torch`).
@@ -23,7 +24,8 @@ from __future__ import annotations
 import collections
 import os
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -110,7 +112,8 @@ def embedder_to_torch(embedder: Mapping[str, Any], num_batches_tracked: int = 0)
     stats = _tree_np(embedder["batch_stats"])
     if set(params) != {f"conv{i}" for i in range(5)} | {f"bn{i}" for i in range(4)}:
         raise StateDictError(
-            f"only the wen2019 voice embedder (4 conv+BN blocks, 1 conv) converts; got {sorted(params)}"
+            "only the wen2019 voice embedder (4 conv+BN blocks, 1 conv) converts; got "
+            f"{sorted(params)}"
         )
     sd = collections.OrderedDict()
     for i, pos in enumerate(_E_CONVS):
@@ -217,7 +220,9 @@ def load_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a bad file
-        raise StateDictError(f"{path}: not a PyTorch state dict ({err.__class__.__name__}: {err})")
+        raise StateDictError(
+            f"{path}: not a PyTorch state dict ({err.__class__.__name__}: {err})"
+        ) from err
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):

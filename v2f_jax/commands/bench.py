@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--impl", default=None,
                         help="conv forms: auto | reference | subpixel | matmul (config's default)")
     parser.add_argument("--parallel", choices=("jit", "pmap"), default=None)
+    parser.add_argument("--devices", type=int, default=None,
+                        help="step mode: use the first N devices (default: all)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (or batches, calls)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
     parser.add_argument("--num-ids", type=int, default=None,
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if args.mode == "step":
         result = bench.bench_step(
             config, frames=frames, steps=args.steps, warmup=args.warmup, num_ids=num_ids,
-            peak=not args.no_peak,
+            peak=not args.no_peak, devices=args.devices,
         )
     elif args.mode == "generate":
         result = bench.bench_generate(
@@ -87,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
         demand = args.demand
         if demand is None:
             step = bench.bench_step(
-                config, frames=frames, steps=3, warmup=1, num_ids=num_ids, peak=False
+                config, frames=frames, steps=3, warmup=1, num_ids=num_ids, peak=False,
+                devices=args.devices,
             )
             demand = step["samples_per_s"]
         result = bench.bench_input(

@@ -1,7 +1,7 @@
-"""Run everything once on built-in data: synthesise a small voice/face corpus, prepare it, pretrain
-the voice embedder and train the GAN (tiny config), evaluate it (and the same networks untrained, the chance baseline), and draw
-faces for held-out voices. About 5 minutes on 2 CPU cores. Ends with the paths of the report
-(`eval.md`) and its picture.
+"""Run everything once on built-in data: synthesise a small voice/face corpus, prepare it,
+pretrain the voice embedder and train the GAN (tiny config), evaluate it (and the same networks
+with the generator untrained: the chance baseline), and draw faces for held-out voices. Under 5
+minutes on 2 CPU cores. Ends with the paths of the report (`eval.md`) and its picture.
 
 Example: `v2f demo --out v2f-demo` (a rerun reuses the corpus, records and finished training).
 """
@@ -17,20 +17,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     d = demo.DEFAULTS
     parser.add_argument("--out", default="v2f-demo", help="output directory (default v2f-demo)")
-    parser.add_argument("--identities", type=int, default=d["identities"],
-                        help=f"synthetic people, about a third held out (default {d['identities']})")
-    parser.add_argument("--utterances", type=int, default=d["utterances"],
-                        help=f"voices per person (default {d['utterances']})")
-    parser.add_argument("--faces", type=int, default=d["faces"],
-                        help=f"faces per person (default {d['faces']})")
-    parser.add_argument("--embedder-steps", type=int, default=d["embedder_steps"],
-                        help=f"voice-embedder pretraining steps (default {d['embedder_steps']})")
-    parser.add_argument("--steps", type=int, default=d["steps"],
-                        help=f"GAN training steps (default {d['steps']})")
-    parser.add_argument("--batch-size", type=int, default=d["batch_size"],
-                        help=f"global batch (default {d['batch_size']})")
-    parser.add_argument("--no-baseline", action="store_true",
-                        help="skip evaluating the untrained generator")
+    parser.add_argument(
+        "--identities",
+        type=int,
+        default=d["identities"],
+        help=f"synthetic people, about a third held out (default {d['identities']})",
+    )
+    parser.add_argument(
+        "--utterances",
+        type=int,
+        default=d["utterances"],
+        help=f"voices per person (default {d['utterances']})",
+    )
+    parser.add_argument(
+        "--faces", type=int, default=d["faces"], help=f"faces per person (default {d['faces']})"
+    )
+    parser.add_argument(
+        "--embedder-steps",
+        type=int,
+        default=d["embedder_steps"],
+        help=f"voice-embedder pretraining steps (default {d['embedder_steps']})",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=d["steps"], help=f"GAN training steps (default {d['steps']})"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=d["batch_size"],
+        help=f"global batch (default {d['batch_size']})",
+    )
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="skip evaluating the untrained generator"
+    )
     parser.add_argument("--seed", type=int, default=0, help="corpus and training seed")
 
 
@@ -42,10 +61,17 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("v2f").setLevel(logging.INFO)
     say = lambda msg: print(f"v2f demo: {msg}", file=sys.stderr, flush=True)  # noqa: E731
     result = demo.run_demo(
-        args.out, identities=args.identities, utterances=args.utterances, faces=args.faces,
-        embedder_steps=args.embedder_steps, steps=args.steps, batch_size=args.batch_size,
-        config_overrides=[o[len("--config."):] for o in args.config_overrides],
-        baseline=not args.no_baseline, seed=args.seed, log=say,
+        args.out,
+        identities=args.identities,
+        utterances=args.utterances,
+        faces=args.faces,
+        embedder_steps=args.embedder_steps,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        config_overrides=[o[len("--config.") :] for o in args.config_overrides],
+        baseline=not args.no_baseline,
+        seed=args.seed,
+        log=say,
     )
     print(demo.summary(result))
     return 0

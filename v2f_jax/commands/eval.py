@@ -26,11 +26,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--records", required=True, help="a `v2f prepare` output directory")
     parser.add_argument("--out", default=None, help="report directory (default: see above)")
     parser.add_argument(
-        "--face-embedder", default=None, metavar="FILE",
+        "--face-embedder",
+        default=None,
+        metavar="FILE",
         help="score with this face embedder (e.g. another report's) instead of the cached one",
     )
     parser.add_argument(
-        "--max-train-voices", type=int, default=2000,
+        "--max-train-voices",
+        type=int,
+        default=2000,
         help="training utterances generated for identity accuracy (default 2000; 0: all)",
     )
 
@@ -54,13 +58,23 @@ def run(args: argparse.Namespace) -> int:
         # `--config.eval.*` overrides the run's own evaluation settings.
         config_lib.apply_overrides(model.config, args.config_overrides)
         result = evaluate.evaluate(
-            model, args.records, out, face_embedder_path=args.face_embedder,
+            model,
+            args.records,
+            out,
+            face_embedder_path=args.face_embedder,
             max_train_voices=args.max_train_voices,
             log=lambda msg: print(f"v2f eval: {msg}", file=sys.stderr),
         )
-    except (ValueError, FileNotFoundError, ImportError, OSError, RuntimeError,
-            export.ModelFileError, generate.FrontendMismatchError,
-            torch_interop.StateDictError) as err:
+    except (
+        ValueError,
+        FileNotFoundError,
+        ImportError,
+        OSError,
+        RuntimeError,
+        export.ModelFileError,
+        generate.FrontendMismatchError,
+        torch_interop.StateDictError,
+    ) as err:
         print(f"v2f eval: error: {err}", file=sys.stderr)
         return 2
     print(summary(result, out))
@@ -70,13 +84,15 @@ def run(args: argparse.Namespace) -> int:
 def summary(r: dict, out: str) -> str:
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
     c = r["counts"]
-    return "\n".join([
-        f"1:2 matching {pct(r['matching_1v2'])} (same gender {pct(r['matching_1v2_gender'])}; "
-        f"chance 50%) over {c['test_voices']} voices of {c['test_identities']} test identities",
-        f"recall@1/5/10 {pct(r['recall_at_1'])} / {pct(r['recall_at_5'])} / "
-        f"{pct(r['recall_at_10'])} (gallery of {c['gallery_size']})",
-        f"identity top-1/top-5 {pct(r['id_top1'])} / {pct(r['id_top5'])} over "
-        f"{c['train_identities']} training identities",
-        f"report: {os.path.join(out, 'eval.md')}",
-        f"picture: {os.path.join(out, 'eval.png')}",
-    ])
+    return "\n".join(
+        [
+            f"1:2 matching {pct(r['matching_1v2'])} (same gender {pct(r['matching_1v2_gender'])}; "
+            f"chance 50%) over {c['test_voices']} voices of {c['test_identities']} test identities",
+            f"recall@1/5/10 {pct(r['recall_at_1'])} / {pct(r['recall_at_5'])} / "
+            f"{pct(r['recall_at_10'])} (gallery of {c['gallery_size']})",
+            f"identity top-1/top-5 {pct(r['id_top1'])} / {pct(r['id_top5'])} over "
+            f"{c['train_identities']} training identities",
+            f"report: {os.path.join(out, 'eval.md')}",
+            f"picture: {os.path.join(out, 'eval.png')}",
+        ]
+    )

@@ -9,7 +9,8 @@ Sources: a training run (`--workdir DIR`, newest checkpoint or `--step N`), a mo
 Examples:
   v2f export --workdir runs/wen2019 --out wen2019.safetensors
   v2f export --model wen2019.safetensors --format torch --out pth/
-  v2f export --torch-embedder voice_embedding.pth --torch-generator generator.pth --out ref.safetensors
+  v2f export --torch-embedder voice_embedding.pth --torch-generator generator.pth \\
+      --out ref.safetensors
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", help="a `v2f train` workdir (its newest checkpoint)")
     parser.add_argument("--model", help="a model file from `v2f export` (.safetensors/.msgpack)")
     parser.add_argument("--step", type=int, default=None, help="with --workdir: this checkpoint")
-    parser.add_argument("--torch-embedder", metavar="PTH", help="the reference's voice_embedding.pth")
+    parser.add_argument(
+        "--torch-embedder", metavar="PTH", help="the reference's voice_embedding.pth"
+    )
     parser.add_argument("--torch-generator", metavar="PTH", help="the reference's generator.pth")
 
 
@@ -32,8 +35,11 @@ def load_source(args: argparse.Namespace):
     from v2f_jax import export  # noqa: PLC0415
 
     return export.load_any(
-        model=args.model, workdir=args.workdir, torch_embedder=args.torch_embedder,
-        torch_generator=args.torch_generator, step=args.step,
+        model=args.model,
+        workdir=args.workdir,
+        torch_embedder=args.torch_embedder,
+        torch_generator=args.torch_generator,
+        step=args.step,
     )
 
 
@@ -41,7 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_source_arguments(parser)
     parser.add_argument("--out", required=True, help="output file, or directory for --format torch")
     parser.add_argument(
-        "--format", choices=("safetensors", "msgpack", "torch"), default=None,
+        "--format",
+        choices=("safetensors", "msgpack", "torch"),
+        default=None,
         help="default: from --out's extension (.safetensors or .msgpack)",
     )
 
@@ -54,8 +62,11 @@ def run(args: argparse.Namespace) -> int:
         suffix = os.path.splitext(args.out)[1]
         fmt = suffix[1:] if suffix in export.SUFFIXES else None
         if fmt is None:
-            print(f"v2f export: error: {args.out}: end it in .safetensors or .msgpack, or pass "
-                  "--format torch (then --out is a directory)", file=sys.stderr)
+            print(
+                f"v2f export: error: {args.out}: end it in .safetensors or .msgpack, or pass "
+                "--format torch (then --out is a directory)",
+                file=sys.stderr,
+            )
             return 2
     try:
         model = load_source(args)
@@ -66,13 +77,21 @@ def run(args: argparse.Namespace) -> int:
             if not out.endswith(f".{fmt}"):
                 out += f".{fmt}"
             paths = (export.save_model(model, out),)
-    except (ValueError, FileNotFoundError, ImportError, OSError, RuntimeError,
-            torch_interop.StateDictError) as err:
+    except (
+        ValueError,
+        FileNotFoundError,
+        ImportError,
+        OSError,
+        RuntimeError,
+        torch_interop.StateDictError,
+    ) as err:
         print(f"v2f export: error: {err}", file=sys.stderr)
         return 2
     src = model.source
     where = src.get("workdir") or src.get("torch_generator") or args.model
     step = f" (step {src['step']})" if "step" in src else ""
-    print(f"v2f export: {model.config.model.arch} model from {where}{step}, front end "
-          f"{model.frontend_name} -> {', '.join(paths)}")
+    print(
+        f"v2f export: {model.config.model.arch} model from {where}{step}, front end "
+        f"{model.frontend_name} -> {', '.join(paths)}"
+    )
     return 0

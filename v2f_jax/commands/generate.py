@@ -24,11 +24,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audio", nargs="+", required=True, metavar="FILE", help="audio files")
     parser.add_argument("--out", required=True, type=pathlib.Path, help="output directory")
     parser.add_argument(
-        "--frontend", choices=("wen2019", "librosa"), default=None,
+        "--frontend",
+        choices=("wen2019", "librosa"),
+        default=None,
         help="the model's front end is used; naming a different one is an error",
     )
     parser.add_argument(
-        "--min-seconds", type=float, default=0.5,
+        "--min-seconds",
+        type=float,
+        default=0.5,
         help="skip a file with less speech than this after VAD (default 0.5)",
     )
 
@@ -39,8 +43,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         model = export_command.load_source(args)
         generate.check_frontend(model, args.frontend)
-    except (ValueError, FileNotFoundError, ImportError, OSError, RuntimeError,
-            export.ModelFileError, torch_interop.StateDictError) as err:
+    except (
+        ValueError,
+        FileNotFoundError,
+        ImportError,
+        OSError,
+        RuntimeError,
+        export.ModelFileError,
+        torch_interop.StateDictError,
+    ) as err:
         print(f"v2f generate: error: {err}", file=sys.stderr)
         return 2
     result = generate.generate(model, args.audio, args.out, min_seconds=args.min_seconds)
