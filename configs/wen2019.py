@@ -56,5 +56,5 @@ def get_config() -> ml_collections.ConfigDict:
 
     cfg.eval = ml_collections.ConfigDict()
     cfg.eval.face_embedder_steps = 2_000
-    cfg.eval.gallery_size = 10
+    cfg.eval.gallery_size = 0  # identities per retrieval gallery; 0: all test identities
     return cfg
