@@ -101,11 +101,13 @@ def test_auto_picks_per_backend_and_rejects_unknown_names():
         layers.resolve_impl("im2col")
 
 
-def test_networks_give_the_same_numbers_under_every_impl():
-    """The tiny G and critics, parameters shared across impls (the layout is the same)."""
+def test_networks_give_the_same_numbers_in_the_matmul_form():
+    """The tiny G and critics end to end (G's gradient goes through the critics' input gradient),
+    parameters shared across impls (the layout is the same). Subpixel's pieces are covered above.
+    """
     base = config_lib.load_config("configs/tiny.py")
     nets = {}
-    for impl in ("reference", "matmul"):  # subpixel's pieces are covered above
+    for impl in ("reference", "matmul"):
         config = config_lib.load_config("configs/tiny.py", [f"--config.model.impl={impl}"])
         nets[impl] = models.Networks(config.model, num_ids=7)
     state = state_lib.create_gan_state(base, nets["reference"])
@@ -122,8 +124,7 @@ def test_networks_give_the_same_numbers_under_every_impl():
         )
         return value, faces, grads
 
-    results = {impl: jax.jit(lambda n=n: run(n))() for impl, n in nets.items()}
-    for impl in ("matmul",):
-        leaves = zip(*(jax.tree_util.tree_leaves(results[i]) for i in (impl, "reference")))
-        for a, b in leaves:
-            np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5, err_msg=impl)
+    got, ref = (jax.jit(lambda n=n: run(n))() for n in (nets["matmul"], nets["reference"]))
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
+        scale = float(np.max(np.abs(b))) or 1.0
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
