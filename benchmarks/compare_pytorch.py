@@ -49,8 +49,11 @@ def _torch_worker(args) -> None:
         c = (256, 384, 576, 864)
         layers, prev = [], 64
         for ch in c:
-            layers += [nn.Conv1d(prev, ch, 3, 2, 1, bias=False), nn.BatchNorm1d(ch, affine=True),
-                       nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv1d(prev, ch, 3, 2, 1, bias=False),
+                nn.BatchNorm1d(ch, affine=True),
+                nn.ReLU(inplace=True),
+            ]
             prev = ch
         layers.append(nn.Conv1d(prev, 64, 3, 2, 1, bias=True))
         return nn.Sequential(*layers)
@@ -151,8 +154,12 @@ def _torch_worker(args) -> None:
     start = time.perf_counter()
     step()
     _serve(
-        {"side": "pytorch", "first_step_s": time.perf_counter() - start,
-         "torch": torch.__version__, "threads": torch.get_num_threads()},
+        {
+            "side": "pytorch",
+            "first_step_s": time.perf_counter() - start,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
         lambda: step(),
     )
 
@@ -172,9 +179,13 @@ def _jax_worker(args) -> None:
     start = time.perf_counter()
     runner.run(1)
     info = {
-        "side": "jax", "compile_s": compile_s, "first_step_s": time.perf_counter() - start,
-        "flops_per_step": bench.compiled_flops(runner.compiled), "impl": config.model.impl,
-        "hlo": bench.hlo_op_counts(runner.compiled), "machine": bench.machine(),
+        "side": "jax",
+        "compile_s": compile_s,
+        "first_step_s": time.perf_counter() - start,
+        "flops_per_step": bench.compiled_flops(runner.compiled),
+        "impl": config.model.impl,
+        "hlo": bench.hlo_op_counts(runner.compiled),
+        "machine": bench.machine(),
     }
     if args.peak:
         info["peak_gflops_per_s"] = bench.matmul_peak(args.dtype)["gflops_per_s"]
@@ -202,11 +213,29 @@ def _serve(ready: dict, step) -> None:
 
 class Worker:
     def __init__(self, side: str, args, extra: list[str]):
-        cmd = [sys.executable, __file__, "--worker", side, "--batch", str(args.batch),
-               "--frames", str(args.frames), "--dtype", args.dtype, "--config", args.config,
-               "--torch-dtype", args.torch_dtype or args.dtype,
-               "--torch-threads", str(args.torch_threads), "--torch-variant", args.torch_variant,
-               "--impl", args.impl, *extra]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            side,
+            "--batch",
+            str(args.batch),
+            "--frames",
+            str(args.frames),
+            "--dtype",
+            args.dtype,
+            "--config",
+            args.config,
+            "--torch-dtype",
+            args.torch_dtype or args.dtype,
+            "--torch-threads",
+            str(args.torch_threads),
+            "--torch-variant",
+            args.torch_variant,
+            "--impl",
+            args.impl,
+            *extra,
+        ]
         cmd += [f"--config-override={o}" for o in args.config_override]
         if args.channels_last:
             cmd.append("--channels-last")
@@ -214,8 +243,9 @@ class Worker:
             cmd.append("--peak")
         env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
         self.side = side
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, env=env, cwd=REPO)
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO
+        )
         self.info = self._read()
 
     def _read(self) -> dict:
@@ -241,8 +271,11 @@ class Worker:
 def compare(args) -> dict:
     log = sys.stderr
     torch_dtype = args.torch_dtype or args.dtype
-    print(f"starting workers (B={args.batch}, T={args.frames}, ours {args.dtype}, PyTorch "
-          f"{torch_dtype}, {args.torch_threads} PyTorch threads)...", file=log)
+    print(
+        f"starting workers (B={args.batch}, T={args.frames}, ours {args.dtype}, PyTorch "
+        f"{torch_dtype}, {args.torch_threads} PyTorch threads)...",
+        file=log,
+    )
     # The peer first: its warm-up is short, ours includes compiling.
     workers = [Worker("pytorch", args, []), Worker("jax", args, [])]
     for w in workers:
@@ -256,34 +289,46 @@ def compare(args) -> dict:
             for side, ts in got.items():
                 times[side] += ts
             ratios.append(statistics.median(got["pytorch"]) / statistics.median(got["jax"]))
-            print(f"  round {r}: pytorch {statistics.median(got['pytorch']):.2f} s/step, "
-                  f"jax {statistics.median(got['jax']):.2f} s/step, ratio {ratios[-1]:.2f}",
-                  file=log)
+            print(
+                f"  round {r}: pytorch {statistics.median(got['pytorch']):.2f} s/step, "
+                f"jax {statistics.median(got['jax']):.2f} s/step, ratio {ratios[-1]:.2f}",
+                file=log,
+            )
     finally:
         for w in workers:
             w.close()
     b = args.batch
     summary = {
-        "batch": b, "frames": args.frames, "dtype": args.dtype, "torch_dtype": torch_dtype,
+        "batch": b,
+        "frames": args.frames,
+        "dtype": args.dtype,
+        "torch_dtype": torch_dtype,
         "rounds": args.rounds,
-        "steps_per_round": args.steps_per_round, "torch_variant": args.torch_variant,
-        "torch_threads": args.torch_threads, "channels_last": args.channels_last,
-        "impl": args.impl, "date": time.strftime("%Y-%m-%d"),
+        "steps_per_round": args.steps_per_round,
+        "torch_variant": args.torch_variant,
+        "torch_threads": args.torch_threads,
+        "channels_last": args.channels_last,
+        "impl": args.impl,
+        "date": time.strftime("%Y-%m-%d"),
     }
     for side, ts in times.items():
         med = statistics.median(ts)
         summary[side] = {
-            "step_s_median": med, "step_s_min": min(ts), "step_s_max": max(ts),
+            "step_s_median": med,
+            "step_s_min": min(ts),
+            "step_s_max": max(ts),
             "samples_per_s": b / med,
         }
     jax_info = workers[1].info
     summary["jax"].update(
-        compile_s=jax_info["compile_s"], flops_per_step=jax_info["flops_per_step"],
+        compile_s=jax_info["compile_s"],
+        flops_per_step=jax_info["flops_per_step"],
         hlo=jax_info["hlo"],
     )
     if jax_info.get("flops_per_step"):
-        summary["jax"]["gflops_per_s"] = jax_info["flops_per_step"] / summary["jax"][
-            "step_s_median"] / 1e9
+        summary["jax"]["gflops_per_s"] = (
+            jax_info["flops_per_step"] / summary["jax"]["step_s_median"] / 1e9
+        )
     if "peak_gflops_per_s" in jax_info:
         summary["jax"]["peak_gflops_per_s"] = jax_info["peak_gflops_per_s"]
     summary["pytorch"].update(torch=workers[0].info["torch"], threads=workers[0].info["threads"])
@@ -331,24 +376,34 @@ def track_bf16(args) -> dict:
         x = np.asarray(x, np.float64)
         return np.convolve(x, np.ones(window) / window, mode="valid")
 
-    out = {"steps": args.track_bf16, "config": "configs/tiny.py", "smoothing_window": window,
-           "losses": {}}
-    print(f"  {'loss':8s} {'fp32 end':>9s} {'bf16 end':>9s} {'|bf16-fp32|':>12s} "
-          f"{'|fp32 seed1-fp32|':>18s}  (smoothed over {window} steps, mean over the run)",
-          file=sys.stderr)
+    out = {
+        "steps": args.track_bf16,
+        "config": "configs/tiny.py",
+        "smoothing_window": window,
+        "losses": {},
+    }
+    print(
+        f"  {'loss':8s} {'fp32 end':>9s} {'bf16 end':>9s} {'|bf16-fp32|':>12s} "
+        f"{'|fp32 seed1-fp32|':>18s}  (smoothed over {window} steps, mean over the run)",
+        file=sys.stderr,
+    )
     for k in sorted(histories["fp32"]):
         a, b, c = (smooth(histories[n][k]) for n in ("fp32", "bf16", "fp32_seed1"))
         first = np.abs(np.asarray(histories["bf16"][k][:10]) - histories["fp32"][k][:10])
         out["losses"][k] = {
-            "fp32_end": float(a[-1]), "bf16_end": float(b[-1]), "fp32_seed1_end": float(c[-1]),
+            "fp32_end": float(a[-1]),
+            "bf16_end": float(b[-1]),
+            "fp32_seed1_end": float(c[-1]),
             "bf16_vs_fp32_mean_abs": float(np.mean(np.abs(b - a))),
             "fp32_seed1_vs_fp32_mean_abs": float(np.mean(np.abs(c - a))),
             "bf16_vs_fp32_first10_max_abs": float(first.max()),
         }
         o = out["losses"][k]
-        print(f"  {k:8s} {o['fp32_end']:9.3f} {o['bf16_end']:9.3f} "
-              f"{o['bf16_vs_fp32_mean_abs']:12.3f} {o['fp32_seed1_vs_fp32_mean_abs']:18.3f}",
-              file=sys.stderr)
+        print(
+            f"  {k:8s} {o['fp32_end']:9.3f} {o['bf16_end']:9.3f} "
+            f"{o['bf16_vs_fp32_mean_abs']:12.3f} {o['fp32_seed1_vs_fp32_mean_abs']:18.3f}",
+            file=sys.stderr,
+        )
     return out
 
 
@@ -356,23 +411,43 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--frames", type=int, default=800)
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="our compute dtype (and PyTorch's unless --torch-dtype)")
-    parser.add_argument("--torch-dtype", choices=("float32", "bfloat16"), default=None,
-                        help="PyTorch's: float32, or bfloat16 autocast (default: --dtype)")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="our compute dtype (and PyTorch's unless --torch-dtype)",
+    )
+    parser.add_argument(
+        "--torch-dtype",
+        choices=("float32", "bfloat16"),
+        default=None,
+        help="PyTorch's: float32, or bfloat16 autocast (default: --dtype)",
+    )
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--steps-per-round", type=int, default=2)
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count())
     parser.add_argument("--torch-variant", choices=("reference", "dedup"), default="reference")
-    parser.add_argument("--channels-last", action="store_true",
-                        help="PyTorch G and F in channels_last memory format")
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="PyTorch G and F in channels_last memory format",
+    )
     parser.add_argument("--config", default=str(REPO / "configs/wen2019.py"))
-    parser.add_argument("--config-override", action="append", default=[],
-                        help="a --config.x=y for our side (repeatable)")
+    parser.add_argument(
+        "--config-override",
+        action="append",
+        default=[],
+        help="a --config.x=y for our side (repeatable)",
+    )
     parser.add_argument("--impl", default="auto", help="our conv forms (config.model.impl)")
     parser.add_argument("--peak", action="store_true", help="also measure our matmul peak")
-    parser.add_argument("--track-bf16", type=int, default=0, metavar="STEPS",
-                        help="instead: fp32 vs bf16 losses over STEPS steps of configs/tiny.py")
+    parser.add_argument(
+        "--track-bf16",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="instead: fp32 vs bf16 losses over STEPS steps of configs/tiny.py",
+    )
     parser.add_argument("--worker", choices=("pytorch", "jax"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker == "pytorch":

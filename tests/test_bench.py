@@ -9,9 +9,23 @@ import pytest
 from v2f_jax import bench, cli
 
 STEP_KEYS = {
-    "samples_per_s", "steps_per_s", "samples_per_s_per_device", "compile_s", "step_s",
-    "flops_per_step", "gflops_per_s", "peak_gflops_per_s_per_device", "peak_share", "devices",
-    "impl_resolved", "dtype", "batch", "frames", "machine", "losses_finite", "hlo",
+    "samples_per_s",
+    "steps_per_s",
+    "samples_per_s_per_device",
+    "compile_s",
+    "step_s",
+    "flops_per_step",
+    "gflops_per_s",
+    "peak_gflops_per_s_per_device",
+    "peak_share",
+    "devices",
+    "impl_resolved",
+    "dtype",
+    "batch",
+    "frames",
+    "machine",
+    "losses_finite",
+    "hlo",
 }
 
 
@@ -23,9 +37,24 @@ def _bench(capsys, *argv):
 
 
 def test_step_mode_reports_throughput_flops_and_peak(capsys):
-    out = _bench(capsys, "--config", "configs/tiny.py", "--batch", "8", "--frames", "32",
-                 "--steps", "2", "--warmup", "0", "--num-ids", "5", "--devices", "2",
-                 "--config.model.embed_dim=8")
+    out = _bench(
+        capsys,
+        "--config",
+        "configs/tiny.py",
+        "--batch",
+        "8",
+        "--frames",
+        "32",
+        "--steps",
+        "2",
+        "--warmup",
+        "0",
+        "--num-ids",
+        "5",
+        "--devices",
+        "2",
+        "--config.model.embed_dim=8",
+    )
     assert STEP_KEYS <= set(out)
     assert out["mode"] == "step" and out["batch"] == 8 and out["frames"] == 32
     assert out["devices"] == 2 and out["dtype"] == "float32"
@@ -39,8 +68,19 @@ def test_step_mode_reports_throughput_flops_and_peak(capsys):
 
 
 def test_generate_mode_reports_latency_at_each_batch(capsys):
-    out = _bench(capsys, "--config", "configs/tiny.py", "--mode", "generate", "--frames", "32",
-                 "--steps", "2", "--num-ids", "5")
+    out = _bench(
+        capsys,
+        "--config",
+        "configs/tiny.py",
+        "--mode",
+        "generate",
+        "--frames",
+        "32",
+        "--steps",
+        "2",
+        "--num-ids",
+        "5",
+    )
     for b in ("batch1", "batch64"):
         assert out[b]["latency_s"]["median"] > 0 and out[b]["faces_per_s"] > 0
 
@@ -69,13 +109,34 @@ def test_input_mode_reads_real_shards_against_a_demand(capsys, tmp_path):
             cv2.imwrite(str(tmp_path / "faces" / name / f"{u}.png"), img)
     (tmp_path / "meta.csv").write_text("\n".join(meta) + "\n")
     records = tmp_path / "records"
-    prepare.prepare(tmp_path / "fbank", tmp_path / "faces", tmp_path / "meta.csv", records,
-                    workers=1, shards_per_split=2, progress=False)
-    out = _bench(capsys, "--config", "configs/tiny.py", "--mode", "input", "--records",
-                 str(records), "--batch", "4", "--steps", "3", "--demand", "100",
-                 "--config.data.shuffle_buffer=8")
+    prepare.prepare(
+        tmp_path / "fbank",
+        tmp_path / "faces",
+        tmp_path / "meta.csv",
+        records,
+        workers=1,
+        shards_per_split=2,
+        progress=False,
+    )
+    out = _bench(
+        capsys,
+        "--config",
+        "configs/tiny.py",
+        "--mode",
+        "input",
+        "--records",
+        str(records),
+        "--batch",
+        "4",
+        "--steps",
+        "3",
+        "--demand",
+        "100",
+        "--config.data.shuffle_buffer=8",
+    )
     assert out["batches_per_s"] > 0 and out["records_per_s"] == pytest.approx(
-        2 * 4 * out["batches_per_s"])
+        2 * 4 * out["batches_per_s"]
+    )
     assert out["step_demand_samples_per_s"] == 100 and out["supply_over_demand"] > 0
 
 
@@ -88,7 +149,7 @@ def test_spread_and_hlo_counts():
     s = bench.spread([3.0, 1.0, 2.0, 10.0])
     assert s["median"] == 2.5 and s["min"] == 1.0 and s["max"] == 10.0 and s["n"] == 4
     text = (
-        '%ynn_fusion = f32[2,2]{1,0} fusion(%a, %b), kind=kCustom, calls=%fc, '
+        "%ynn_fusion = f32[2,2]{1,0} fusion(%a, %b), kind=kCustom, calls=%fc, "
         'backend_config={"fusion_config":{"kind":"__ynn_fusion"}}\n'
         "%dot.1 = f32[2,2]{1,0} dot(%a, %b)\n"
         "%convolution.2 = f32[1,2,2,1]{3,2,1,0} convolution(%x, %w)\n"
@@ -98,5 +159,4 @@ def test_spread_and_hlo_counts():
         def as_text(self):
             return text
 
-    assert bench.hlo_op_counts(Fake()) == {
-        "library_fusions": 1, "other_dots": 1, "convolutions": 1}
+    assert bench.hlo_op_counts(Fake()) == {"library_fusions": 1, "other_dots": 1, "convolutions": 1}

@@ -5,13 +5,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from v2f_jax import config_lib, layers, models, state as state_lib
+from v2f_jax import config_lib, layers, models
+from v2f_jax import state as state_lib
 
 FAST = [impl for impl in layers.IMPLS if impl != "reference"]
 # (kernel, stride, padding, input size): G's layers (4x4 s2 p1 at several sizes, the 1x1 -> 4x4
 # projection, the 1x1 to RGB) and odd geometries that exercise the general sub-pixel algebra.
-TRANSPOSE_CASES = [(4, 2, 1, 4), (4, 2, 1, 9), (4, 1, 0, 1), (1, 1, 0, 5), (3, 2, 1, 5),
-                   (5, 3, 2, 4)]
+TRANSPOSE_CASES = [
+    (4, 2, 1, 4),
+    (4, 2, 1, 9),
+    (4, 1, 0, 1),
+    (1, 1, 0, 5),
+    (3, 2, 1, 5),
+    (5, 3, 2, 4),
+]
 # F's layers (1x1, 4x4 s2 p1, 4x4 valid on 4x4) and others.
 CONV_CASES = [(1, 1, 0, 6), (4, 2, 1, 8), (4, 2, 1, 7), (4, 1, 0, 4), (3, 2, 1, 7)]
 
@@ -37,12 +44,15 @@ def _value_and_grads(op, case, impl):
 def _assert_all_same(op, cases, rtol=1e-5, atol=1e-5):
     for case in cases:
         # One small jit per case (XLA's compile time grows faster than the graph).
-        results = jax.jit(lambda: {i: _value_and_grads(op, case, i) for i in layers.IMPLS})()
+        results = jax.jit(
+            lambda case=case: {i: _value_and_grads(op, case, i) for i in layers.IMPLS}
+        )()
         ref = results["reference"]
         for impl in FAST:
             got = results[impl]
-            for name, a, b in zip(("y", "dx", "dw"), jax.tree_util.tree_leaves(got),
-                                  jax.tree_util.tree_leaves(ref)):
+            for name, a, b in zip(
+                ("y", "dx", "dw"), jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)
+            ):
                 assert a.shape == b.shape
                 np.testing.assert_allclose(
                     a, b, rtol=rtol, atol=atol, err_msg=f"{impl} {name} k,s,p,size={case}"
@@ -82,8 +92,9 @@ def test_matmul_gradients_and_dtypes(dtype):
     w = jnp.asarray(rng.normal(size=(11, 6)), jnp.float32)
     y = layers.matmul(a, w)
     assert y.dtype == dtype
-    da, dw = jax.grad(lambda a, w: jnp.sum(layers.matmul(a, w).astype(jnp.float32) ** 2),
-                      argnums=(0, 1))(a, w)
+    da, dw = jax.grad(
+        lambda a, w: jnp.sum(layers.matmul(a, w).astype(jnp.float32) ** 2), argnums=(0, 1)
+    )(a, w)
     assert da.dtype == dtype and dw.dtype == jnp.float32
     a32 = a.astype(jnp.float32)
     da_ref, dw_ref = jax.grad(lambda a, w: jnp.sum((a @ w) ** 2), argnums=(0, 1))(a32, w)

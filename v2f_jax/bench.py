@@ -14,14 +14,15 @@ import platform
 import re
 import statistics
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from v2f_jax import layers, models, parallel, state as state_lib, train_step
+from v2f_jax import layers, models, parallel, train_step
+from v2f_jax import state as state_lib
 
 DEFAULT_NUM_IDS = 924  # the reference's training identities (VoxCeleb1 F-Z)
 
@@ -172,7 +173,12 @@ class StepRunner:
     """
 
     def __init__(
-        self, config, *, frames: int, num_ids: int = DEFAULT_NUM_IDS, seed: int = 0,
+        self,
+        config,
+        *,
+        frames: int,
+        num_ids: int = DEFAULT_NUM_IDS,
+        seed: int = 0,
         devices: int | None = None,
     ):
         self.config = config
@@ -181,7 +187,8 @@ class StepRunner:
         self.nets = models.Networks(config.model, num_ids)
         mode = config.train.parallel
         self.dp = parallel.DataParallel(
-            lambda axis_name: train_step.make_gan_step(config, self.nets, axis_name), mode,
+            lambda axis_name: train_step.make_gan_step(config, self.nets, axis_name),
+            mode,
             devices=jax.devices()[:devices] if devices else None,
         )
         batch_size = config.train.batch_size
@@ -250,15 +257,18 @@ def bench_step(
     """
     runner = StepRunner(config, frames=frames, num_ids=num_ids, devices=devices)
     compile_s = runner.compile()
-    flops = compiled_flops(runner.compiled)
+    # XLA compiles one program per device (SPMD under jit, the same under pmap): its cost
+    # analysis is one device's share of the step.
+    flops_device = compiled_flops(runner.compiled)
     peak_before = matmul_peak(config.model.dtype) if peak else None
     runner.run(warmup)
     times = runner.run(steps)
     peak_after = matmul_peak(config.model.dtype) if peak else None
     metrics = runner.metrics()
     step_s = spread(times)
+    t = step_s["median"]
     n_dev = runner.dp.num_devices
-    samples_per_s = runner.batch_size / step_s["median"]
+    samples_per_s = runner.batch_size / t
     out = {
         "mode": "step",
         "batch": runner.batch_size,
@@ -272,12 +282,13 @@ def bench_step(
         "compile_s": compile_s,
         "step_s": step_s,
         "samples_per_s": samples_per_s,
-        "steps_per_s": 1.0 / step_s["median"],
+        "steps_per_s": 1.0 / t,
         "devices": n_dev,
         "samples_per_s_per_device": samples_per_s / n_dev,
-        "flops_per_step": flops,
-        "gflops_per_s": flops / step_s["median"] / 1e9 if flops else None,
-        "gflops_per_s_per_device": flops / step_s["median"] / 1e9 / n_dev if flops else None,
+        "flops_per_step": flops_device * n_dev if flops_device else None,
+        "flops_per_step_per_device": flops_device,
+        "gflops_per_s": flops_device * n_dev / t / 1e9 if flops_device else None,
+        "gflops_per_s_per_device": flops_device / t / 1e9 if flops_device else None,
         "losses_finite": all(np.isfinite(v) for v in metrics.values()),
         "hlo": hlo_op_counts(runner.compiled),
     }
@@ -285,9 +296,10 @@ def bench_step(
         best = max(peak_before["gflops_per_s"], peak_after["gflops_per_s"])
         out["peak_gflops_per_s_per_device"] = best
         out["peak_matmul"] = f"{peak_before['size']}^3 {config.model.dtype}"
-        if flops:
-            # XLA's cost analysis counts the whole program (all devices under jit).
-            out["peak_share"] = out["gflops_per_s"] / (best * n_dev)
+        if flops_device:
+            # CPU "devices" share the host's cores: there the peak is the host's.
+            shared = jax.default_backend() == "cpu"
+            out["peak_share"] = out["gflops_per_s" if shared else "gflops_per_s_per_device"] / best
     out["machine"] = machine()
     return out
 
@@ -307,15 +319,22 @@ def learnable_batches(
         face = tint[face_id][:, None, None, None] + 0.1 * rng.normal(size=(batch_size, 64, 64, 3))
         face[..., 1] *= -1
         voice = tilt[voice_id][:, None, :] + rng.normal(size=(batch_size, frames, n_mels))
-        out.append({
-            "voice": voice.astype(np.float32), "voice_id": voice_id,
-            "face": np.clip(face, -1, 1).astype(np.float32), "face_id": face_id,
-        })
+        out.append(
+            {
+                "voice": voice.astype(np.float32),
+                "voice_id": voice_id,
+                "face": np.clip(face, -1, 1).astype(np.float32),
+                "face_id": face_id,
+            }
+        )
     return out
 
 
 def loss_history(
-    config: ml_collections.ConfigDict, steps: int, num_ids: int = 8, n_batches: int = 16,
+    config: ml_collections.ConfigDict,
+    steps: int,
+    num_ids: int = 8,
+    n_batches: int = 16,
     data_seed: int = 0,
 ) -> dict[str, list[float]]:
     """Every step's metrics over `steps` steps from the config's seed (initial parameters and
@@ -323,13 +342,19 @@ def loss_history(
     frames = max(config.data.crop_lengths)
     nets = models.Networks(config.model, num_ids)
     dp = parallel.DataParallel(
-        lambda axis_name: train_step.make_gan_step(config, nets, axis_name), "jit",
+        lambda axis_name: train_step.make_gan_step(config, nets, axis_name),
+        "jit",
         devices=jax.devices()[:1],
     )
-    state = dp.put_state(jax.device_get(
-        _run_once(lambda: state_lib.create_gan_state(config, nets))))
-    batches = [dp.put_batch(b) for b in learnable_batches(
-        n_batches, config.train.batch_size, frames, num_ids, config.data.n_mels, data_seed)]
+    state = dp.put_state(
+        jax.device_get(_run_once(lambda: state_lib.create_gan_state(config, nets)))
+    )
+    batches = [
+        dp.put_batch(b)
+        for b in learnable_batches(
+            n_batches, config.train.batch_size, frames, num_ids, config.data.n_mels, data_seed
+        )
+    ]
     history: dict[str, list[float]] = {}
     for i in range(steps):
         state, metrics = dp(state, batches[i % n_batches])
@@ -357,15 +382,21 @@ def bench_generate(
         raw = nets.embedder.apply(embedder, voice)
         return nets.generator.apply({"params": generator}, train_step.unit(raw))
 
-    out = {"mode": "generate", "frames": frames, "dtype": config.model.dtype,
-           "impl_resolved": layers.resolve_impl(config.model.impl)}
+    out = {
+        "mode": "generate",
+        "frames": frames,
+        "dtype": config.model.dtype,
+        "impl_resolved": layers.resolve_impl(config.model.impl),
+    }
     f = jax.jit(generate)
     for b in batch_sizes:
         voice = jnp.asarray(synthetic_batch(b, frames, 1, config.data.n_mels)["voice"])
         start = time.perf_counter()
         jax.block_until_ready(f(state.embedder, state.generator, voice))
         compile_s = time.perf_counter() - start
-        lat = spread(time_calls(lambda: f(state.embedder, state.generator, voice), repeats))
+        lat = spread(
+            time_calls(lambda voice=voice: f(state.embedder, state.generator, voice), repeats)
+        )
         out[f"batch{b}"] = {
             "latency_s": lat,
             "faces_per_s": b / lat["median"],

@@ -77,7 +77,11 @@ class ConvTranspose2d(nn.Module):
         )
         bias = self.param("bias", _uniform(bound), (self.features,), jnp.float32)
         return conv_transpose(
-            x.astype(self.dtype), kernel, self.stride, self.padding, resolve_impl(self.impl),
+            x.astype(self.dtype),
+            kernel,
+            self.stride,
+            self.padding,
+            resolve_impl(self.impl),
             bias=bias,
         )
 
@@ -104,7 +108,11 @@ class Conv2d(nn.Module):
         )
         bias = self.param("bias", _uniform(bound), (self.features,), jnp.float32)
         return conv2d(
-            x.astype(self.dtype), kernel, self.stride, self.padding, resolve_impl(self.impl),
+            x.astype(self.dtype),
+            kernel,
+            self.stride,
+            self.padding,
+            resolve_impl(self.impl),
             bias=bias,
         )
 
@@ -300,8 +308,10 @@ def _conv_transpose_fwd(x, kernel, stride: int, padding: int, out_hw=None):
         w2 = padded.transpose(2, 0, 1, 3).reshape(i, -1).astype(x.dtype)
         cols = _mm(x.reshape(b * h * w, i), w2).reshape(b, h, w, n, s, n, s, o)
         z = sum(
-            jnp.pad(cols[:, :, :, th, :, tw], ((0, 0), (th, n - 1 - th), (tw, n - 1 - tw),
-                                                (0, 0), (0, 0), (0, 0)))
+            jnp.pad(
+                cols[:, :, :, th, :, tw],
+                ((0, 0), (th, n - 1 - th), (tw, n - 1 - tw), (0, 0), (0, 0), (0, 0)),
+            )
             for th in range(n)
             for tw in range(n)
         )
@@ -347,7 +357,7 @@ def _conv_transpose_mm_fwd(x, kernel, bias, stride, padding):
 def _conv_transpose_mm_bwd(stride, padding, res, g):
     x, kernel, bias = res
     b, h, w, i = x.shape
-    k, o = kernel.shape[0], kernel.shape[-1]
+    k = kernel.shape[0]
     g = g.astype(x.dtype)
     # dx: the strided conv of g with the same kernel (in and out swapped); its patches of g
     # also give the kernel's gradient, x.T @ patches.
@@ -435,7 +445,9 @@ def _mm_tn(a, b):
     if a.dtype == jnp.float32 or min(a.shape[1], b.shape[1]) <= 16:
         # (Also for a handful of columns, e.g. RGB: the library matmul is slow with so few.)
         return jax.lax.dot_general(
-            a.astype(jnp.float32), b.astype(jnp.float32), (((0,), (0,)), ((), ())),
+            a.astype(jnp.float32),
+            b.astype(jnp.float32),
+            (((0,), (0,)), ((), ())),
             preferred_element_type=jnp.float32,
         )
     if b.shape[1] <= a.shape[1]:

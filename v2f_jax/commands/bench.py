@@ -33,25 +33,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, type=pathlib.Path, help="configs/*.py file")
     parser.add_argument("--mode", choices=MODES, default="step")
     parser.add_argument("--batch", type=int, default=None, help="global batch (config's default)")
-    parser.add_argument("--frames", type=int, default=None,
-                        help="voice frames per example (default: the config's longest crop)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
-                        help="compute dtype (config's default); parameters stay float32")
-    parser.add_argument("--impl", default=None,
-                        help="conv forms: auto | reference | subpixel | matmul (config's default)")
+    parser.add_argument(
+        "--frames",
+        type=int,
+        default=None,
+        help="voice frames per example (default: the config's longest crop)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default=None,
+        help="compute dtype (config's default); parameters stay float32",
+    )
+    parser.add_argument(
+        "--impl",
+        default=None,
+        help="conv forms: auto | reference | subpixel | matmul (config's default)",
+    )
     parser.add_argument("--parallel", choices=("jit", "pmap"), default=None)
-    parser.add_argument("--devices", type=int, default=None,
-                        help="step mode: use the first N devices (default: all)")
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="step mode: use the first N devices (default: all)",
+    )
     parser.add_argument("--steps", type=int, default=10, help="timed steps (or batches, calls)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
-    parser.add_argument("--num-ids", type=int, default=None,
-                        help="identities for C (default: config.model.num_ids, else 924)")
+    parser.add_argument(
+        "--num-ids",
+        type=int,
+        default=None,
+        help="identities for C (default: config.model.num_ids, else 924)",
+    )
     parser.add_argument("--no-peak", action="store_true", help="skip the matmul peak")
     parser.add_argument("--records", type=pathlib.Path, help="input mode: v2f prepare --out")
-    parser.add_argument("--demand", type=float, default=None,
-                        help="input mode: the step's samples/s (default: measure it here)")
-    parser.add_argument("--audio", nargs="+", default=None, metavar="FILE",
-                        help=f"prepare mode: audio files (default: the wavs in {DEFAULT_EXAMPLES})")
+    parser.add_argument(
+        "--demand",
+        type=float,
+        default=None,
+        help="input mode: the step's samples/s (default: measure it here)",
+    )
+    parser.add_argument(
+        "--audio",
+        nargs="+",
+        default=None,
+        metavar="FILE",
+        help=f"prepare mode: audio files (default: the wavs in {DEFAULT_EXAMPLES})",
+    )
     parser.add_argument("--frontend", default="wen2019", help="prepare mode: front end")
 
 
@@ -61,7 +89,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_lib.load_config(args.config, getattr(args, "config_overrides", []))
         config = bench.apply_step_overrides(
-            config, batch_size=args.batch, dtype=args.dtype, parallel_mode=args.parallel,
+            config,
+            batch_size=args.batch,
+            dtype=args.dtype,
+            parallel_mode=args.parallel,
             impl=args.impl,
         )
         from v2f_jax import layers  # noqa: PLC0415
@@ -75,13 +106,16 @@ def run(args: argparse.Namespace) -> int:
 
     if args.mode == "step":
         result = bench.bench_step(
-            config, frames=frames, steps=args.steps, warmup=args.warmup, num_ids=num_ids,
-            peak=not args.no_peak, devices=args.devices,
+            config,
+            frames=frames,
+            steps=args.steps,
+            warmup=args.warmup,
+            num_ids=num_ids,
+            peak=not args.no_peak,
+            devices=args.devices,
         )
     elif args.mode == "generate":
-        result = bench.bench_generate(
-            config, frames=frames, repeats=args.steps, num_ids=num_ids
-        )
+        result = bench.bench_generate(config, frames=frames, repeats=args.steps, num_ids=num_ids)
     elif args.mode == "input":
         if args.records is None:
             print("v2f bench: --mode input needs --records DIR (from v2f prepare)", file=sys.stderr)
@@ -89,19 +123,30 @@ def run(args: argparse.Namespace) -> int:
         demand = args.demand
         if demand is None:
             step = bench.bench_step(
-                config, frames=frames, steps=3, warmup=1, num_ids=num_ids, peak=False,
+                config,
+                frames=frames,
+                steps=3,
+                warmup=1,
+                num_ids=num_ids,
+                peak=False,
                 devices=args.devices,
             )
             demand = step["samples_per_s"]
-        result = bench.bench_input(
-            config, args.records, batch_size=config.train.batch_size, batches=args.steps,
-            demand_samples_per_s=demand,
-        )
+        try:
+            result = bench.bench_input(
+                config,
+                args.records,
+                batch_size=config.train.batch_size,
+                batches=args.steps,
+                demand_samples_per_s=demand,
+            )
+        except (OSError, ValueError) as err:
+            print(f"v2f bench: {args.records}: {err}", file=sys.stderr)
+            return 2
     else:
         paths = args.audio or sorted(str(p) for p in DEFAULT_EXAMPLES.glob("*.wav"))
         if not paths:
-            print(f"v2f bench: no --audio given and no wavs in {DEFAULT_EXAMPLES}",
-                  file=sys.stderr)
+            print(f"v2f bench: no --audio given and no wavs in {DEFAULT_EXAMPLES}", file=sys.stderr)
             return 2
         result = bench.bench_prepare(paths, args.frontend)
     result["config"] = str(args.config)
