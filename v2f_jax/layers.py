@@ -65,17 +65,8 @@ class ConvTranspose2d(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        in_features = x.shape[-1]
         # PyTorch's default init: kaiming-uniform(a=sqrt(5)) over fan_in = out*k*k for ConvT.
-        fan_in = self.features * self.kernel * self.kernel
-        bound = 1.0 / jnp.sqrt(fan_in)
-        kernel = self.param(
-            "kernel",
-            _uniform(bound),
-            (self.kernel, self.kernel, in_features, self.features),
-            jnp.float32,
-        )
-        bias = self.param("bias", _uniform(bound), (self.features,), jnp.float32)
+        kernel, bias = _kernel_and_bias(self, x.shape[-1], self.features)
         return conv_transpose(
             x.astype(self.dtype),
             kernel,
@@ -98,15 +89,7 @@ class Conv2d(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        in_features = x.shape[-1]
-        bound = 1.0 / jnp.sqrt(in_features * self.kernel * self.kernel)
-        kernel = self.param(
-            "kernel",
-            _uniform(bound),
-            (self.kernel, self.kernel, in_features, self.features),
-            jnp.float32,
-        )
-        bias = self.param("bias", _uniform(bound), (self.features,), jnp.float32)
+        kernel, bias = _kernel_and_bias(self, x.shape[-1], x.shape[-1])
         return conv2d(
             x.astype(self.dtype),
             kernel,
@@ -115,6 +98,15 @@ class Conv2d(nn.Module):
             resolve_impl(self.impl),
             bias=bias,
         )
+
+
+def _kernel_and_bias(layer: nn.Module, in_features: int, fan_channels: int):
+    """float32 `kernel [k, k, in, out]` and `bias [out]`, U(+-1/sqrt(fan_channels * k * k))."""
+    k = layer.kernel
+    init = _uniform(1.0 / jnp.sqrt(fan_channels * k * k))
+    kernel = layer.param("kernel", init, (k, k, in_features, layer.features), jnp.float32)
+    bias = layer.param("bias", init, (layer.features,), jnp.float32)
+    return kernel, bias
 
 
 def conv2d(x, kernel, stride: int, padding: int, impl: str, bias=None):
