@@ -5,12 +5,15 @@
     OUT/vox1_meta.csv                                  the real table's tab-separated columns
     OUT/identities.json                                each identity's latent attributes
 
-Each identity has latent attributes. Some drive both the voice and the face: gender, age and
+Each identity has latent attributes. Some drive both the voice and the face: gender, age,
 vocal-tract length (voice: formant scale, F0, jitter, breathiness; face: width, length, jaw, hair
-length, beard, grey hair, wrinkles). Others are face-only and cannot be predicted from the voice
-(skin tone, hair and eye colour, glasses, and per photo the background, clothes, pose, expression
-and lighting), or voice-only (speaking rate, intonation). A voice-to-face model beats chance only
-by learning the shared ones.
+length, beard, grey hair, wrinkles) and the region a person grew up in (voice: an accent, i.e.
+vowel qualities, which vowels and consonants are frequent, rhythm and intonation; face: the ranges
+of skin tone and of hair and eye colour, and the Nationality column, as in VoxCeleb where accent
+and appearance both follow nationality). Others are face-only and cannot be predicted from the
+voice (the tone and colours within a region's range, glasses, and per photo the background,
+clothes, pose, expression and lighting), or voice-only (speaking rate, pitch range, intonation).
+A voice-to-face model beats chance only by learning the shared ones.
 
 Voices come from a source-filter model: a band-limited glottal pulse train at the identity's F0
 with phrase intonation, jitter and shimmer, plus aspiration noise, shaped by four formants scaled
@@ -65,10 +68,6 @@ _SURNAMES = (
 ).split()
 # Enough unique names in the smallest group (male, A-E): 15 first names x 54 surnames, ~1/6 of all.
 MAX_IDENTITIES = 4000
-_NATIONALITIES = (
-    "USA USA USA UK UK Canada Australia India Ireland Germany France Italy Spain Brazil Mexico "
-    "Japan China Nigeria Sweden Poland"
-).split()
 _VIDEO_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 _SKIN_TONES = (
@@ -86,6 +85,80 @@ _GREY_HAIR = np.array([205.0, 205.0, 205.0])
 
 
 @dataclasses.dataclass(frozen=True)
+class Region:
+    """Where a speaker grew up: the nationalities it covers, the ranges of skin tone (indices into
+    `_SKIN_TONES`, light to dark) and hair and eye colour (weights over `_HAIR_COLOURS`,
+    `_EYE_COLOURS`), and an accent (vowel formant scaling, voice quality, vowel and consonant
+    frequencies, rhythm and intonation)."""
+
+    name: str
+    share: float  # of all identities
+    nationalities: tuple[str, ...]
+    skin_tones: tuple[int, int]  # [first, last] index
+    hair_weights: tuple[float, ...]
+    eye_weights: tuple[float, ...]
+    formant_scale: tuple[float, float, float]  # multiplies every vowel's F1, F2 and F3
+    source_slope_db: float  # per octave above 250 Hz, of the glottal source: steeper, darker
+    vowel_weights: tuple[float, ...]  # over _VOWELS: i I e ae a o u er
+    onset_weights: dict  # multiplies _ONSETS' probabilities
+    rate_offset: float  # syllables per second
+    pitch_range_offset: float  # semitones
+    rising_phrases: float  # probability that a phrase ends rising
+
+
+_REGIONS = (
+    Region(
+        name="northern", share=0.36,
+        nationalities=("USA", "USA", "UK", "Canada", "Australia", "Ireland", "Germany", "Sweden",
+                       "Poland"),
+        skin_tones=(0, 3), hair_weights=(0.2, 0.25, 0.2, 0.15, 0.12, 0.03, 0.05),
+        eye_weights=(0.15, 0.1, 0.35, 0.2, 0.1, 0.1),
+        formant_scale=(1.0, 1.0, 1.0), source_slope_db=6.0,
+        vowel_weights=(1.2, 1.6, 0.8, 1.4, 0.6, 0.6, 0.7, 1.6), onset_weights={"s": 1.3, "h": 1.4},
+        rate_offset=0.0, pitch_range_offset=0.0, rising_phrases=0.12,
+    ),
+    Region(
+        name="southern", share=0.2,
+        nationalities=("Italy", "Spain", "France", "Brazil", "Mexico", "USA"),
+        skin_tones=(2, 5), hair_weights=(0.5, 0.35, 0.12, 0.02, 0.0, 0.0, 0.01),
+        eye_weights=(0.5, 0.35, 0.04, 0.05, 0.06, 0.0),
+        formant_scale=(1.14, 0.92, 1.0), source_slope_db=5.0,
+        vowel_weights=(1.2, 0.2, 1.5, 0.3, 2.0, 1.5, 1.0, 0.1),
+        onset_weights={"none": 1.5, "h": 0.2, "sh": 0.4},
+        rate_offset=0.7, pitch_range_offset=1.0, rising_phrases=0.3,
+    ),
+    Region(
+        name="south_asian", share=0.15, nationalities=("India", "India", "UK", "USA"),
+        skin_tones=(5, 8), hair_weights=(0.8, 0.2, 0.0, 0.0, 0.0, 0.0, 0.0),
+        eye_weights=(0.6, 0.4, 0.0, 0.0, 0.0, 0.0),
+        formant_scale=(0.92, 1.1, 0.86), source_slope_db=7.5,
+        vowel_weights=(1.4, 0.8, 1.4, 0.3, 1.6, 0.8, 1.0, 0.3),
+        onset_weights={"stop": 1.8, "nasal": 1.4, "f": 0.3},
+        rate_offset=0.4, pitch_range_offset=0.5, rising_phrases=0.35,
+    ),
+    Region(
+        name="east_asian", share=0.15, nationalities=("China", "Japan", "USA", "Canada"),
+        skin_tones=(1, 3), hair_weights=(0.95, 0.05, 0.0, 0.0, 0.0, 0.0, 0.0),
+        eye_weights=(0.3, 0.7, 0.0, 0.0, 0.0, 0.0),
+        formant_scale=(0.88, 1.14, 1.08), source_slope_db=4.5,
+        vowel_weights=(1.6, 0.3, 1.0, 0.2, 1.6, 1.2, 1.6, 0.4),
+        onset_weights={"none": 1.6, "sh": 1.6, "s": 0.5},
+        rate_offset=-0.3, pitch_range_offset=2.2, rising_phrases=0.08,
+    ),
+    Region(
+        name="west_african", share=0.14, nationalities=("Nigeria", "Nigeria", "UK", "USA"),
+        skin_tones=(7, 9), hair_weights=(0.95, 0.05, 0.0, 0.0, 0.0, 0.0, 0.0),
+        eye_weights=(0.2, 0.8, 0.0, 0.0, 0.0, 0.0),
+        formant_scale=(1.1, 0.96, 0.92), source_slope_db=8.5,
+        vowel_weights=(1.0, 0.3, 1.6, 0.6, 1.8, 1.4, 1.2, 0.1),
+        onset_weights={"nasal": 1.8, "stop": 1.3, "sh": 0.3},
+        rate_offset=-0.3, pitch_range_offset=1.6, rising_phrases=0.2,
+    ),
+)  # fmt: skip
+REGIONS = {r.name: r for r in _REGIONS}
+
+
+@dataclasses.dataclass(frozen=True)
 class Identity:
     """One synthetic person. Units: years, cm, Hz, syllables per second, 64-pixel face frame."""
 
@@ -93,6 +166,7 @@ class Identity:
     name: str
     gender: str  # "m" | "f"
     nationality: str
+    region: str  # a key of REGIONS
     split: str  # "dev" | "test", the Set column
     stream: int  # per-identity entropy: every file's generator derives from it
     # Shared by voice and face.
@@ -125,23 +199,37 @@ def _identity_rng(identity: Identity, purpose: int, index: int) -> np.random.Gen
     return np.random.default_rng([identity.stream, purpose, index])
 
 
-def _sample_attributes(rng: np.random.Generator, gender: str) -> dict:
+def _choose(rng: np.random.Generator, weights) -> int:
+    w = np.asarray(weights, float)
+    return int(rng.choice(w.size, p=w / w.sum()))
+
+
+def _sample_attributes(rng: np.random.Generator, gender: str, given: dict | None = None) -> dict:
+    """Every attribute of one identity of `gender`, drawn from `rng`.
+
+    `given` fixes any of the latent draws `region`, `age` and `vtl_cm` (an identity that shares
+    them with another: what a voice can tell about a face, for experiments); the rest are drawn.
+    """
+    given = given or {}
     male = gender == "m"
-    age = rng.uniform(20, 70)
+    region = _REGIONS[_choose(rng, [r.share for r in _REGIONS])]
+    region = REGIONS[given.get("region", region.name)]
+    age = float(given.get("age", rng.uniform(20, 70)))
     if male:
         vtl = float(np.clip(rng.normal(17.2, 0.7), 15.6, 19.0))
         f0 = float(np.clip(rng.normal(115, 13) + 0.25 * (age - 40), 85, 155))
     else:
         vtl = float(np.clip(rng.normal(14.9, 0.6), 13.5, 16.5))
         f0 = float(np.clip(rng.normal(212, 18) - 0.5 * (age - 40), 165, 270))
+    vtl = float(given.get("vtl_cm", vtl))
     z = (vtl - 16.0) / 1.3  # standardised over both genders
-    skin = np.array(_SKIN_TONES[rng.integers(len(_SKIN_TONES))], float)
+    first, last = region.skin_tones
+    skin = np.array(_SKIN_TONES[int(rng.integers(first, last + 1))], float)
     skin = np.clip(skin * rng.uniform(0.94, 1.04) + rng.normal(0, 4, 3), 0, 255)
-    colours, weights = zip(*_HAIR_COLOURS)
-    hair = np.array(colours[rng.choice(len(colours), p=np.array(weights) / sum(weights))], float)
+    hair = np.array(_HAIR_COLOURS[_choose(rng, region.hair_weights)][0], float)
     grey = float(np.clip((age - 38) / 30 + rng.normal(0, 0.1), 0, 1)) ** 1.3
     hair = (1 - grey) * hair + grey * _GREY_HAIR
-    eye = np.array(_EYE_COLOURS[rng.integers(len(_EYE_COLOURS))], float)
+    eye = np.array(_EYE_COLOURS[_choose(rng, region.eye_weights)], float)
     lip = skin * 0.78 + np.array([30.0, -10.0, -5.0])
     if not male and rng.random() < 0.4:
         lip = np.array([175.0, 50, 60]) * rng.uniform(0.7, 1.0)
@@ -157,11 +245,18 @@ def _sample_attributes(rng: np.random.Generator, gender: str) -> dict:
     to_rgb = lambda c: tuple(int(v) for v in np.clip(np.round(c), 0, 255))  # noqa: E731
     breathiness = 0.04 + (0.0 if male else 0.03) + 0.0012 * (age - 20) + rng.normal(0, 0.01)
     return dict(
-        age=round(float(age), 2),
+        nationality=region.nationalities[int(rng.integers(len(region.nationalities)))],
+        region=region.name,
+        age=round(age, 2),
         vtl_cm=round(vtl, 3),
         f0_hz=round(f0, 2),
-        pitch_range_st=round(float(rng.uniform(2.0, 4.5) + (0.0 if male else 1.0)), 3),
-        speaking_rate=round(float(np.clip(rng.normal(4.6, 0.5) - 0.01 * (age - 40), 3.3, 6.0)), 3),
+        pitch_range_st=round(
+            float(rng.uniform(2.0, 4.5) + (0.0 if male else 1.0) + region.pitch_range_offset), 3
+        ),
+        speaking_rate=round(
+            float(np.clip(rng.normal(4.6, 0.5) - 0.01 * (age - 40) + region.rate_offset, 3.3, 6.5)),
+            3,
+        ),
         breathiness=round(float(np.clip(breathiness, 0.02, 0.2)), 4),
         jitter=round(float(0.004 + 0.0002 * (age - 20) + abs(rng.normal(0, 0.002))), 5),
         face_half_width=round(float(18.0 + 2.3 * z + rng.normal(0, 0.4)), 3),
@@ -204,15 +299,18 @@ def make_identities(n: int, seed: int = 0) -> list[Identity]:
         names.add(name)
         stream = int(child.generate_state(1, np.uint64)[0] >> np.uint64(1))
         attrs = _sample_attributes(np.random.default_rng([stream, 0]), gender)
-        nationality = _NATIONALITIES[rng.integers(len(_NATIONALITIES))]
-        people.append((name, gender, nationality, side, stream, attrs))
+        people.append((name, gender, side, stream, attrs))
     people.sort(key=lambda p: p[0])
     return [
         Identity(
-            voxceleb_id=f"id{10001 + i}", name=name, gender=gender, nationality=nationality,
-            split="test" if side == "test" else "dev", stream=stream, **attrs,
+            voxceleb_id=f"id{10001 + i}",
+            name=name,
+            gender=gender,
+            split="test" if side == "test" else "dev",
+            stream=stream,
+            **attrs,
         )  # fmt: skip
-        for i, (name, gender, nationality, side, stream, attrs) in enumerate(people)
+        for i, (name, gender, side, stream, attrs) in enumerate(people)
     ]
 
 
@@ -313,13 +411,15 @@ def _plan(identity: Identity, rng: np.random.Generator) -> tuple[int, list]:
     """Timing: `[(start, end, label, info)]` in samples, labels silence/pause/consonant/vowel."""
     duration = rng.uniform(MIN_SECONDS, MAX_SECONDS)
     lead, trail = rng.uniform(0.15, 0.45), rng.uniform(0.15, 0.45)
+    region = REGIONS[identity.region]  # the accent
     kinds = list(_ONSETS)
-    probs = np.array([_ONSETS[k][0] for k in kinds])
+    probs = np.array([_ONSETS[k][0] * region.onset_weights.get(k, 1.0) for k in kinds])
+    vowel_p = np.asarray(region.vowel_weights) / np.sum(region.vowel_weights)
     events, t, end = [(0.0, lead, "silence", {})], lead, duration - trail
     while True:
         n_syllables = int(rng.integers(2, 7))
         accent = int(rng.integers(n_syllables))
-        question = bool(rng.random() < 0.2)
+        question = bool(rng.random() < region.rising_phrases)
         phrase_start, syllables = t, []
         for k in range(n_syllables):
             length = rng.uniform(0.75, 1.3) / identity.speaking_rate
@@ -328,7 +428,7 @@ def _plan(identity: Identity, rng: np.random.Generator) -> tuple[int, list]:
             onset = kinds[rng.choice(len(kinds), p=probs / probs.sum())]
             split = t + (0.0 if onset == "none" else length * rng.uniform(0.25, 0.4))
             info = dict(
-                onset=onset, vowel=int(rng.integers(len(_VOWELS))),
+                onset=onset, vowel=int(rng.choice(len(_VOWELS), p=vowel_p)),
                 stress=float(rng.uniform(0.55, 1.0)), accent=k == accent, question=question,
             )  # fmt: skip
             if split > t:
@@ -360,7 +460,9 @@ def synthesize_voice(
       "consonant" or "vowel".
     """
     n, events = _plan(identity, rng)
-    vtl_scale = 17.0 / identity.vtl_cm
+    # Formant frequencies scale with 1/vocal-tract length; the accent moves F1 and F2.
+    region = REGIONS[identity.region]
+    vtl_scale = 17.0 / identity.vtl_cm * np.array([*region.formant_scale, 1.0])
     g_voice, g_breath, g_fric = np.zeros(n), np.zeros(n), np.zeros(n)
     semitones = np.zeros(n)
     n_frames = (n + _HOP) // _HOP + 1
@@ -449,8 +551,9 @@ def synthesize_voice(
     np.add.at(pulses, base + 1, amp * frac)
     pulses = pulses[:n] * np.sqrt(SAMPLE_RATE / identity.f0_hz)  # same level at any F0
 
-    # Source spectra through the vocal tract: glottal/radiation tilt -6 dB/octave above 250 Hz.
-    tilt = 1 / np.sqrt(1 + (_FREQS / 250) ** 2)
+    # Source spectra through the vocal tract: glottal/radiation tilt, about -6 dB/octave above
+    # 250 Hz; the accent's voice quality makes it steeper or shallower.
+    tilt = (1 + (_FREQS / 250) ** 2) ** (-region.source_slope_db / 12)
     # Aspiration (breathy voice, "h", inhaling) is white noise through the same vocal tract.
     breath = rng.normal(size=n) * g_breath * _BREATH_LEVEL
     fric_env = np.exp(-2.0 * ((_FREQS[None] - fric_centre[:, None]) / fric_width[:, None]) ** 2)
@@ -897,5 +1000,3 @@ def make_corpus(
         "faces_dir": str(out / "faces"),
         "meta": str(out / "vox1_meta.csv"),
     }
-
-

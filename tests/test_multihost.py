@@ -10,6 +10,7 @@ That the GAN step gives the same numbers on any number of devices is tests/test_
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -50,44 +51,114 @@ def _env(devices: int) -> dict:
     )
 
 
+def _host_cmd(records: str, workdir: pathlib.Path, port: int, pid: int, overrides) -> list:
+    cmd = [sys.executable, "-m", "v2f_jax.cli", "train", "--config", str(REPO / CONFIG)]
+    cmd += ["--records", records, "--workdir", str(workdir), *overrides]
+    return cmd + [
+        "--coordinator",
+        f"127.0.0.1:{port}",
+        "--num-processes",
+        "2",
+        "--process-id",
+        str(pid),
+    ]
+
+
+def _start_hosts(records: str, workdir: pathlib.Path, logs: list, overrides) -> list:
+    """Two `v2f train` processes of one run, each with one CPU device; output appended to logs."""
+    port = _free_port()
+    procs = []
+    for pid, log in enumerate(logs):
+        with open(log, "a") as f:
+            cmd = _host_cmd(records, workdir, port, pid, overrides)
+            procs.append(subprocess.Popen(cmd, env=_env(1), cwd=REPO, stdout=f, stderr=f))
+    return procs
+
+
+def _reference(records: str, workdir: pathlib.Path, overrides) -> subprocess.Popen:
+    """One process, two devices, fed the global batches the two hosts see together."""
+    worker = [sys.executable, str(REPO / "tests" / "multihost_worker.py"), CONFIG]
+    cmd = [*worker, records, str(workdir), "2", *overrides]
+    return subprocess.Popen(
+        cmd, env=_env(2), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _wait_all(procs, logs, timeout=400) -> list[str]:
+    codes = [p.wait(timeout=timeout) for p in procs]
+    texts = [pathlib.Path(log).read_text() for log in logs]
+    assert codes == [0] * len(procs), "\n".join(t[-3000:] for t in texts)
+    return texts
+
+
+def _last_metrics(workdir: pathlib.Path) -> dict:
+    return json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+def _assert_same_final_state(a_dir: pathlib.Path, b_dir: pathlib.Path, steps: int) -> None:
+    _, a = checkpointing.restore_for_inference(a_dir)
+    _, b = checkpointing.restore_for_inference(b_dir)
+    assert int(a.step) == int(b.step) == steps
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_array_equal(x, y)
+
+
 @pytest.mark.multiprocess
 def test_two_processes_train_like_one_process_with_the_same_global_batch(records_dir, tmp_path):
-    records = str(records_dir)
-    port = _free_port()
     multi, single = tmp_path / "two_processes", tmp_path / "one_process"
-    procs, logs = [], []
-    for pid in range(2):
-        log = open(tmp_path / f"host{pid}.log", "w")  # noqa: SIM115
-        logs.append(log)
-        cmd = [sys.executable, "-m", "v2f_jax.cli", "train", "--config", str(REPO / CONFIG)]
-        cmd += ["--records", records, "--workdir", str(multi), *OVERRIDES]
-        cmd += ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
-        cmd += ["--process-id", str(pid)]
-        procs.append(subprocess.Popen(cmd, env=_env(1), cwd=REPO, stdout=log, stderr=log))
-    worker = [sys.executable, str(REPO / "tests" / "multihost_worker.py"), CONFIG]
-    reference = subprocess.run(
-        [*worker, records, str(single), "2", *OVERRIDES],
-        env=_env(2), cwd=REPO, capture_output=True, text=True, timeout=400,
-    )  # fmt: skip
-    codes = [p.wait(timeout=400) for p in procs]
-    for log in logs:
-        log.close()
-    host_logs = [(tmp_path / f"host{i}.log").read_text() for i in range(2)]
-    assert codes == [0, 0], "\n".join(s[-3000:] for s in host_logs)
-    assert reference.returncode == 0, reference.stderr[-3000:]
+    logs = [tmp_path / f"host{i}.log" for i in range(2)]
+    procs = _start_hosts(str(records_dir), multi, logs, OVERRIDES)
+    reference = _reference(str(records_dir), single, OVERRIDES)
+    out = reference.communicate(timeout=400)[0]
+    assert reference.returncode == 0, out[-3000:]
+    host_logs = _wait_all(procs, logs)
     assert "2 processes" in host_logs[0]
 
-    def last_metrics(workdir):
-        return json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
-
-    got, want = last_metrics(multi), last_metrics(single)
+    got, want = _last_metrics(multi), _last_metrics(single)
     assert got["step"] == want["step"] == STEPS
     # Bitwise: the same global batch, and means over two devices (a sum of two terms has one
     # order) whether the devices are in one process or two.
     for key in ("train/e_loss", "train/e_acc"):
         assert got[key] == want[key], (key, got[key], want[key])
-    _, a = checkpointing.restore_for_inference(multi)
-    _, b = checkpointing.restore_for_inference(single)
-    assert int(a.step) == int(b.step) == STEPS
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-        np.testing.assert_array_equal(x, y)
+    _assert_same_final_state(multi, single, STEPS)
+
+
+LONG_STEPS = 600
+LONG_OVERRIDES = [
+    *test_train.TINY_E,
+    "--config.train.batch_size=8",
+    f"--config.train.steps={LONG_STEPS}",
+    "--config.train.log_every=20",
+    "--config.checkpoint.every=20",
+]
+
+
+@pytest.mark.multiprocess
+def test_sigterm_to_one_host_stops_both_at_one_step_and_the_rerun_resumes_exactly(
+    records_dir, tmp_path
+):
+    """A scheduler preempting one host: JAX's preemption service agrees a step, every host saves
+    there and exits 0; the same two commands again resume from it and finish with the numbers of
+    a run never stopped."""
+    multi, single = tmp_path / "two_processes", tmp_path / "one_process"
+    logs = [tmp_path / f"host{i}.log" for i in range(2)]
+    reference = _reference(str(records_dir), single, LONG_OVERRIDES)
+    procs = _start_hosts(str(records_dir), multi, logs, LONG_OVERRIDES)
+    test_train.wait_for(multi / "checkpoints" / "20", procs[0])
+    procs[1].send_signal(signal.SIGTERM)
+    first = _wait_all(procs, logs)
+    stops = [int(t.split("stopped by SIGTERM at step ")[1].split()[0]) for t in first]
+    assert stops[0] == stops[1] and 20 <= stops[0] < LONG_STEPS, stops
+    assert stops[0] in test_train.saved_steps(multi)
+
+    for log in logs:
+        with open(log, "a") as f:
+            f.write("\n--- rerun ---\n")
+    second = _wait_all(_start_hosts(str(records_dir), multi, logs, LONG_OVERRIDES), logs)
+    for text in second:
+        rerun = text.split("--- rerun ---")[1]
+        assert "resuming from" in rerun and f"at step {stops[0]}" in rerun, rerun[-3000:]
+    out = reference.communicate(timeout=400)[0]
+    assert reference.returncode == 0, out[-3000:]
+    assert _last_metrics(multi)["train/e_loss"] == _last_metrics(single)["train/e_loss"]
+    _assert_same_final_state(multi, single, LONG_STEPS)

@@ -1,6 +1,7 @@
 """The built-in corpus: layout, determinism, audio format, VAD, and the voice-face link."""
 
 import csv
+import dataclasses
 import hashlib
 import pathlib
 import wave
@@ -241,3 +242,33 @@ def test_v2f_synth_command(tmp_path, capsys):
     assert cli.main(argv) == 2  # refuses to mix two corpora
     assert "--overwrite" in capsys.readouterr().err
     assert cli.main(argv + ["--overwrite", "--seed", "1"]) == 0
+
+
+def test_region_sets_nationality_skin_and_accent():
+    people = synthetic.make_identities(200, seed=5)
+    for p in people:
+        region = synthetic.REGIONS[p.region]
+        assert p.nationality in region.nationalities, p
+    # Skin: West African speakers darker than northern ones (mean RGB), with no overlap of means.
+    lightness = {
+        name: [np.mean(p.skin_rgb) for p in people if p.region == name]
+        for name in ("northern", "west_african")
+    }
+    assert min(lightness["northern"]) > max(lightness["west_african"])
+
+    # Accent: the same speaker (gender, vocal tract, F0) in two regions; the darker voice quality
+    # and vowel set of one show in the long-term spectrum, 2-6 kHz against 0.3-1 kHz.
+    base = people[0]
+
+    def tilt_db(region: str) -> float:
+        person = dataclasses.replace(base, region=region)
+        power = []
+        for i in range(3):
+            samples, _ = synthetic.synthesize_voice(person, np.random.default_rng(i))
+            spec = np.abs(np.fft.rfft(samples.astype(float))) ** 2
+            freqs = np.fft.rfftfreq(samples.size, 1 / synthetic.SAMPLE_RATE)
+            high = spec[(freqs > 2000) & (freqs < 6000)].mean()
+            power.append(10 * np.log10(high / spec[(freqs > 300) & (freqs < 1000)].mean()))
+        return float(np.mean(power))
+
+    assert tilt_db("east_asian") > tilt_db("west_african") + 3
