@@ -273,6 +273,21 @@ def _sample_attributes(rng: np.random.Generator, gender: str, given: dict | None
     )  # fmt: skip
 
 
+# What a voice can tell about a face: the latent draws both depend on (gender is kept always).
+VOICE_PREDICTABLE = ("age", "vtl_cm", "region")
+
+
+def lookalike(
+    identity: Identity, rng: np.random.Generator, shared: tuple[str, ...] = VOICE_PREDICTABLE
+) -> Identity:
+    """Another person with `identity`'s gender and its `shared` latent draws (any of
+    `VOICE_PREDICTABLE`), everything else drawn anew from `rng`: averaging the faces of many is
+    what a perfect voice-to-face model could draw (benchmarks/demo_ceiling.py)."""
+    given = {k: getattr(identity, k) for k in shared}
+    attrs = _sample_attributes(rng, identity.gender, given)
+    return dataclasses.replace(identity, **attrs, stream=int(rng.integers(2**62)))
+
+
 def make_identities(n: int, seed: int = 0) -> list[Identity]:
     """`n` identities, sorted by name with ids id10001... in that order (as in VoxCeleb1).
 

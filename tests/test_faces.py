@@ -8,7 +8,6 @@ import pytest
 
 from input_pipeline import errors, faces, synthetic
 
-
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CORRUPT = "corrupt or unreadable image"
 
