@@ -139,3 +139,49 @@ def test_networks_give_the_same_numbers_in_the_matmul_form():
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
         scale = float(np.max(np.abs(b))) or 1.0
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_conv1d_matmul_equals_xla_conv_forward_and_gradients():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, 37, 8)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 8, 5)), jnp.float32)
+    probe = jnp.asarray(rng.normal(size=(3, 19, 5)), jnp.float32)
+
+    def run(conv):
+        def loss(x, w):
+            y = conv(x, w, (2,), ((1, 1),), dimension_numbers=("NWC", "WIO", "NWC"))
+            return jnp.sum(y * probe), y
+
+        (_, y), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(x, w)
+        return y, grads
+
+    got = jax.jit(lambda: run(layers.conv1d_matmul))()
+    ref = jax.jit(lambda: run(jax.lax.conv_general_dilated))()
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_frozen_bf16_voice_embedder_runs_its_convs_as_matmuls():
+    """Only there (a GAN step's E): float32 and a learning E keep XLA's convs. Same embeddings
+    as XLA's bfloat16 convs, to bfloat16 rounding."""
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 37, 64)), jnp.float32)
+
+    def net(impl, dtype):
+        return models.VoiceEmbedder(channels=(32, 48), embed_dim=16, dtype=dtype, impl=impl)
+
+    variables = net("reference", jnp.float32).init(jax.random.PRNGKey(0), x)
+    exact = net("reference", jnp.float32).apply(variables, x)
+    got = jax.jit(lambda: net("matmul", jnp.bfloat16).apply(variables, x))()
+    xla = jax.jit(lambda: net("reference", jnp.bfloat16).apply(variables, x))()
+    err = lambda y: float(jnp.linalg.norm(y - exact) / jnp.linalg.norm(exact))  # noqa: E731
+    assert err(got) < 1e-2 and err(got) < 1.5 * err(xla), (err(got), err(xla))
+
+    def uses_xla_conv(dtype, train):
+        fn = lambda: net("matmul", dtype).apply(  # noqa: E731
+            variables, x, train=train, mutable=["batch_stats"] if train else False
+        )
+        return "conv_general_dilated" in str(jax.make_jaxpr(fn)())
+
+    assert not uses_xla_conv(jnp.bfloat16, train=False)
+    assert uses_xla_conv(jnp.bfloat16, train=True)
+    assert uses_xla_conv(jnp.float32, train=False)

@@ -250,6 +250,27 @@ def _patches(x, k: int, stride: int, padding: int):
     return cols.reshape(b * out_h * out_w, k * k * c), (out_h, out_w)
 
 
+def conv1d_matmul(
+    lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, **unused
+):
+    """`lax.conv_general_dilated` for flax's 1-D `nn.Conv` (input `[B, T, C]`, kernel
+    `[k, C, O]`) as im2col and one 2-D `matmul`: bfloat16 inputs reach the CPU's bf16 dot with
+    float32 accumulation, where XLA:CPU runs bf16 convolutions in float32. Plugged into
+    `nn.Conv(conv_general_dilated=...)`, so E's parameters keep their layout.
+    """
+    del unused  # dimension_numbers (flax's NWC/WIO), feature_group_count (1), precision
+    if any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))):
+        raise ValueError("conv1d_matmul: no dilation")
+    (stride,), ((lo, hi),) = window_strides, padding
+    k, c, out = rhs.shape
+    x = jnp.pad(lhs, ((0, 0), (lo, hi), (0, 0)))
+    b, t = x.shape[:2]
+    out_t = (t - k) // stride + 1
+    cols = jnp.stack([x[:, d : d + stride * (out_t - 1) + 1 : stride] for d in range(k)], axis=-2)
+    y = matmul(cols.reshape(b * out_t, k * c), rhs.reshape(k * c, out))
+    return y.reshape(b, out_t, out)
+
+
 def _space_to_depth(k: int, s: int) -> bool:
     return s > 1 and k % s == 0
 
