@@ -424,7 +424,9 @@ def prepare(
       face_mode: "aligned" (resize) or "detect" (Haar detection + eye alignment).
       split_rule: "names" (A-E test, as the reference) or "meta" (Set column: dev/test).
       frontend: an `audio.FRONTENDS` log-mel front end for audio inputs.
-      workers: decoding processes; default `os.cpu_count()`.
+      workers: decoding processes; default `os.cpu_count()`. They import the caller's main
+        module, as any multiprocessing code does: a script calling this with workers > 1 keeps
+        its top level under `if __name__ == "__main__":`.
       shards_per_split: shards per (split, kind); default ~512 voices / ~4096 faces per shard.
       progress: show a tqdm bar.
 
