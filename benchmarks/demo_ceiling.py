@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import cv2
 import numpy as np
 
 from input_pipeline import faces as facelib
@@ -30,14 +29,8 @@ LEVELS = {
 
 
 def photos(person: synthetic.Identity, rngs) -> np.ndarray:
-    """uint8 `[len(rngs), 64, 64, 3]` aligned faces, as `v2f prepare` loads the PNGs."""
-    size = facelib.IMAGE_SIZE
-    return np.stack(
-        [
-            cv2.resize(synthetic.render_face(person, rng)[0], (size, size), cv2.INTER_AREA)
-            for rng in rngs
-        ]
-    )
+    """uint8 `[len(rngs), 64, 64, 3]` aligned faces, resized as `v2f prepare` loads the PNGs."""
+    return np.stack([facelib.resize(synthetic.render_face(person, rng)[0]) for rng in rngs])
 
 
 def main() -> None:

@@ -164,8 +164,10 @@ def run_demo(
         json.dumps(
             {
                 "seconds": seconds,
-                "eval": {k: result[k] for k in _KEYS},
-                "untrained_eval": {k: untrained[k] for k in _KEYS} if untrained else None,
+                "eval": {k: result[k] for k in evaluate.METRICS},
+                "untrained_eval": {k: untrained[k] for k in evaluate.METRICS}
+                if untrained
+                else None,
                 "settings": {
                     "identities": identities,
                     "utterances": utterances,
@@ -189,17 +191,6 @@ def run_demo(
         faces_sheet=faces_result.contact_sheet,
         seconds=seconds,
     )
-
-
-_KEYS = (
-    "matching_1v2",
-    "matching_1v2_gender",
-    "recall_at_1",
-    "recall_at_5",
-    "recall_at_10",
-    "id_top1",
-    "id_top5",
-)
 
 
 def _held_out_voices(corpus: pathlib.Path, records: pathlib.Path, out: pathlib.Path) -> list[str]:

@@ -43,6 +43,18 @@ RECALL_KS = (1, 5, 10)
 # --------------------------------------------------------------------------------- the metrics
 
 
+# The headline figures of eval.json (fractions in [0, 1]), for scripts.
+METRICS = (
+    "matching_1v2",
+    "matching_1v2_gender",
+    "recall_at_1",
+    "recall_at_5",
+    "recall_at_10",
+    "id_top1",
+    "id_top5",
+)
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float64)
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

@@ -50,7 +50,7 @@ def default_out(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from v2f_jax import config_lib, evaluate, export, generate, torch_interop  # noqa: PLC0415
+    from v2f_jax import config_lib, evaluate  # noqa: PLC0415
 
     out = default_out(args)
     try:
@@ -65,16 +65,7 @@ def run(args: argparse.Namespace) -> int:
             max_train_voices=args.max_train_voices,
             log=lambda msg: print(f"v2f eval: {msg}", file=sys.stderr),
         )
-    except (
-        ValueError,
-        FileNotFoundError,
-        ImportError,
-        OSError,
-        RuntimeError,
-        export.ModelFileError,
-        generate.FrontendMismatchError,
-        torch_interop.StateDictError,
-    ) as err:
+    except export_command.SOURCE_ERRORS as err:
         print(f"v2f eval: error: {err}", file=sys.stderr)
         return 2
     print(summary(result, out))

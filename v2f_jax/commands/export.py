@@ -31,6 +31,12 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--torch-generator", metavar="PTH", help="the reference's generator.pth")
 
 
+# What loading a model source (and using it) raises for bad input: a model file, state dict or
+# front end that does not fit is a ValueError (export.ModelFileError, torch_interop.StateDictError,
+# generate.FrontendMismatchError), a missing or unreadable file an OSError, no torch ImportError.
+SOURCE_ERRORS = (ValueError, ImportError, OSError, RuntimeError)
+
+
 def load_source(args: argparse.Namespace):
     from v2f_jax import export  # noqa: PLC0415
 
@@ -55,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from v2f_jax import export, torch_interop  # noqa: PLC0415
+    from v2f_jax import export  # noqa: PLC0415
 
     fmt = args.format
     if fmt is None:
@@ -77,14 +83,7 @@ def run(args: argparse.Namespace) -> int:
             if not out.endswith(f".{fmt}"):
                 out += f".{fmt}"
             paths = (export.save_model(model, out),)
-    except (
-        ValueError,
-        FileNotFoundError,
-        ImportError,
-        OSError,
-        RuntimeError,
-        torch_interop.StateDictError,
-    ) as err:
+    except SOURCE_ERRORS as err:
         print(f"v2f export: error: {err}", file=sys.stderr)
         return 2
     src = model.source

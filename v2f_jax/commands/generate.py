@@ -38,20 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from v2f_jax import export, generate, torch_interop  # noqa: PLC0415
+    from v2f_jax import generate  # noqa: PLC0415
 
     try:
         model = export_command.load_source(args)
         generate.check_frontend(model, args.frontend)
-    except (
-        ValueError,
-        FileNotFoundError,
-        ImportError,
-        OSError,
-        RuntimeError,
-        export.ModelFileError,
-        torch_interop.StateDictError,
-    ) as err:
+    except export_command.SOURCE_ERRORS as err:
         print(f"v2f generate: error: {err}", file=sys.stderr)
         return 2
     result = generate.generate(model, args.audio, args.out, min_seconds=args.min_seconds)
