@@ -73,6 +73,50 @@ def test_both_matmul_forms_of_the_transposed_conv_are_exercised():
     assert layers.transpose_form(1, 1, 4, 1) == "col2im"  # the 1x1 projection
 
 
+@pytest.mark.parametrize(
+    "op, x_shape, out_ch",
+    [
+        (layers.conv2d, (2, 8, 12, 16), 64),  # F's 4x4 stride-2 convs, non-square
+        (layers.conv2d, (1, 4, 4, 20), 70),  # one 2x2 output tile
+        (layers.conv_transpose, (2, 4, 6, 3), 64),  # G's 4x4 stride-2 transposed convs
+        (layers.conv_transpose, (1, 16, 2, 4), 65),
+    ],
+)
+def test_winograd_form_equals_the_plain_form(op, x_shape, out_ch):
+    """Values and both gradients at float32 rounding, where the Winograd form is taken."""
+    transposed = op is layers.conv_transpose
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(4, 4, x_shape[-1], out_ch)) / 4, jnp.float32)
+    bias = jnp.asarray(rng.normal(size=out_ch), jnp.float32)
+    assert layers.winograd_applies(x.shape, x.dtype, w.shape, 2, 1, transposed=transposed)
+    probe = jax.random.normal(jax.random.PRNGKey(1), op(x, w, 2, 1, "reference").shape)
+
+    def value_and_grads(impl):
+        def loss(x, w, b):
+            return jnp.sum(op(x, w, 2, 1, impl, bias=b) * probe)
+
+        return op(x, w, 2, 1, impl, bias=bias), jax.grad(loss, (0, 1, 2))(x, w, bias)
+
+    got, ref = jax.jit(lambda: (value_and_grads("winograd"), value_and_grads("reference")))()
+    for name, a, b in zip(("y", "dx", "dw", "db"), jax.tree.leaves(got), jax.tree.leaves(ref)):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_winograd_form_is_taken_only_where_it_was_measured_faster():
+    f32, bf16 = jnp.float32, jnp.bfloat16
+    assert layers.winograd_applies((8, 32, 32, 64), f32, (4, 4, 64, 128), 2, 1)  # F's 2nd conv
+    assert not layers.winograd_applies((8, 32, 32, 64), bf16, (4, 4, 64, 128), 2, 1)
+    assert not layers.winograd_applies((8, 64, 64, 8), f32, (4, 4, 8, 64), 2, 1)  # few channels
+    assert not layers.winograd_applies((8, 32, 32, 64), f32, (4, 4, 64, 48), 2, 1)
+    assert not layers.winograd_applies((8, 30, 32, 64), f32, (4, 4, 64, 128), 2, 1)  # 15 rows out
+    assert not layers.winograd_applies((8, 4, 4, 512), f32, (4, 4, 512, 64), 1, 0)  # F's last
+    g = (4, 4, 256, 128)
+    assert layers.winograd_applies((8, 16, 16, 256), f32, g, 2, 1, transposed=True)
+    assert not layers.winograd_applies((8, 32, 32, 128), f32, g, 2, 1, transposed=True)
+
+
 def test_transposed_conv_matches_pytorch_semantics_by_hand():
     """ConvTranspose2d(1, 1, k=4, s=2, p=1) of a single 1 at (1, 1) stamps the kernel at
     rows/cols 2*1 - 1 + [0, 4), cropped to the 4x4 output: the definition, not another impl."""
@@ -104,7 +148,7 @@ def test_matmul_gradients_and_dtypes(dtype):
 
 
 def test_auto_picks_per_backend_and_rejects_unknown_names():
-    assert layers.resolve_impl("auto", "cpu") == "matmul"
+    assert layers.resolve_impl("auto", "cpu") == "winograd"
     assert layers.resolve_impl("auto", "gpu") == "reference"
     assert layers.resolve_impl("auto", "tpu") == "reference"
     assert layers.resolve_impl("subpixel") == "subpixel"
@@ -112,13 +156,13 @@ def test_auto_picks_per_backend_and_rejects_unknown_names():
         layers.resolve_impl("im2col")
 
 
-def test_networks_give_the_same_numbers_in_the_matmul_form():
+def test_networks_give_the_same_numbers_in_the_fast_forms():
     """The tiny G and critics end to end (G's gradient goes through the critics' input gradient),
     parameters shared across impls (the layout is the same). Subpixel's pieces are covered above.
     """
     base = config_lib.load_config("configs/tiny.py")
     nets = {}
-    for impl in ("reference", "matmul"):
+    for impl in ("reference", "matmul", "winograd"):
         config = config_lib.load_config("configs/tiny.py", [f"--config.model.impl={impl}"])
         nets[impl] = models.Networks(config.model, num_ids=7)
     state = state_lib.create_gan_state(base, nets["reference"])
@@ -135,10 +179,12 @@ def test_networks_give_the_same_numbers_in_the_matmul_form():
         )
         return value, faces, grads
 
-    got, ref = (jax.jit(lambda n=n: run(n))() for n in (nets["matmul"], nets["reference"]))
-    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
-        scale = float(np.max(np.abs(b))) or 1.0
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
+    ref = jax.jit(lambda: run(nets["reference"]))()
+    for impl in ("matmul", "winograd"):
+        got = jax.jit(lambda impl=impl: run(nets[impl]))()
+        for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
+            scale = float(np.max(np.abs(b))) or 1.0
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale, err_msg=impl)
 
 
 def test_conv1d_matmul_equals_xla_conv_forward_and_gradients():

@@ -19,7 +19,12 @@ the parameter layout is the same for every impl, and so are the numbers (to floa
   accumulation, bias and kernel gradients in float32. On XLA:CPU this is what reaches the
   matmul library (YNNPACK) and, for bfloat16, its bf16 dot-product instructions: XLA:CPU runs
   convolution gradients 3-30x slower and bf16 convolutions in float32.
-- `"auto"`: `resolve_impl` picks per backend: "matmul" on CPU (measured, BENCHMARKS.md);
+- `"winograd"`: "matmul", except that float32 4x4 stride-2 convs (and the transposed convs on
+  inputs up to 16x16) use Winograd's F(2x2, 2x2): 9 products per 2x2 output tile instead of 16.
+  Its transforms add and subtract only, so it rounds like the plain form (tested to 1e-5); it
+  replaces one wide matmul by nine narrower ones, which pays in float32 but not in bfloat16 on
+  CPU (bfloat16 matmuls with few channels are bound by memory; BENCHMARKS.md).
+- `"auto"`: `resolve_impl` picks per backend: "winograd" on CPU (measured, BENCHMARKS.md);
   "reference" elsewhere (GPU/TPU conv libraries handle these layers; not measured here).
 """
 
@@ -34,9 +39,14 @@ import jax.numpy as jnp
 
 Dtype = Any
 _DIMS = ("NHWC", "HWIO", "NHWC")
-IMPLS = ("reference", "subpixel", "matmul")
+IMPLS = ("reference", "subpixel", "matmul", "winograd")
 # Measured on CPU (BENCHMARKS.md). Other backends keep the plain forms until measured there.
-_AUTO = {"cpu": "matmul"}
+_AUTO = {"cpu": "winograd"}
+# The largest transposed-conv input side for which the Winograd form pays (float32, CPU): G's
+# 4x4, 8x8 and 16x16 layers run 1.1-1.25x faster, its 32x32 one no faster.
+_WINOGRAD_TRANSPOSE_MAX_SIDE = 16
+_WINOGRAD_CONV_MIN_IN = 16
+_WINOGRAD_MIN_OUT = 64
 # transpose_form: the sub-pixel form's extra work above which the col2im form is used.
 _COL2IM_ABOVE = 1.15
 
@@ -116,7 +126,8 @@ def conv2d(x, kernel, stride: int, padding: int, impl: str, bias=None):
       x: `[B, H, W, I]`.
       kernel: `[k, k, I, O]`, any float dtype (the matmul form returns its gradient in that dtype).
       stride, padding: as PyTorch's.
-      impl: "reference", "subpixel" (the same as reference for a plain conv) or "matmul".
+      impl: "reference", "subpixel" (the same as reference for a plain conv), "matmul" or
+        "winograd".
       bias: `[O]` or None. The matmul form adds it in float32 before rounding to `x.dtype`.
 
     Returns:
@@ -131,7 +142,9 @@ def conv2d(x, kernel, stride: int, padding: int, impl: str, bias=None):
             dimension_numbers=_DIMS,
         )
         return y if bias is None else y + bias.astype(x.dtype)
-    if impl == "matmul":
+    if impl == "winograd" and winograd_applies(x.shape, x.dtype, kernel.shape, stride, padding):
+        return _conv_winograd(x, kernel, _bias_or_zeros(bias, kernel))
+    if impl in ("matmul", "winograd"):
         return _conv_mm(x, kernel, _bias_or_zeros(bias, kernel), stride, padding)
     raise ValueError(f"unknown conv impl {impl!r}")
 
@@ -143,14 +156,18 @@ def conv_transpose(x, kernel, stride: int, padding: int, impl: str, bias=None):
       x: `[B, H, W, I]`.
       kernel: `[k, k, I, O]`, PyTorch's un-flipped kernel (`weight.permute(2, 3, 0, 1)`).
       stride, padding: as PyTorch's (no output_padding).
-      impl: "reference", "subpixel" or "matmul".
+      impl: "reference", "subpixel", "matmul" or "winograd".
       bias: `[O]` or None. The matmul form adds it in float32 before rounding to `x.dtype`.
 
     Returns:
       `[B, (H-1)*s - 2p + k, ..., O]` in `x.dtype`.
     """
     k = kernel.shape[0]
-    if impl == "matmul":
+    if impl == "winograd" and winograd_applies(
+        x.shape, x.dtype, kernel.shape, stride, padding, transposed=True
+    ):
+        return _conv_transpose_winograd(x, kernel, _bias_or_zeros(bias, kernel))
+    if impl in ("matmul", "winograd"):
         return _conv_transpose_mm(x, kernel, _bias_or_zeros(bias, kernel), stride, padding)
     if bias is not None:
         return conv_transpose(x, kernel, stride, padding, impl) + bias.astype(x.dtype)
@@ -228,10 +245,7 @@ def _patches(x, k: int, stride: int, padding: int):
         # A k x k stride-s conv is an n x n stride-1 conv over s*s*C channels (n = k/s): n*n
         # slices instead of k*k, and the same kernel with its rows permuted.
         n = k // s
-        x = x[:, : s * (out_h + n - 1), : s * (out_w + n - 1)]
-        hs, ws = x.shape[1] // s, x.shape[2] // s
-        x = x.reshape(b, hs, s, ws, s, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, hs, ws, s * s * c)
-        return _patches(x, n, 1, 0)
+        return _patches(_to_depth(x[:, : s * (out_h + n - 1), : s * (out_w + n - 1)], s), n, 1, 0)
     if k == 1:
         cols = x[:, : s * (out_h - 1) + 1 : s, : s * (out_w - 1) + 1 : s]
     elif (out_h, out_w) == (1, 1) and (h, w) == (k, k):
@@ -273,6 +287,13 @@ def conv1d_matmul(
 
 def _space_to_depth(k: int, s: int) -> bool:
     return s > 1 and k % s == 0
+
+
+def _to_depth(x, s: int):
+    """Space-to-depth: `[B, s*H, s*W, C]` -> `[B, H, W, s*s*C]`, channels `(sh, sw, c)`."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // s, s, w // s, s, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h // s, w // s, s * s * c)
 
 
 def _arrange(kernel, stride: int):
@@ -411,6 +432,105 @@ def _crop(full, x_shape, k: int, s: int, p: int, out_hw=None):
     if extra_h or extra_w:
         full = jnp.pad(full, ((0, 0), (0, extra_h), (0, extra_w), (0, 0)))
     return full[:, p : p + out_h, p : p + out_w]
+
+
+# ---------------------------------------------------------------------------- Winograd forms
+#
+# After space-to-depth a 4x4 stride-2 conv is a 2x2-tap stride-1 correlation, and each of the
+# four output phases of a 4x4 stride-2 transposed conv is one too. Winograd's F(2, 2) gives two
+# outputs of a 2-tap correlation, y0 = x0 w0 + x1 w1 and y1 = x1 w0 + x2 w1, from three products:
+#     m = (x0 - x1) w0,  x1 (w0 + w1),  (x2 - x1) w1;   y0 = m0 + m1,  y1 = m1 + m2.
+# Applied along rows and columns, a 2x2 output tile takes 9 products instead of 16, each a
+# `[tiles, C] @ [C, O]` matmul. The gradients are JAX's autodiff of these linear maps around
+# `matmul`, so they are Winograd-shaped as well (9/16 of the products).
+
+
+def winograd_applies(x_shape, dtype, kernel_shape, stride, padding, transposed=False) -> bool:
+    """Whether the "winograd" impl computes this layer in the Winograd form.
+
+    4x4 stride-2 padding-1 layers in float32 only; every output phase must tile by 2x2 (a conv's
+    input sides a multiple of 4, a transposed conv's even). Where it was measured slower (CPU,
+    float32, forward and backward): a transposed conv on inputs over
+    `_WINOGRAD_TRANSPOSE_MAX_SIDE` (G's last layer: few channels make the nine matmuls
+    memory-bound) and a conv over fewer than `_WINOGRAD_CONV_MIN_IN` channels keep the matmul
+    form. So do layers with fewer than `_WINOGRAD_MIN_OUT` output channels: the form compiles to
+    nine matmuls per phase (the full wen2019 step compiles in ~16 s instead of ~5 s), which the
+    small configs' layers do not earn back.
+    """
+    if (kernel_shape[0], kernel_shape[1], stride, padding) != (4, 4, 2, 1):
+        return False
+    if dtype != jnp.float32 or kernel_shape[3] < _WINOGRAD_MIN_OUT:
+        return False
+    sides = x_shape[1:3]
+    if transposed:
+        return all(n % 2 == 0 and n <= _WINOGRAD_TRANSPOSE_MAX_SIDE for n in sides)
+    return all(n % 4 == 0 for n in sides) and kernel_shape[2] >= _WINOGRAD_CONV_MIN_IN
+
+
+def _winograd_data(x, axis: int):
+    """`(x0 - x1, x1, x2 - x1)` for the overlapping triples `(2t, 2t+1, 2t+2)` along `axis`."""
+    n = (x.shape[axis] - 1) // 2
+
+    def every_other(start):
+        return jax.lax.slice_in_dim(x, start, start + 2 * n - 1, 2, axis)
+
+    x0, x1, x2 = every_other(0), every_other(1), every_other(2)
+    return x0 - x1, x1, x2 - x1
+
+
+def _winograd_taps(w0, w1):
+    return w0, w0 + w1, w1
+
+
+def _winograd_sums(m0, m1, m2):
+    return m0 + m1, m1 + m2
+
+
+def _corr2x2_winograd(x, taps):
+    """Valid correlation of `x [B, 2T+1, 2U+1, C]` with `taps [2, 2, C, O]` -> `[B, 2T, 2U, O]`
+    in `x.dtype`."""
+    b, h, w, c = x.shape
+    t, u = (h - 1) // 2, (w - 1) // 2
+    data = [d.reshape(b * t * u, c) for r in _winograd_data(x, 1) for d in _winograd_data(r, 2)]
+    kernels = [q for r in _winograd_taps(taps[0], taps[1]) for q in _winograd_taps(r[0], r[1])]
+    m = [matmul(d, q).reshape(b, t, u, -1) for d, q in zip(data, kernels)]  # index 3*row + col
+    by_row = [_winograd_sums(*m[3 * i : 3 * i + 3]) for i in range(3)]  # [i][output col j]
+    tile = [_winograd_sums(*(by_row[i][j] for i in range(3))) for j in range(2)]  # [j][row i]
+    out = jnp.stack([jnp.stack([tile[0][i], tile[1][i]], axis=3) for i in range(2)], axis=2)
+    return out.reshape(b, 2 * t, 2 * u, -1)  # from [B, T, 2 (row i), U, 2 (col j), O]
+
+
+def _conv_winograd(x, kernel, bias):
+    """conv2d, 4x4 stride 2 padding 1: space-to-depth turns it into a 2x2 correlation."""
+    c, o = kernel.shape[2:]
+    xs = _to_depth(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), 2)
+    taps = _arrange(kernel, 2).reshape(2, 2, 4 * c, o)
+    return (_corr2x2_winograd(xs, taps) + bias).astype(x.dtype)
+
+
+def _conv_transpose_winograd(x, kernel, bias):
+    """conv_transpose, 4x4 stride 2 padding 1, one 2x2 correlation per output phase.
+
+    Along one axis, output `2q + r` is `xp[q + r] k[3 - r] + xp[q + r + 1] k[1 - r]` over `x`
+    padded by one (`xp`): phase `r` correlates `xp[r : r + H + 1]` with taps `k[3 - r], k[1 - r]`.
+    """
+    b, h, w, _ = x.shape
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    phases = [
+        jnp.stack(
+            [
+                _corr2x2_winograd(
+                    xp[:, rh : rh + h + 1, rw : rw + w + 1],
+                    kernel[jnp.array([3 - rh, 1 - rh])][:, jnp.array([3 - rw, 1 - rw])],
+                )
+                for rw in range(2)
+            ],
+            axis=3,
+        )
+        for rh in range(2)
+    ]
+    y = jnp.stack(phases, axis=2)  # [B, H, 2 (rh), W, 2 (rw), O]
+    return (y.reshape(b, 2 * h, 2 * w, -1) + bias).astype(x.dtype)
 
 
 @jax.custom_vjp

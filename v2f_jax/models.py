@@ -46,7 +46,9 @@ class VoiceEmbedder(nn.Module):
         # bfloat16 one slower (0.33 vs 0.26 s). A learning E keeps XLA's convs, whose bfloat16
         # gradients carry extra precision (half the error of the im2col form's).
         as_matmul = (
-            not train and self.dtype != jnp.float32 and layers.resolve_impl(self.impl) == "matmul"
+            not train
+            and self.dtype != jnp.float32
+            and layers.resolve_impl(self.impl) in ("matmul", "winograd")
         )
         conv_fn = dict(conv_general_dilated=layers.conv1d_matmul) if as_matmul else {}
         for i, features in enumerate(self.channels):

@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--impl",
         default=None,
-        help="conv forms: auto | reference | subpixel | matmul (config's default)",
+        help="conv forms: auto | reference | subpixel | matmul | winograd (config's default)",
     )
     parser.add_argument("--parallel", choices=("jit", "pmap"), default=None)
     parser.add_argument(
