@@ -11,6 +11,10 @@ as an extra, stronger peer.
 Each side runs in its own worker process, started by this one; the parent tells them in turn to
 run a few steps, alternating the order every round, so both see the same machine load and only
 one runs at a time. Ratios are computed per round (adjacent in time), then their median taken.
+Both workers get the same malloc environment: by default `v2f_jax.host_memory.SETTINGS`, under
+which each side reuses freed host memory instead of page-faulting its large temporaries afresh
+every step (PyTorch gains more from it than we do); `--allocator system` runs both with glibc's
+defaults.
 
     python benchmarks/compare_pytorch.py --batch 128 --frames 800 --dtype float32 --rounds 6
     python benchmarks/compare_pytorch.py --dtype bfloat16      # both sides in bf16
@@ -33,6 +37,8 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_IDS = 924
 
+sys.path.insert(0, str(REPO))
+from v2f_jax import host_memory  # noqa: E402  (no JAX import: the parent stays light)
 
 # ----------------------------------------------------------------------------- PyTorch worker
 
@@ -242,6 +248,10 @@ class Worker:
         if args.peak:
             cmd.append("--peak")
         env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+        for name in host_memory.SETTINGS:
+            env.pop(name, None)
+        if args.allocator == "reuse":
+            env.update(host_memory.SETTINGS)
         self.side = side
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO
@@ -273,7 +283,7 @@ def compare(args) -> dict:
     torch_dtype = args.torch_dtype or args.dtype
     print(
         f"starting workers (B={args.batch}, T={args.frames}, ours {args.dtype}, PyTorch "
-        f"{torch_dtype}, {args.torch_threads} PyTorch threads)...",
+        f"{torch_dtype}, {args.torch_threads} PyTorch threads, {args.allocator} malloc)...",
         file=log,
     )
     # The peer first: its warm-up is short, ours includes compiling.
@@ -309,6 +319,7 @@ def compare(args) -> dict:
         "torch_threads": args.torch_threads,
         "channels_last": args.channels_last,
         "impl": args.impl,
+        "allocator": args.allocator,
         "date": time.strftime("%Y-%m-%d"),
     }
     for side, ts in times.items():
@@ -441,6 +452,12 @@ def main() -> None:
     )
     parser.add_argument("--impl", default="auto", help="our conv forms (config.model.impl)")
     parser.add_argument("--peak", action="store_true", help="also measure our matmul peak")
+    parser.add_argument(
+        "--allocator",
+        choices=("reuse", "system"),
+        default="reuse",
+        help="both workers' malloc: host_memory.SETTINGS (reuse freed memory) or glibc defaults",
+    )
     parser.add_argument(
         "--track-bf16",
         type=int,

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from v2f_jax import layers, models, parallel, train_step
+from v2f_jax import host_memory, layers, models, parallel, train_step
 from v2f_jax import state as state_lib
 
 DEFAULT_NUM_IDS = 924  # the reference's training identities (VoxCeleb1 F-Z)
@@ -41,6 +41,7 @@ def machine() -> dict:
         "jax": jax.__version__,
         "python": platform.python_version(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "malloc": host_memory.settings_in_effect(),
     }
 
 

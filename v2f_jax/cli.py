@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from v2f_jax import host_memory
+
 # name -> one-line help; the module v2f_jax.commands.<name> does the work.
 COMMANDS = {
     "synth": "generate a built-in voice/face corpus in VoxCeleb/VGGFace layout",
@@ -46,6 +48,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.config_overrides = [a for a in extra if a.startswith("--config.")]
     return int(args._module.run(args) or 0)
+
+
+def entry() -> None:
+    """The `v2f` console script: `main` under malloc settings that reuse host memory
+    (`host_memory`)."""
+    host_memory.reexec_with_memory_reuse(sys.argv)
+    sys.exit(main())
 
 
 if __name__ == "__main__":
