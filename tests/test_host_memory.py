@@ -1,4 +1,5 @@
-"""The `v2f` command's malloc settings: set once by re-executing, and the step stops faulting."""
+"""`V2F_REUSE_HOST_MEMORY=1`: the `v2f` command re-executes once with malloc settings under which
+the training step stops page-faulting its temporaries."""
 
 import json
 import os
@@ -10,12 +11,13 @@ import pytest
 
 from v2f_jax import host_memory
 
-pytestmark = pytest.mark.skipif(not host_memory.should_reexec({}), reason="Linux with glibc only")
+pytestmark = pytest.mark.skipif(
+    not host_memory.should_reexec({host_memory.OPT_IN: "1"}), reason="Linux with glibc only"
+)
 CLEAN_ENV = {
-    k: v
-    for k, v in os.environ.items()
-    if k not in host_memory.SETTINGS and k != host_memory.OPT_OUT
+    k: v for k, v in os.environ.items() if k not in host_memory.SETTINGS and k != host_memory.OPT_IN
 }
+OPTED_IN = {**CLEAN_ENV, host_memory.OPT_IN: "1"}
 
 
 def _run(script_path, env):
@@ -43,21 +45,21 @@ def _script(tmp_path, body=""):
 
 
 def test_reexec_sets_the_settings_once_in_the_same_process(tmp_path):
-    lines = _run(_script(tmp_path), CLEAN_ENV)
+    lines = _run(_script(tmp_path), OPTED_IN)
     # Printed once before the exec, then once after it (no second exec), same process id.
     assert [line["pid"] for line in lines] == [lines[0]["pid"]] * 3
     assert {k: v for k, v in lines[-1].items() if k != "pid"} == host_memory.SETTINGS
 
 
 @pytest.mark.parametrize(
-    "extra, expected",
+    "env, expected",
     [
-        ({host_memory.OPT_OUT: "1"}, {}),
-        ({"MALLOC_ARENA_MAX": "4"}, {"MALLOC_ARENA_MAX": "4"}),  # the user's choice stands
+        (CLEAN_ENV, {}),  # not asked for
+        ({**OPTED_IN, "MALLOC_ARENA_MAX": "4"}, {"MALLOC_ARENA_MAX": "4"}),  # the user's choice
     ],
 )
-def test_opt_out_or_own_settings_leave_the_environment_alone(tmp_path, extra, expected):
-    lines = _run(_script(tmp_path), {**CLEAN_ENV, **extra})
+def test_without_opt_in_or_with_own_settings_the_environment_stays(tmp_path, env, expected):
+    lines = _run(_script(tmp_path), env)
     assert len(lines) == 2 and lines[0]["pid"] == lines[1]["pid"]
     settings = {k: v for k, v in lines[1].items() if k != "pid" and v is not None}
     assert settings == expected
@@ -82,7 +84,7 @@ def test_the_training_step_stops_page_faulting_its_temporaries(tmp_path):
     ~390k over these 6 steps); under the settings the steps reuse them (measured 0 to 65k: the
     heap still grows now and then)."""
     script = _script(tmp_path, STEP_FAULTS)
-    default = _run(script, {**CLEAN_ENV, host_memory.OPT_OUT: "1"})[-1]["faults"]
-    reused = _run(script, CLEAN_ENV)[-1]["faults"]
+    default = _run(script, CLEAN_ENV)[-1]["faults"]
+    reused = _run(script, OPTED_IN)[-1]["faults"]
     assert default > 50_000  # six steps' temporaries, > 200 MB
     assert reused < default / 4

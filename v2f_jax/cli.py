@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """The `v2f` console script: `main` under malloc settings that reuse host memory
-    (`host_memory`)."""
+    """The `v2f` console script: `main`, first re-executed under malloc settings that reuse host
+    memory where `V2F_REUSE_HOST_MEMORY=1` (`host_memory`)."""
     host_memory.reexec_with_memory_reuse(sys.argv)
     sys.exit(main())
 

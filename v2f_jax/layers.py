@@ -19,8 +19,9 @@ the parameter layout is the same for every impl, and so are the numbers (to floa
   accumulation, bias and kernel gradients in float32. On XLA:CPU this is what reaches the
   matmul library (YNNPACK) and, for bfloat16, its bf16 dot-product instructions: XLA:CPU runs
   convolution gradients 3-30x slower and bf16 convolutions in float32.
-- `"winograd"`: "matmul", except that float32 4x4 stride-2 convs (and the transposed convs on
-  inputs up to 16x16) use Winograd's F(2x2, 2x2): 9 products per 2x2 output tile instead of 16.
+- `"winograd"`: "matmul", except that float32 4x4 stride-2 convs and transposed convs (where
+  `winograd_applies`: enough channels, transposed inputs up to 16x16) use Winograd's
+  F(2x2, 2x2): 9 products per 2x2 output tile instead of 16.
   Its transforms add and subtract only, so it rounds like the plain form (tested to 1e-5); it
   replaces one wide matmul by nine narrower ones, which pays in float32 but not in bfloat16 on
   CPU (bfloat16 matmuls with few channels are bound by memory; BENCHMARKS.md).
@@ -45,6 +46,7 @@ _AUTO = {"cpu": "winograd"}
 # The largest transposed-conv input side for which the Winograd form pays (float32, CPU): G's
 # 4x4, 8x8 and 16x16 layers run 1.1-1.25x faster, its 32x32 one no faster.
 _WINOGRAD_TRANSPOSE_MAX_SIDE = 16
+# Fewer channels than these keep the matmul form (see `winograd_applies`).
 _WINOGRAD_CONV_MIN_IN = 16
 _WINOGRAD_MIN_OUT = 64
 # transpose_form: the sub-pixel form's extra work above which the col2im form is used.
