@@ -456,7 +456,7 @@ def winograd_applies(x_shape, dtype, kernel_shape, stride, padding, transposed=F
     `_WINOGRAD_TRANSPOSE_MAX_SIDE` (G's last layer: few channels make the nine matmuls
     memory-bound) and a conv over fewer than `_WINOGRAD_CONV_MIN_IN` channels keep the matmul
     form. So do layers with fewer than `_WINOGRAD_MIN_OUT` output channels: the form compiles to
-    nine matmuls per phase (the full wen2019 step compiles in ~16 s instead of ~5 s), which the
+    nine matmuls per phase (the full wen2019 step compiles in ~20 s instead of ~5 s), which the
     small configs' layers do not earn back.
     """
     if (kernel_shape[0], kernel_shape[1], stride, padding) != (4, 4, 2, 1):
@@ -523,7 +523,7 @@ def _conv_transpose_winograd(x, kernel, bias):
             [
                 _corr2x2_winograd(
                     xp[:, rh : rh + h + 1, rw : rw + w + 1],
-                    kernel[jnp.array([3 - rh, 1 - rh])][:, jnp.array([3 - rw, 1 - rw])],
+                    kernel[3 - rh :: -2, 3 - rw :: -2],  # taps k[3 - r], k[1 - r]
                 )
                 for rw in range(2)
             ],
