@@ -14,6 +14,7 @@ FAST = [impl for impl in layers.IMPLS if impl != "reference"]
 TRANSPOSE_CASES = [
     (4, 2, 1, 4),
     (4, 2, 1, 9),
+    (4, 2, 1, 16),  # sub-pixel form (G's last 4x4 layer's geometry)
     (4, 1, 0, 1),
     (1, 1, 0, 5),
     (3, 2, 1, 5),
@@ -69,6 +70,7 @@ def test_conv_forms_equal_the_plain_form():
 
 def test_both_matmul_forms_of_the_transposed_conv_are_exercised():
     assert layers.transpose_form(4, 4, 4, 2) == "col2im"  # G's 4x4 -> 8x8
+    assert layers.transpose_form(16, 17, 4, 2) == "subpixel"
     assert layers.transpose_form(32, 32, 4, 2) == "subpixel"  # G's 32x32 -> 64x64
     assert layers.transpose_form(1, 1, 4, 1) == "col2im"  # the 1x1 projection
 
@@ -102,6 +104,34 @@ def test_winograd_form_equals_the_plain_form(op, x_shape, out_ch):
     for name, a, b in zip(("y", "dx", "dw", "db"), jax.tree.leaves(got), jax.tree.leaves(ref)):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_a_transposed_conv_outside_the_winograd_form_takes_it_for_its_input_gradient():
+    """G's last 4x4 layer (32x32 -> 64x64) stays in the matmul form, but its input gradient is a
+    4x4 stride-2 conv of the output gradient (64 -> 128 channels), which the form does take."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 18, 20, 64)), jnp.float32)  # sides over 16
+    w = jnp.asarray(rng.normal(size=(4, 4, 64, 16)) / 4, jnp.float32)
+    assert not layers.winograd_applies(x.shape, x.dtype, w.shape, 2, 1, transposed=True)
+    assert layers.winograd_applies((2, 36, 40, 16), x.dtype, (4, 4, 16, 64), 2, 1)
+    probe = jax.random.normal(jax.random.PRNGKey(1), (2, 36, 40, 16))
+
+    def grads(impl):
+        def loss(x, w):
+            return jnp.sum(layers.conv_transpose(x, w, 2, 1, impl) * probe)
+
+        return jax.grad(loss, (0, 1))
+
+    got, ref = jax.jit(lambda: (grads("winograd")(x, w), grads("reference")(x, w)))()
+    for name, a, b in zip(("dx", "dw"), got, ref):
+        # Each dw entry sums ~1,400 products: float32 rounding relative to the largest entry.
+        scale = float(jnp.max(jnp.abs(b)))
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * scale, err_msg=name)
+
+    def matmuls(impl):  # the Winograd input gradient takes nine where the matmul form takes one
+        return str(jax.make_jaxpr(grads(impl))(x, w)).count("dot_general")
+
+    assert matmuls("winograd") == matmuls("matmul") + 8
 
 
 def test_winograd_form_is_taken_only_where_it_was_measured_faster():

@@ -21,7 +21,8 @@ the parameter layout is the same for every impl, and so are the numbers (to floa
   convolution gradients 3-30x slower and bf16 convolutions in float32.
 - `"winograd"`: "matmul", except that float32 4x4 stride-2 convs and transposed convs (where
   `winograd_applies`: enough channels, transposed inputs up to 16x16) use Winograd's
-  F(2x2, 2x2): 9 products per 2x2 output tile instead of 16.
+  F(2x2, 2x2): 9 products per 2x2 output tile instead of 16. A transposed conv outside it
+  still takes it for its input gradient where that conv qualifies (G's last 4x4 layer).
   Its transforms add and subtract only, so it rounds like the plain form (tested to 1e-5); it
   replaces one wide matmul by nine narrower ones, which pays in float32 but not in bfloat16 on
   CPU (bfloat16 matmuls with few channels are bound by memory; BENCHMARKS.md).
@@ -170,7 +171,14 @@ def conv_transpose(x, kernel, stride: int, padding: int, impl: str, bias=None):
     ):
         return _conv_transpose_winograd(x, kernel, _bias_or_zeros(bias, kernel))
     if impl in ("matmul", "winograd"):
-        return _conv_transpose_mm(x, kernel, _bias_or_zeros(bias, kernel), stride, padding)
+        # The input gradient is a conv of the output gradient, which may take the Winograd form
+        # where the layer itself does not (G's last 4x4 layer: 64 -> 128 channels).
+        out_shape = (x.shape[0], *_transposed_out_hw(x.shape, k, stride, padding), kernel.shape[3])
+        dx_winograd = impl == "winograd" and winograd_applies(
+            out_shape, x.dtype, (k, k, kernel.shape[3], kernel.shape[2]), stride, padding
+        )
+        bias = _bias_or_zeros(bias, kernel)
+        return _conv_transpose_mm(x, kernel, bias, stride, padding, dx_winograd)
     if bias is not None:
         return conv_transpose(x, kernel, stride, padding, impl) + bias.astype(x.dtype)
     if impl == "reference":
@@ -324,7 +332,7 @@ def _conv_fwd(x, kernel, stride: int, padding: int):
 
 def _conv_transpose_fwd(x, kernel, stride: int, padding: int, out_hw=None):
     """The transposed conv in the cheaper matmul form for this input (`transpose_form`), in
-    float32.
+    float32; also returns the sub-pixel form's patches of `x` (None in the col2im form).
 
     `out_hw` (default PyTorch's output size) extends the output on the bottom/right, with zeros
     past the uncropped output: a strided conv's input gradient when its windows skip the last
@@ -333,10 +341,11 @@ def _conv_transpose_fwd(x, kernel, stride: int, padding: int, out_hw=None):
     b, h, w, i = x.shape
     k, o, s = kernel.shape[0], kernel.shape[-1], stride
     n = -(-k // s)
+    x_cols = None
     if transpose_form(h, w, k, s) == "subpixel":
         sub, n = subpixel_kernel(kernel, s)
         xp = jnp.pad(x, ((0, 0), (n - 1, n - 1), (n - 1, n - 1), (0, 0)))
-        z, _ = _conv_fwd(xp, sub, 1, 0)
+        z, x_cols = _conv_fwd(xp, sub, 1, 0)
     else:
         # col2im: every input pixel times the whole kernel, then the uncropped output pixel
         # s*(m+t) + r gets cols[m, t, r]: n*n shifted adds.
@@ -352,7 +361,7 @@ def _conv_transpose_fwd(x, kernel, stride: int, padding: int, out_hw=None):
             for tw in range(n)
         )
         z = z.reshape(b, h + n - 1, w + n - 1, s * s * o)
-    return _crop(_depth_to_space(z, s), x.shape, k, s, padding, out_hw)
+    return _crop(_depth_to_space(z, s), x.shape, k, s, padding, out_hw), x_cols
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -371,7 +380,7 @@ def _conv_mm_bwd(stride, padding, res, g):
     g = g.astype(cols.dtype)
     # dx: the transposed conv of g with the same kernel (in and out swapped); input rows the
     # strided windows never reached get zero.
-    dx = _conv_transpose_fwd(g, kernel.transpose(0, 1, 3, 2), stride, padding, x_shape[1:3])
+    dx, _ = _conv_transpose_fwd(g, kernel.transpose(0, 1, 3, 2), stride, padding, x_shape[1:3])
     dw_rows = _mm_tn(cols, g.reshape(-1, o))  # cols.T @ g, [k*k*I, O] in patch order
     dw = _unarrange(dw_rows, kernel.shape, stride)
     return dx.astype(cols.dtype), dw.astype(kernel.dtype), _bias_grad(g, bias)
@@ -380,29 +389,61 @@ def _conv_mm_bwd(stride, padding, res, g):
 _conv_mm.defvjp(_conv_mm_fwd, _conv_mm_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _conv_transpose_mm(x, kernel, bias, stride, padding):
-    return _conv_transpose_mm_fwd(x, kernel, bias, stride, padding)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _conv_transpose_mm(x, kernel, bias, stride, padding, dx_winograd=False):
+    return _conv_transpose_mm_fwd(x, kernel, bias, stride, padding, dx_winograd)[0]
 
 
-def _conv_transpose_mm_fwd(x, kernel, bias, stride, padding):
-    y = _conv_transpose_fwd(x, kernel, stride, padding) + bias
-    return y.astype(x.dtype), (x, kernel, bias)
+def _conv_transpose_mm_fwd(x, kernel, bias, stride, padding, dx_winograd=False):
+    y, x_cols = _conv_transpose_fwd(x, kernel, stride, padding)
+    return (y + bias).astype(x.dtype), (x, x_cols, kernel, bias)
 
 
-def _conv_transpose_mm_bwd(stride, padding, res, g):
-    x, kernel, bias = res
+def _conv_transpose_mm_bwd(stride, padding, dx_winograd, res, g):
+    x, x_cols, kernel, bias = res
     b, h, w, i = x.shape
-    k = kernel.shape[0]
+    k, o = kernel.shape[0], kernel.shape[-1]
     g = g.astype(x.dtype)
-    # dx: the strided conv of g with the same kernel (in and out swapped); its patches of g
-    # also give the kernel's gradient, x.T @ patches.
-    cols, _ = _patches(g, k, stride, padding)
     kernel_t = kernel.transpose(0, 1, 3, 2)  # [k, k, O, I]
-    dx = _mm(cols, _arrange(kernel_t, stride).astype(x.dtype)).astype(x.dtype).reshape(b, h, w, i)
-    dw_rows = _mm_tn(cols, x.reshape(-1, i))  # [k*k*O, I] in patch order
-    dw_t = _unarrange(dw_rows, kernel_t.shape, stride)
-    return dx, dw_t.transpose(0, 1, 3, 2).astype(kernel.dtype), _bias_grad(g, bias)
+    g_cols = None
+    if x_cols is None or not dx_winograd:
+        g_cols, _ = _patches(g, k, stride, padding)
+    # dx: the strided conv of g with the same kernel (in and out swapped).
+    if dx_winograd:
+        dx = _conv_winograd(g, kernel_t, jnp.zeros(i, jnp.float32))
+    else:
+        dx = _mm(g_cols, _arrange(kernel_t, stride).astype(x.dtype))
+        dx = dx.astype(x.dtype).reshape(b, h, w, i)
+    if x_cols is None:
+        # col2im form: the output gradient's patches (as for dx) against x.
+        dw_rows = _mm_tn(g_cols, x.reshape(-1, i))  # [k*k*O, I] in patch order
+        dw = _unarrange(dw_rows, kernel_t.shape, stride).transpose(0, 1, 3, 2)
+    else:
+        # Sub-pixel form: the sub-pixel kernel's gradient over the forward's patches of x, with
+        # g laid out as the uncropped sub-pixel output. Its `[n*n*I, s*s*O]` matmul suits the
+        # matmul library better than the `[k*k*O, I]` one above (BENCHMARKS.md).
+        n = -(-k // stride)
+        z_shape = (b, h + n - 1, w + n - 1, stride * stride * o)
+
+        def crop(z):
+            return _crop(_depth_to_space(z, stride), x.shape, k, stride, padding)
+
+        g_z = _transpose_of(crop, g, z_shape).reshape(-1, z_shape[-1])
+        dw_rows = _mm_tn(x_cols, g_z)
+        dw = _transpose_of(lambda kern: _subpixel_rows(kern, stride), dw_rows, kernel.shape)
+    return dx, dw.astype(kernel.dtype), _bias_grad(g, bias)
+
+
+def _subpixel_rows(kernel, stride: int):
+    """A transposed conv's kernel `[k, k, I, O]` -> its sub-pixel matmul's `[n*n*I, s*s*O]`."""
+    return _arrange(subpixel_kernel(kernel, stride)[0], 1)
+
+
+def _transpose_of(linear_fn, out, in_shape):
+    """The transpose of `linear_fn` (layout only: pads, crops, permutations) applied to `out`;
+    `in_shape` is `linear_fn`'s input shape."""
+    like = jax.ShapeDtypeStruct(in_shape, out.dtype)
+    return jax.linear_transpose(linear_fn, like)(out)[0]
 
 
 def _bias_or_zeros(bias, kernel):
@@ -425,11 +466,14 @@ def _depth_to_space(z, s: int):
     return z.reshape(b, h * s, w * s, -1)
 
 
+def _transposed_out_hw(x_shape, k: int, s: int, p: int):
+    """PyTorch's ConvTranspose2d output `(height, width)` for an input `[B, H, W, C]`."""
+    return tuple((n - 1) * s - 2 * p + k for n in x_shape[1:3])
+
+
 def _crop(full, x_shape, k: int, s: int, p: int, out_hw=None):
     """Rows and columns `[p, p + out)` of the uncropped output, zero past its end."""
-    if out_hw is None:
-        out_hw = ((x_shape[1] - 1) * s - 2 * p + k, (x_shape[2] - 1) * s - 2 * p + k)
-    out_h, out_w = out_hw
+    out_h, out_w = out_hw or _transposed_out_hw(x_shape, k, s, p)
     extra_h, extra_w = max(0, p + out_h - full.shape[1]), max(0, p + out_w - full.shape[2])
     if extra_h or extra_w:
         full = jnp.pad(full, ((0, 0), (0, extra_h), (0, extra_w), (0, 0)))
