@@ -1,12 +1,12 @@
 """Our training step against the reference's PyTorch training iteration, interleaved, same shapes.
 
 The PyTorch side is the published loop of cmu-mlsp/reconstructing_faces_from_voices
-(`gan_train.py`, `network.py`), re-implemented here: the same layers, losses, Adam settings and
-update order, the face trunk run five times per iteration (`f_net(face)` twice and
-`f_net(fake.detach())` for the critics, `f_net(fake)` twice for G), and one change that only helps
-it: the frozen voice embedder runs under `torch.no_grad()` (the published loop backpropagates
-through it for nothing). `--torch-variant dedup` also gives PyTorch our dedup (three trunk passes)
-as an extra, stronger peer.
+(`gan_train.py`, `network.py`), re-implemented: its networks (`v2f_jax.inference.torch_reference`),
+and here its losses, Adam settings and update order, the face trunk run five times per iteration
+(`f_net(face)` twice and `f_net(fake.detach())` for the critics, `f_net(fake)` twice for G), and
+one change that only helps it: the frozen voice embedder runs under `torch.no_grad()` (the
+published loop backpropagates through it for nothing). `--torch-variant dedup` also gives PyTorch
+our dedup (three trunk passes) as an extra, stronger peer.
 
 Each side runs in its own worker process, started by this one; the parent tells them in turn to
 run a few steps, alternating the order every round, so both see the same machine load and only
@@ -44,52 +44,19 @@ from v2f_jax import host_memory  # noqa: E402  (no JAX import: the parent stays 
 
 
 def _torch_worker(args) -> None:
-    import torch  # noqa: PLC0415
-    import torch.nn as nn  # noqa: PLC0415
-    import torch.nn.functional as F  # noqa: PLC0415
+    import torch
+    import torch.nn.functional as F
+
+    from v2f_jax.inference import torch_reference as ref
 
     torch.set_num_threads(args.torch_threads)
     torch.manual_seed(0)
 
-    def voice_embed_net():
-        c = (256, 384, 576, 864)
-        layers, prev = [], 64
-        for ch in c:
-            layers += [
-                nn.Conv1d(prev, ch, 3, 2, 1, bias=False),
-                nn.BatchNorm1d(ch, affine=True),
-                nn.ReLU(inplace=True),
-            ]
-            prev = ch
-        layers.append(nn.Conv1d(prev, 64, 3, 2, 1, bias=True))
-        return nn.Sequential(*layers)
-
-    def generator():
-        c = (1024, 512, 256, 128, 64)
-        layers = [nn.ConvTranspose2d(64, c[0], 4, 1, 0, bias=True), nn.ReLU(inplace=True)]
-        for a, b in zip(c[:-1], c[1:]):
-            layers += [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=True), nn.ReLU(inplace=True)]
-        layers.append(nn.ConvTranspose2d(c[-1], 3, 1, 1, 0, bias=True))
-        return nn.Sequential(*layers)
-
-    def face_embed_net():
-        c = (32, 64, 128, 256, 512)
-        layers = [nn.Conv2d(3, c[0], 1, 1, 0, bias=True), nn.LeakyReLU(0.2, inplace=True)]
-        for a, b in zip(c[:-1], c[1:]):
-            layers += [nn.Conv2d(a, b, 4, 2, 1, bias=True), nn.LeakyReLU(0.2, inplace=True)]
-        layers.append(nn.Conv2d(c[-1], 64, 4, 1, 0, bias=True))
-        return nn.Sequential(*layers)
-
-    class Classifier(nn.Module):
-        def __init__(self, n_in, n_out):
-            super().__init__()
-            self.model = nn.Linear(n_in, n_out, bias=False)
-
-        def forward(self, x):
-            return self.model(x.view(x.size()[0], -1))
-
-    e_net, g_net, f_net = voice_embed_net(), generator(), face_embed_net()
-    d_net, c_net = Classifier(64, 1), Classifier(64, NUM_IDS)
+    e_net = ref.VoiceEmbedNet(ref.N_MELS, ref.VOICE_CHANNELS, ref.EMBED_DIM)
+    g_net = ref.Generator(ref.EMBED_DIM, ref.GENERATOR_CHANNELS, 3)
+    f_net = ref.FaceEmbedNet(3, ref.FACE_CHANNELS, ref.EMBED_DIM)
+    d_net = ref.Classifier(ref.EMBED_DIM, (), 1)
+    c_net = ref.Classifier(ref.EMBED_DIM, (), NUM_IDS)
     e_net.eval()
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     g_net.to(memory_format=memory_format)
@@ -114,9 +81,7 @@ def _torch_worker(args) -> None:
     def step():
         noise = 0.05 * torch.randn(b, 64, 1, 1)
         with torch.no_grad(), autocast():
-            embeddings = e_net(voice)
-            embeddings = F.avg_pool1d(embeddings, embeddings.size()[2], stride=1)
-            embeddings = embeddings.view(embeddings.size()[0], -1, 1, 1).float()
+            embeddings = e_net(voice).float()  # [B, 64, 1, 1]: E's forward pools over time
         embeddings = F.normalize(embeddings)
         embeddings = F.normalize(embeddings + noise)
         with autocast():
@@ -174,7 +139,7 @@ def _torch_worker(args) -> None:
 
 
 def _jax_worker(args) -> None:
-    from v2f_jax import bench, config_lib  # noqa: PLC0415
+    from v2f_jax import bench, config_lib
 
     config = config_lib.load_config(args.config, args.config_override)
     config = bench.apply_step_overrides(
@@ -369,9 +334,9 @@ def track_bf16(args) -> dict:
     apart within tens of steps. So the yardstick is that drift: bf16's distance from fp32 (same
     seed) next to a second fp32 run's (seed + 1), both on losses smoothed over `window` steps.
     """
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
-    from v2f_jax import bench, config_lib  # noqa: PLC0415
+    from v2f_jax import bench, config_lib
 
     runs = {"fp32": ("float32", 0), "bf16": ("bfloat16", 0), "fp32_seed1": ("float32", 1)}
     histories = {}
@@ -450,7 +415,11 @@ def main() -> None:
         default=[],
         help="a --config.x=y for our side (repeatable)",
     )
-    parser.add_argument("--impl", default="auto", help="our conv forms (config.model.impl)")
+    parser.add_argument(
+        "--impl",
+        default="auto",
+        help="our conv forms (config.model.impl): auto | xla | subpixel | matmul | winograd",
+    )
     parser.add_argument("--peak", action="store_true", help="also measure our matmul peak")
     parser.add_argument(
         "--allocator",

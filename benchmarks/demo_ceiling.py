@@ -16,9 +16,9 @@ import json
 
 import numpy as np
 
-from input_pipeline import faces as facelib
-from input_pipeline import synthetic
-from v2f_jax import evaluate, face_embedder
+from v2f_jax.evaluation import face_embedder, metrics
+from v2f_jax.input_pipeline import faces as facelib
+from v2f_jax.input_pipeline import synthetic
 
 LEVELS = {
     "gender": (),
@@ -68,7 +68,7 @@ def main() -> None:
                 guesses.append(np.round(np.mean(faces, axis=0)).astype(np.uint8))
                 labels.append(i)
         emb = fe.embed(face_embedder.to_float(np.stack(guesses)))
-        r = evaluate.matching_1v2(emb, np.array(labels), real, real_labels)
+        r = metrics.matching_1v2(emb, np.array(labels), real, real_labels)
         results[level] = {"matching_1v2": r["accuracy"], "stderr": r["stderr"]}
         print(
             f"knowing {level:34s} 1:2 matching {100 * r['accuracy']:.1f}% ± {100 * r['stderr']:.1f}"

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from input_pipeline import audio
+from v2f_jax.input_pipeline import audio
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "voxceleb-examples"
 

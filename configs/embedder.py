@@ -2,7 +2,7 @@
 `voice_embedding.pth`). Then: `v2f train --config configs/wen2019.py
 --config.train.embedder_init=WORKDIR_OF_THIS_RUN`."""
 
-from configs import wen2019
+from v2f_jax.configs import wen2019
 
 
 def get_config():

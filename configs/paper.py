@@ -1,6 +1,6 @@
 """Maniyar, Budihal & Siddamal 2022 (Fig. 4): upsample+conv generator, separate D and C trunks."""
 
-from configs import wen2019
+from v2f_jax.configs import wen2019
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """Small channels and short crops: tests and the 2-core CPU demo (`v2f demo`)."""
 
-from configs import wen2019
+from v2f_jax.configs import wen2019
 
 
 def get_config():

@@ -27,8 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.model.gen_channels = (1024, 512, 256, 128, 64)
     cfg.model.trunk_channels = (32, 64, 128, 256, 512)
     cfg.model.dtype = "float32"  # compute dtype: "float32" | "bfloat16"; parameters stay float32
-    # Exactly-equivalent fast reformulations: "auto" picks per backend, "reference" forces the
-    # plain transposed/strided convolutions.
+    # Conv implementation, all exactly equivalent (v2f_jax/ops/conv.py): "auto" picks per backend,
+    # "xla" forces plain XLA convs; or "subpixel", "matmul", "winograd".
     cfg.model.impl = "auto"
     cfg.model.num_ids = 0  # identities of the training split; set from the records' manifest
 

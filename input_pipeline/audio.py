@@ -18,10 +18,9 @@ import pathlib
 
 import numpy as np
 
-from input_pipeline import errors
+from v2f_jax.input_pipeline import errors
+from v2f_jax.input_pipeline.constants import N_MELS, SAMPLE_RATE
 
-SAMPLE_RATE = 16000
-N_MELS = 64
 FRONTENDS = ("wen2019", "librosa")
 
 # The reference's analysis parameters (25 ms Hamming windows every 10 ms, 1024-point FFT).

@@ -24,9 +24,9 @@ import pathlib
 import cv2
 import numpy as np
 
-from input_pipeline import errors
+from v2f_jax.input_pipeline import errors
+from v2f_jax.input_pipeline.constants import IMAGE_SIZE
 
-IMAGE_SIZE = 64
 # Eye centres in the 64x64 output: where the Haar eye cascade finds them, on average, in the faces
 # the reference generates (it learned VGG_ALL_FRONTAL's layout). Symmetric about the image centre.
 LEFT_EYE = (22.0, 29.0)

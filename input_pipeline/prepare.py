@@ -23,7 +23,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 import v2f_jax
-from input_pipeline import audio, errors, faces
+from v2f_jax.input_pipeline import audio, constants, errors, faces
+from v2f_jax.input_pipeline import manifest as manifest_lib
+from v2f_jax.input_pipeline.constants import META_COLUMNS, TEST_INITIALS
 
 AUDIO_EXTS = (".wav", ".wave", ".flac", ".ogg", ".opus", ".mp3", ".m4a", ".aac", ".mp4", ".webm")
 FBANK_EXT = ".npy"
@@ -32,12 +34,9 @@ FACE_MODES = ("aligned", "detect")
 SPLIT_RULES = ("names", "meta")
 SPLITS = ("train", "test")
 KINDS = ("voices", "faces")
-# The reference's split: identities whose names start with A-E are the test set.
-TEST_INITIALS = "ABCDE"
 # Auto shard counts aim at ~50-60 MB shards (an 8 s utterance is ~100 KB as float16 log-mel).
 VOICES_PER_SHARD = 512
 FACES_PER_SHARD = 4096
-META_COLUMNS = ("VoxCeleb1 ID", "VGGFace1 ID", "Gender", "Nationality", "Set")
 
 _SHARD_RE = re.compile(r"^(voices|faces)-(train|test)-\d{5}-of-\d{5}\.tfrecord(\.done)?$")
 
@@ -164,7 +163,7 @@ def plan(voices_dir, faces_dir, meta_file, split_rule: str = "names") -> Plan:
     Labels follow the file listing, not decoding success, so one bad file never renumbers
     identities; an identity whose files all fail keeps its label with zero records.
     """
-    from input_pipeline import records  # noqa: PLC0415  (see the note on `_process`)
+    from v2f_jax.input_pipeline import records
 
     if split_rule not in SPLIT_RULES:
         raise ValueError(f"split must be one of {SPLIT_RULES}, got {split_rule!r}")
@@ -277,7 +276,7 @@ def _process(task: tuple[str, str, str, str]) -> tuple[str, object, float, float
                 seconds = _audio_seconds(path)
                 out = audio.voice_features(path, frontend=frontend)
         else:
-            out = faces.load_face(path, mode=face_mode, size=faces.IMAGE_SIZE)
+            out = faces.load_face(path, mode=face_mode, size=constants.IMAGE_SIZE)
         status = "ok"
     except errors.BadInputError as err:
         status, out = "reject", err.reason
@@ -304,7 +303,7 @@ def _map_ordered(
     # forkserver: the parent has TensorFlow loaded (threads), so forking it is unsafe. The server
     # imports __main__ and this module once; workers fork from it instead of re-importing both.
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["__main__", "input_pipeline.prepare"])
+    ctx.set_forkserver_preload(["__main__", "v2f_jax.input_pipeline.prepare"])
     chunk = max(1, min(8, len(tasks) // (workers * 8)))
     with ctx.Pool(min(workers, len(tasks))) as pool:
         yield from pool.imap(fn, tasks, chunksize=chunk)
@@ -359,7 +358,7 @@ def read_done(out_dir: str, shard: str, key: str) -> dict | None:
 
 def write_shard(out_dir: str, shard: str, key: str, items, results) -> dict:
     """Serialises one shard's decoded items, writes it under a temp name, renames, then `.done`."""
-    from input_pipeline import records  # noqa: PLC0415  (see the note on `_process`)
+    from v2f_jax.input_pipeline import records
 
     serialized, rejects, counts, frames = [], [], {}, 0
     for it, (status, out, _, _) in zip(items, results, strict=True):
@@ -439,7 +438,7 @@ def prepare(
       errors.BadInputError: a missing input directory or an unusable meta file.
       ValueError: bad options, or no identity has both voices and faces.
     """
-    from input_pipeline import records  # noqa: PLC0415  (see the note on `_process`)
+    from v2f_jax.input_pipeline import records
 
     if face_mode not in FACE_MODES:
         raise ValueError(f"face_mode must be one of {FACE_MODES}, got {face_mode!r}")
@@ -453,11 +452,11 @@ def prepare(
             f"(in {faces_dir})"
         )
     options = {
-        "schema": records.SCHEMA_VERSION,
+        "schema": manifest_lib.SCHEMA_VERSION,
         "tool_version": v2f_jax.__version__,
         "frontend": frontend_params if "audio" in p.voice_sources else None,
         "face_mode": face_mode,
-        "image_size": faces.IMAGE_SIZE,
+        "image_size": constants.IMAGE_SIZE,
     }
 
     # Every shard, its items and key; which are already finished.
@@ -515,9 +514,10 @@ def prepare(
         for r in all_rejects:
             f.write(json.dumps(r, sort_keys=True) + "\n")
     manifest = _manifest(p, shards, done, options, split_rule, all_rejects)
-    manifest["gender_codes"] = {**records.GENDER_CODES, "unknown": records.UNKNOWN_GENDER}
+    manifest["gender_codes"] = {**constants.GENDER_CODES, "unknown": constants.UNKNOWN_GENDER}
     _write_atomic(
-        os.path.join(out_dir, "manifest.json"), json.dumps(manifest, indent=1).encode() + b"\n"
+        os.path.join(out_dir, manifest_lib.FILENAME),
+        json.dumps(manifest, indent=1).encode() + b"\n",
     )
     return {
         "manifest": manifest,
@@ -568,14 +568,14 @@ def _manifest(p: Plan, shards, done, options, split_rule, rejects) -> dict:
         splits[split] = entry
     by_kind = {k: sum(r["kind"] == k for r in rejects) for k in ("voice", "face", "meta")}
     return {
-        "format": "v2f-records",
+        "format": manifest_lib.FORMAT,
         "schema_version": options["schema"],
         "tool_version": options["tool_version"],
         "frontend": options["frontend"],
         "voice_sources": p.voice_sources,
         "face_mode": options["face_mode"],
         "image_size": options["image_size"],
-        "n_mels": audio.N_MELS,
+        "n_mels": constants.N_MELS,
         "split_rule": split_rule,
         "splits": splits,
         "rejects": {"total": len(rejects), **by_kind},

@@ -17,22 +17,19 @@ TensorFlow is kept off accelerators: JAX owns them.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from input_pipeline import errors, records
+from v2f_jax.input_pipeline import manifest as manifest_lib
+from v2f_jax.input_pipeline import records as records_lib
 
-_MANIFEST = "manifest.json"
 # Upper bound of the epoch counter; a stream never gets near it.
 _MAX_EPOCHS = 1 << 40
 
-
-class CorruptRecordsError(errors.BadInputError):
-    """A shard that is missing, truncated, corrupt, or disagrees with the manifest."""
+CorruptRecordsError = manifest_lib.CorruptRecordsError
 
 
 def _hide_accelerators() -> None:
@@ -43,64 +40,11 @@ def _hide_accelerators() -> None:
         pass  # already initialised (hidden by an earlier call), or no such device type
 
 
-def read_manifest(records_dir: str | os.PathLike) -> dict:
-    """The `manifest.json` that `v2f prepare` wrote in `records_dir`.
-
-    Raises:
-      FileNotFoundError: no manifest (not a records directory, or prepare did not finish).
-      ValueError: not a v2f manifest, or another schema version.
-    """
-    path = os.path.join(os.fspath(records_dir), _MANIFEST)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{path}: no manifest; is {records_dir} the --out of a finished `v2f prepare`?"
-        )
-    with open(path) as f:
-        manifest = json.load(f)
-    if manifest.get("format") != "v2f-records":
-        raise ValueError(f"{path}: not a v2f records manifest")
-    if manifest.get("schema_version") != records.SCHEMA_VERSION:
-        raise ValueError(
-            f"{path}: record schema {manifest.get('schema_version')}, this reader reads "
-            f"{records.SCHEMA_VERSION}; rerun `v2f prepare`"
-        )
-    return manifest
-
-
-def _shards(
-    records_dir: str, manifest: dict, split: str, kind: str, process_index=0, process_count=1
-) -> list[dict]:
-    """This host's shard entries `{"file" (full path), "records", "bytes"}`, checked on disk."""
-    if split not in manifest["splits"]:
-        raise ValueError(f"no split {split!r} in the manifest; have {sorted(manifest['splits'])}")
-    entries = sorted(manifest["splits"][split][f"{kind}_shards"], key=lambda e: e["file"])
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-    if len(entries) < process_count:
-        raise ValueError(
-            f"{split} {kind}: {len(entries)} shard file(s) for {process_count} hosts; every host "
-            f"needs its own files: rerun `v2f prepare --shards-per-split N` with N >= "
-            f"{process_count}"
-        )
-    mine = [dict(e, file=os.path.join(records_dir, e["file"])) for e in entries]
-    mine = mine[process_index::process_count]
-    for e in mine:
-        try:
-            size = os.path.getsize(e["file"])
-        except OSError:
-            raise CorruptRecordsError(e["file"], "shard in the manifest is missing") from None
-        if size != e["bytes"]:
-            raise CorruptRecordsError(
-                e["file"], f"shard has {size} bytes, the manifest says {e['bytes']} (truncated?)"
-            )
-    return mine
-
-
 def _diagnose(shards: Sequence[dict], err: Exception) -> Exception:
     """Finds the shard behind a tf.data read error (TF's message does not name the file)."""
     for e in shards:
         try:
-            n = records.count_records(e["file"])
+            n = records_lib.count_records(e["file"])
         except tf.errors.OpError as read_err:
             return CorruptRecordsError(
                 e["file"], f"corrupt or truncated TFRecord shard ({read_err.message.strip()})"
@@ -216,7 +160,7 @@ class TrainIterator:
 
 
 def make_train_iterator(
-    records_dir: str | os.PathLike,
+    records: manifest_lib.Records,
     *,
     batch_size: int,
     crop_lengths: Sequence[int],
@@ -231,7 +175,7 @@ def make_train_iterator(
     """The endless training stream of this host's share of each global batch.
 
     Args:
-      records_dir: the `--out` of `v2f prepare`.
+      records: the output of `v2f prepare` (`manifest.Records.open(dir)`).
       batch_size: the global batch; each host yields `batch_size // process_count`.
       crop_lengths: static crop lengths; one is picked per batch (the same on every host).
       seed: everything random derives from it: same seed, same batches.
@@ -260,11 +204,9 @@ def make_train_iterator(
     lengths = [int(x) for x in crop_lengths]
     if not lengths or min(lengths) <= 0:
         raise ValueError(f"crop_lengths must be positive, got {crop_lengths}")
-    records_dir = os.fspath(records_dir)
-    manifest = read_manifest(records_dir)
     b = batch_size // process_count
-    voice_shards = _shards(records_dir, manifest, split, "voices", process_index, process_count)
-    face_shards = _shards(records_dir, manifest, split, "faces", process_index, process_count)
+    voice_shards = records.shards(split, "voices", process_index, process_count)
+    face_shards = records.shards(split, "faces", process_index, process_count)
     # The crop length must agree across hosts (one global batch shape): no process_index in it.
     length_seed = _seed(seed, 10)
     crop_seed, flip_seed = _seed(seed, 11, process_index), _seed(seed, 12, process_index)
@@ -274,7 +216,7 @@ def make_train_iterator(
         voice_shards, b, _seed(seed, 20, process_index), shuffle_buffer, start_batch
     )
     voices = voices.map(
-        lambda r: (lambda v: (v["mel"], v["label"]))(records.parse_voice(r)),
+        lambda r: (lambda v: (v["mel"], v["label"]))(records_lib.parse_voice(r)),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
@@ -293,7 +235,7 @@ def make_train_iterator(
         face_shards, b, _seed(seed, 21, process_index), shuffle_buffer, start_batch
     )
     faces = faces.map(
-        lambda r: (lambda f: (f["image"], f["label"]))(records.parse_face(r)),
+        lambda r: (lambda f: (f["image"], f["label"]))(records_lib.parse_face(r)),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
@@ -317,7 +259,7 @@ def make_train_iterator(
 
 
 def make_eval_voices(
-    records_dir: str | os.PathLike, split: str = "test"
+    records: manifest_lib.Records, split: str = "test"
 ) -> Iterator[tuple[np.ndarray, int, int]]:
     """Every utterance of a split, whole, in shard order.
 
@@ -329,14 +271,13 @@ def make_eval_voices(
         manifest says.
     """
     _hide_accelerators()
-    records_dir = os.fspath(records_dir)
-    shards = _shards(records_dir, read_manifest(records_dir), split, "voices")
+    shards = records.shards(split, "voices")
 
     def generate():
         for e in shards:
             n = 0
             try:
-                for rec in tf.data.TFRecordDataset(e["file"]).map(records.parse_voice):
+                for rec in tf.data.TFRecordDataset(e["file"]).map(records_lib.parse_voice):
                     n += 1
                     yield (
                         rec["mel"].numpy().astype(np.float32),
@@ -354,7 +295,7 @@ def make_eval_voices(
 
 
 def load_faces(
-    records_dir: str | os.PathLike, split: str = "test"
+    records: manifest_lib.Records, split: str = "test"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every face of a split, in shard order.
 
@@ -365,13 +306,12 @@ def load_faces(
       CorruptRecordsError: as `make_eval_voices`.
     """
     _hide_accelerators()
-    records_dir = os.fspath(records_dir)
-    shards = _shards(records_dir, read_manifest(records_dir), split, "faces")
+    shards = records.shards(split, "faces")
     images, labels, genders = [], [], []
     for e in shards:
         n = 0
         try:
-            ds = tf.data.TFRecordDataset(e["file"]).map(records.parse_face).batch(1024)
+            ds = tf.data.TFRecordDataset(e["file"]).map(records_lib.parse_face).batch(1024)
             for batch in ds.as_numpy_iterator():
                 images.append(batch["image"])
                 labels.append(batch["label"])
@@ -382,6 +322,6 @@ def load_faces(
         if n != e["records"]:
             raise CorruptRecordsError(e["file"], f"{n} records, the manifest says {e['records']}")
     if not images:
-        size = records.IMAGE_SIZE
+        size = records_lib.IMAGE_SIZE
         return np.zeros([0, size, size, 3], np.uint8), *(np.zeros([0], np.int32),) * 2
     return np.concatenate(images), np.concatenate(labels), np.concatenate(genders)

@@ -26,11 +26,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-SCHEMA_VERSION = 1
-N_MELS = 64
-IMAGE_SIZE = 64
-GENDER_CODES = {"m": 0, "f": 1}
-UNKNOWN_GENDER = -1
+from v2f_jax.input_pipeline.constants import GENDER_CODES, IMAGE_SIZE, N_MELS, UNKNOWN_GENDER
+
+# This schema's version is `manifest.SCHEMA_VERSION`: prepare stamps it, readers check it there.
 
 _VOICE_FEATURES = {
     "mel": tf.io.FixedLenFeature([], tf.string),

@@ -39,14 +39,11 @@ import wave
 import cv2
 import numpy as np
 
-from input_pipeline import faces as facelib
+from v2f_jax.input_pipeline import faces as facelib
+from v2f_jax.input_pipeline.constants import IMAGE_SIZE, META_COLUMNS, SAMPLE_RATE, TEST_INITIALS
 
-SAMPLE_RATE = 16000
-META_HEADER = ("VoxCeleb1 ID", "VGGFace1 ID", "Gender", "Nationality", "Set")
 MIN_SECONDS, MAX_SECONDS = 2.5, 4.5
 FACE_SIZE = 96
-# Names starting with these letters are the reference's test identities; the rest train.
-TEST_INITIALS = "ABCDE"
 
 _FEMALE_NAMES = {
     "test": "Abigail Ada Alice Amara Anna Beatrice Bella Bianca Carla Chloe Clara Daisy Dana Daria "
@@ -242,7 +239,7 @@ def _sample_attributes(rng: np.random.Generator, gender: str, given: dict | None
     else:
         style = rng.choice(["long", "bob", "short"], p=[0.6, 0.3, 0.1])
         beard = ""
-    to_rgb = lambda c: tuple(int(v) for v in np.clip(np.round(c), 0, 255))  # noqa: E731
+    to_rgb = lambda c: tuple(int(v) for v in np.clip(np.round(c), 0, 255))
     breathiness = 0.04 + (0.0 if male else 0.03) + 0.0012 * (age - 20) + rng.normal(0, 0.01)
     return dict(
         nationality=region.nationalities[int(rng.integers(len(region.nationalities)))],
@@ -460,7 +457,7 @@ def _plan(identity: Identity, rng: np.random.Generator) -> tuple[int, list]:
         t += pause
     events.append((t, duration, "silence", {}))
     n = int(round(duration * SAMPLE_RATE))
-    to_samples = lambda s: min(n, int(round(s * SAMPLE_RATE)))  # noqa: E731
+    to_samples = lambda s: min(n, int(round(s * SAMPLE_RATE)))
     return n, [(to_samples(s), to_samples(e), label, info) for s, e, label, info in events]
 
 
@@ -605,7 +602,7 @@ class _Canvas:
 
     def __init__(self, size: int, pose: np.ndarray, background: np.ndarray):
         self.side = size * _SUPERSAMPLE
-        self.scale = self.side / facelib.IMAGE_SIZE
+        self.scale = self.side / IMAGE_SIZE
         self.pose = pose
         self.image = np.ascontiguousarray(background)
 
@@ -991,7 +988,7 @@ def make_corpus(
         for f in range(faces):
             image, _ = render_face(person, _identity_rng(person, 3, f), face_size)
             write_png(face_dir / f"{f + 1:05d}.png", image)
-    rows = ["\t".join(META_HEADER)] + [
+    rows = ["\t".join(META_COLUMNS)] + [
         "\t".join((p.voxceleb_id, p.name, p.gender, p.nationality, p.split)) for p in people
     ]
     (out / "vox1_meta.csv").write_text("\n".join(rows) + "\n", newline="\n")

@@ -1,17 +1,23 @@
-"""Shared fixtures. Four fake CPU devices so multi-device code is tested on any machine."""
+"""Shared fixtures. The in-process suite runs on the CPU with four fake devices, on any machine
+(a GPU host included), so multi-device code is tested everywhere the same way."""
 
 import os
 import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Subprocesses the tests start (v2f commands, multi-host workers) inherit these.
+os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
-import jax  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import pytest
 
+jax.config.update("jax_platforms", "cpu")
 jax.config.update("jax_num_cpu_devices", 4)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLES = REPO.parent / "shared" / "data" / "voxceleb-examples"
+GOLDEN = REPO / "tests" / "data" / "golden"
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +26,12 @@ def examples_dir() -> pathlib.Path:
     if not EXAMPLES.is_dir():
         pytest.skip(f"real examples not found at {EXAMPLES}")
     return EXAMPLES
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> pathlib.Path:
+    """One real utterance and the reference front end's features of it (shipped in tests/data)."""
+    return GOLDEN
 
 
 @pytest.fixture(scope="session")

@@ -16,10 +16,11 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def main(argv):
     config_path, records, workdir, hosts, *overrides = argv
     hosts = int(hosts)
-    from input_pipeline import reader
     from v2f_jax import config_lib, train
+    from v2f_jax.input_pipeline import manifest, reader
 
     config = config_lib.load_config(REPO / config_path, overrides)
+    records = manifest.Records.open(records)
 
     def make_batches(start_batch):
         streams = [
@@ -39,7 +40,7 @@ def main(argv):
         for parts in zip(*streams):
             yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-    train.train_and_evaluate(config, os.path.abspath(workdir), records, make_batches=make_batches)
+    train.train(config, os.path.abspath(workdir), records, make_batches=make_batches)
     return 0
 
 

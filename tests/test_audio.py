@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from input_pipeline import audio, errors
+from v2f_jax.input_pipeline import audio, errors
 
 REFERENCE = ("Alan_Tudyk", "Bingbing_Li", "Damian_Lewis", "Moon_Bloodgood", "Woody_Harrelson")
 FRAME = 320  # one 20 ms VAD frame at 16 kHz
@@ -42,6 +42,17 @@ def test_load_audio_16k_mono_is_the_pcm_itself(examples_dir, wavs):
 
 
 # ------------------------------------------------------------------------ reference reproduction
+
+
+def test_golden_utterance_reproduces_reference_features(golden_dir):
+    """The fixture shipped in tests/data: runs on any clone, with or without ../shared."""
+    samples = audio.load_audio(golden_dir / "Alan_Tudyk.wav")
+    ref = np.load(golden_dir / "Alan_Tudyk.reference-fbank.npy")
+    speech = audio.vad(samples)
+    assert speech.size == (len(ref) - 1) * 160  # the reference's VAD kept exactly these samples
+    feats = audio.wen2019_fbank(speech)
+    assert feats.shape == ref.shape == (365, audio.N_MELS)
+    np.testing.assert_allclose(feats, ref, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", REFERENCE)

@@ -80,7 +80,10 @@ def test_generate_mode_reports_latency_at_each_batch(capsys):
         "2",
         "--num-ids",
         "5",
+        "--impl",
+        "xla",
     )
+    assert out["impl_resolved"] == "xla"
     for b in ("batch1", "batch64"):
         assert out[b]["latency_s"]["median"] > 0 and out[b]["faces_per_s"] > 0
 
@@ -93,7 +96,7 @@ def test_prepare_mode_reports_audio_seconds_per_cpu_second(capsys, examples_dir)
 
 def test_input_mode_reads_real_shards_against_a_demand(capsys, tmp_path):
     cv2 = pytest.importorskip("cv2")
-    from input_pipeline import prepare
+    from v2f_jax.input_pipeline import prepare
 
     rng = np.random.default_rng(0)
     meta = ["VoxCeleb1 ID\tVGGFace1 ID\tGender\tNationality\tSet"]
@@ -142,7 +145,8 @@ def test_input_mode_reads_real_shards_against_a_demand(capsys, tmp_path):
 
 def test_bad_impl_is_a_usage_error(capsys):
     assert cli.main(["bench", "--config", "configs/tiny.py", "--impl", "im2col"]) == 2
-    assert "im2col" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "'im2col'" in err and "'xla'" in err
 
 
 def test_spread_and_hlo_counts():

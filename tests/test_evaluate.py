@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from v2f_jax import evaluate, face_embedder
+from v2f_jax.evaluation import evaluate, face_embedder, metrics
 
 
 def _clusters(n_ids=12, per_id=5, dim=16, spread=0.05, seed=0):
@@ -25,9 +25,9 @@ def test_a_perfect_generator_scores_100_percent():
     g_genders = g_labels % 2
     # Generated faces land in their speaker's cluster.
     gen = centres[g_labels] + 0.05 * np.random.default_rng(2).normal(size=(36, 16))
-    m = evaluate.matching_1v2(gen, g_labels, faces, f_labels)
-    mg = evaluate.matching_1v2(gen, g_labels, faces, f_labels, g_genders, f_genders, True)
-    r = evaluate.retrieval_recall(gen, g_labels, faces, f_labels, gallery_size=0)
+    m = metrics.matching_1v2(gen, g_labels, faces, f_labels)
+    mg = metrics.matching_1v2(gen, g_labels, faces, f_labels, g_genders, f_genders, True)
+    r = metrics.retrieval_recall(gen, g_labels, faces, f_labels, gallery_size=0)
     assert m["accuracy"] == 1.0 and mg["accuracy"] == 1.0
     assert r["recall_at_1"] == 1.0 and r["gallery_size"] == 12
     assert m["voices"] == len(g_labels) and m["identities"] == 12
@@ -39,12 +39,12 @@ def test_a_constant_generator_scores_chance():
     g_labels = np.repeat(np.arange(20), rng.integers(1, 9, 20))  # unequal utterance counts
     gen = np.tile(rng.normal(size=(1, 16)), (len(g_labels), 1))
     g_genders = g_labels % 2
-    m = evaluate.matching_1v2(gen, g_labels, faces, f_labels)
-    mg = evaluate.matching_1v2(gen, g_labels, faces, f_labels, g_genders, f_genders, True)
+    m = metrics.matching_1v2(gen, g_labels, faces, f_labels)
+    mg = metrics.matching_1v2(gen, g_labels, faces, f_labels, g_genders, f_genders, True)
     # Averaged per identity, one face for every voice is exactly chance.
     assert m["accuracy"] == pytest.approx(0.5, abs=1e-9)
     assert mg["accuracy"] == pytest.approx(0.5, abs=1e-9)
-    r = evaluate.retrieval_recall(gen, g_labels, faces, f_labels, gallery_size=10)
+    r = metrics.retrieval_recall(gen, g_labels, faces, f_labels, gallery_size=10)
     assert r["recall_at_1"] == pytest.approx(0.1, abs=1e-9)
     assert r["recall_at_5"] == pytest.approx(0.5, abs=1e-9)
     assert r["recall_at_10"] == 1.0  # a gallery of 10 always holds the true one in its top 10
@@ -54,10 +54,10 @@ def test_random_generator_is_near_chance_and_ties_count_half():
     faces, f_labels, _, _ = _clusters(n_ids=30)
     rng = np.random.default_rng(4)
     g_labels = np.repeat(np.arange(30), 20)
-    m = evaluate.matching_1v2(rng.normal(size=(600, 16)), g_labels, faces, f_labels)
+    m = metrics.matching_1v2(rng.normal(size=(600, 16)), g_labels, faces, f_labels)
     assert abs(m["accuracy"] - 0.5) < 0.05
     # All similarities equal: every trial is a tie.
-    flat = evaluate.matching_1v2(np.ones((4, 2)), [0, 0, 1, 1], np.ones((4, 2)), [0, 1, 0, 1])
+    flat = metrics.matching_1v2(np.ones((4, 2)), [0, 0, 1, 1], np.ones((4, 2)), [0, 1, 0, 1])
     assert flat["accuracy"] == 0.5
 
 
@@ -65,7 +65,7 @@ def test_matching_equals_brute_force_over_trials():
     rng = np.random.default_rng(5)
     faces, f_labels = rng.normal(size=(9, 4)), np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
     gen, g_labels = rng.normal(size=(3, 4)), np.array([0, 1, 2])
-    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
     s = unit(gen) @ unit(faces).T
     expected = []
     for v, y in enumerate(g_labels):
@@ -80,7 +80,7 @@ def test_matching_equals_brute_force_over_trials():
                 )
             )
         expected.append(np.mean(acc))
-    m = evaluate.matching_1v2(gen, g_labels, faces, f_labels)
+    m = metrics.matching_1v2(gen, g_labels, faces, f_labels)
     assert m["accuracy"] == pytest.approx(np.mean(expected))
 
 
@@ -90,8 +90,8 @@ def test_recall_matches_enumerating_every_gallery():
     rng = np.random.default_rng(6)
     faces, f_labels = rng.normal(size=(12, 4)), np.repeat(np.arange(6), 2)
     gen, g_labels = rng.normal(size=(6, 4)), np.arange(6)
-    r = evaluate.retrieval_recall(gen, g_labels, faces, f_labels, gallery_size=3, ks=(1, 2))
-    ids, gallery = evaluate.identity_gallery(faces, f_labels)
+    r = metrics.retrieval_recall(gen, g_labels, faces, f_labels, gallery_size=3, ks=(1, 2))
+    ids, gallery = metrics.identity_gallery(faces, f_labels)
     unit = gen / np.linalg.norm(gen, axis=1, keepdims=True)
     hits = {1: [], 2: []}
     for v, y in enumerate(g_labels):
@@ -106,7 +106,7 @@ def test_recall_matches_enumerating_every_gallery():
 
 def test_identity_accuracy():
     logits = np.array([[3.0, 1, 0, 0, 0, 0], [0, 1, 3, 2, 0, 0], [0, 0, 0, 0, 1, 2]])
-    out = evaluate.identity_accuracy(logits, np.array([0, 3, 4]), ks=(1, 2))
+    out = metrics.identity_accuracy(logits, np.array([0, 3, 4]), ks=(1, 2))
     assert out["top1"] == pytest.approx(1 / 3) and out["top2"] == pytest.approx(1.0)
 
 
@@ -136,7 +136,7 @@ def test_face_embedder_is_deterministic_and_round_trips(tmp_path):
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
-    from input_pipeline import prepare, synthetic
+    from v2f_jax.input_pipeline import prepare, synthetic
 
     root = tmp_path_factory.mktemp("eval")
     corpus = synthetic.make_corpus(root / "corpus", identities=10, utterances=2, faces=3, seed=1)
@@ -153,13 +153,15 @@ def records(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def untrained_model_file(records, tmp_path_factory):
-    from input_pipeline import reader
-    from v2f_jax import config_lib, export
+    from v2f_jax import config_lib
+    from v2f_jax.inference import model_files
+    from v2f_jax.inference.model import init_model
+    from v2f_jax.input_pipeline import manifest
 
     config = config_lib.load_config("configs/tiny.py")
-    config.model.num_ids = reader.read_manifest(records)["splits"]["train"]["num_identities"]
+    config.model.num_ids = manifest.Records.open(records).num_train_ids
     path = tmp_path_factory.mktemp("model") / "untrained.safetensors"
-    return export.save_model(export.init_model(config), path)
+    return model_files.save_model(init_model(config), path)
 
 
 def test_eval_command_writes_the_report(records, untrained_model_file, tmp_path, capsys):
@@ -215,10 +217,12 @@ def test_eval_command_writes_the_report(records, untrained_model_file, tmp_path,
 
 
 def test_eval_refuses_records_of_another_front_end(records, untrained_model_file, tmp_path):
-    from input_pipeline import audio
-    from v2f_jax import export, generate
+    from v2f_jax.inference import generate, model_files
+    from v2f_jax.input_pipeline import audio, manifest
 
-    model = export.load_model(untrained_model_file)
+    model = model_files.load_model(untrained_model_file)
     model.frontend = audio.frontend_params("librosa")
     with pytest.raises(generate.FrontendMismatchError, match="'wen2019' features"):
-        evaluate.evaluate(model, records, tmp_path / "eval", face_embedder_steps=20)
+        evaluate.evaluate(
+            model, manifest.Records.open(records), tmp_path / "eval", face_embedder_steps=20
+        )

@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from v2f_jax import cli, config_lib, export, models, torch_interop
+from v2f_jax import cli, config_lib, models
 from v2f_jax import state as state_lib
+from v2f_jax.inference import model_files, sources, torch_state_dicts
+from v2f_jax.inference.model import model_from_state
 
 
 def _model(arch="wen2019"):
@@ -38,7 +40,7 @@ def _build_model(arch, num_ids=7, seed=0):
         embedder={"params": embedder["params"], "batch_stats": stats},
         generator=generator["params"],
     )
-    return export.model_from_state(config, gan, {"test": True}), nets
+    return model_from_state(config, gan, {"test": True}), nets
 
 
 def _outputs(model, nets, mel, emb):
@@ -52,12 +54,12 @@ def _outputs(model, nets, mel, emb):
 )
 def test_model_file_round_trip(tmp_path, arch, suffix):
     model, nets = _model(arch)
-    path = export.save_model(model, tmp_path / f"model{suffix}")
-    loaded = export.load_model(path)
+    path = model_files.save_model(model, tmp_path / f"model{suffix}")
+    loaded = model_files.load_model(path)
     assert loaded.config.to_dict() == model.config.to_dict()
     assert loaded.frontend == model.frontend and loaded.frontend_name == "wen2019"
     assert loaded.source == model.source
-    leaves = lambda m: jax.tree_util.tree_leaves_with_path((m.embedder, m.generator))  # noqa: E731
+    leaves = lambda m: jax.tree_util.tree_leaves_with_path((m.embedder, m.generator))
     for (pa, a), (pb, b) in zip(leaves(model), leaves(loaded), strict=True):
         assert pa == pb
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -72,7 +74,7 @@ def test_safetensors_file_reads_without_v2f(tmp_path):
     from safetensors import safe_open
 
     model, _ = _model()
-    path = export.save_model(model, tmp_path / "m.safetensors")
+    path = model_files.save_model(model, tmp_path / "m.safetensors")
     tensors = st_numpy.load_file(path)
     assert tensors["generator/deconv0/kernel"].shape == (4, 4, 16, 128)
     assert tensors["embedder/batch_stats/bn0/var"].shape == (32,)
@@ -84,18 +86,18 @@ def test_safetensors_file_reads_without_v2f(tmp_path):
 def test_bad_model_files_are_refused(tmp_path):
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not a model")
-    with pytest.raises(export.ModelFileError, match="not a v2f model"):
-        export.load_model(junk)
+    with pytest.raises(model_files.ModelFileError, match="not a v2f model"):
+        model_files.load_model(junk)
     with pytest.raises(FileNotFoundError):
-        export.load_model(tmp_path / "missing.safetensors")
+        model_files.load_model(tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match="must end in"):
-        export.save_model(_model()[0], tmp_path / "model.bin")
+        model_files.save_model(_model()[0], tmp_path / "model.bin")
 
 
 def test_torch_layout_round_trip_without_torch():
     model, _ = _model()
-    e_sd = torch_interop.embedder_to_torch(model.embedder)
-    g_sd = torch_interop.generator_to_torch(model.generator)
+    e_sd = torch_state_dicts.embedder_to_torch(model.embedder)
+    g_sd = torch_state_dicts.generator_to_torch(model.generator)
     assert list(e_sd) == [
         f"model.{i}.{n}"
         for i, names in [
@@ -114,74 +116,32 @@ def test_torch_layout_round_trip_without_torch():
     assert list(g_sd) == [f"model.{i}.{n}" for i in (0, 2, 4, 6, 8, 10) for n in ("weight", "bias")]
     assert e_sd["model.0.weight"].shape == (32, 64, 3)  # Conv1d [out, in, k]
     assert g_sd["model.0.weight"].shape == (16, 128, 4, 4)  # ConvTranspose2d [in, out, kh, kw]
-    back_e = torch_interop.embedder_from_torch(e_sd)
-    back_g = torch_interop.generator_from_torch(
+    back_e = torch_state_dicts.embedder_from_torch(e_sd)
+    back_g = torch_state_dicts.generator_from_torch(
         collections.OrderedDict(("module." + k, v) for k, v in g_sd.items())
     )  # nn.DataParallel's prefix is dropped
     jax.tree_util.tree_map(np.testing.assert_array_equal, back_e, model.embedder)
     jax.tree_util.tree_map(np.testing.assert_array_equal, back_g, model.generator)
-    config = torch_interop.model_config_from_torch(e_sd, g_sd)
+    config = torch_state_dicts.model_config_from_torch(e_sd, g_sd)
     assert config.model.voice_channels == (32, 32, 48, 48)
     assert config.model.gen_channels == (128, 64, 32, 32, 16) and config.model.embed_dim == 16
-    with pytest.raises(torch_interop.StateDictError, match="missing 'model.12.bias'"):
-        torch_interop.embedder_from_torch({k: v for k, v in e_sd.items() if k != "model.12.bias"})
-    with pytest.raises(torch_interop.StateDictError, match="only the wen2019 generator"):
-        torch_interop.generator_to_torch(_model("paper")[0].generator)
+    with pytest.raises(torch_state_dicts.StateDictError, match="missing 'model.12.bias'"):
+        torch_state_dicts.embedder_from_torch(
+            {k: v for k, v in e_sd.items() if k != "model.12.bias"}
+        )
+    with pytest.raises(torch_state_dicts.StateDictError, match="only the wen2019 generator"):
+        torch_state_dicts.generator_to_torch(_model("paper")[0].generator)
 
 
 # ------------------------------------------------------------------------- against PyTorch itself
 
 
-def _reference_networks(torch, e_channels, g_channels, n_mels=64, embed_dim=64):
-    """VoiceEmbedNet and Generator exactly as the reference's network.py defines them."""
-    nn, F = torch.nn, torch.nn.functional
+def _reference_networks(e_channels, g_channels, embed_dim):
+    """The reference's VoiceEmbedNet and Generator (needs torch)."""
+    from v2f_jax.inference import torch_reference as ref
 
-    class VoiceEmbedNet(nn.Module):
-        def __init__(self, input_channel, channels, output_channel):
-            super().__init__()
-            self.model = nn.Sequential(
-                nn.Conv1d(input_channel, channels[0], 3, 2, 1, bias=False),
-                nn.BatchNorm1d(channels[0], affine=True),
-                nn.ReLU(inplace=True),
-                nn.Conv1d(channels[0], channels[1], 3, 2, 1, bias=False),
-                nn.BatchNorm1d(channels[1], affine=True),
-                nn.ReLU(inplace=True),
-                nn.Conv1d(channels[1], channels[2], 3, 2, 1, bias=False),
-                nn.BatchNorm1d(channels[2], affine=True),
-                nn.ReLU(inplace=True),
-                nn.Conv1d(channels[2], channels[3], 3, 2, 1, bias=False),
-                nn.BatchNorm1d(channels[3], affine=True),
-                nn.ReLU(inplace=True),
-                nn.Conv1d(channels[3], output_channel, 3, 2, 1, bias=True),
-            )
-
-        def forward(self, x):
-            x = self.model(x)
-            x = F.avg_pool1d(x, x.size()[2], stride=1)
-            x = x.view(x.size()[0], -1, 1, 1)
-            return x
-
-    class Generator(nn.Module):
-        def __init__(self, input_channel, channels, output_channel):
-            super().__init__()
-            self.model = nn.Sequential(
-                nn.ConvTranspose2d(input_channel, channels[0], 4, 1, 0, bias=True),
-                nn.ReLU(inplace=True),
-                nn.ConvTranspose2d(channels[0], channels[1], 4, 2, 1, bias=True),
-                nn.ReLU(inplace=True),
-                nn.ConvTranspose2d(channels[1], channels[2], 4, 2, 1, bias=True),
-                nn.ReLU(inplace=True),
-                nn.ConvTranspose2d(channels[2], channels[3], 4, 2, 1, bias=True),
-                nn.ReLU(inplace=True),
-                nn.ConvTranspose2d(channels[3], channels[4], 4, 2, 1, bias=True),
-                nn.ReLU(inplace=True),
-                nn.ConvTranspose2d(channels[4], output_channel, 1, 1, 0, bias=True),
-            )
-
-        def forward(self, x):
-            return self.model(x)
-
-    return VoiceEmbedNet(n_mels, e_channels, embed_dim), Generator(embed_dim, g_channels, 3)
+    e_net = ref.VoiceEmbedNet(ref.N_MELS, e_channels, embed_dim)
+    return e_net, ref.Generator(embed_dim, g_channels, 3)
 
 
 def _torch_outputs(torch, e_net, g_net, mel, emb):
@@ -204,7 +164,7 @@ def test_reference_pth_files_import_and_match_pytorch(tmp_path, size):
     torch = pytest.importorskip("torch")
     s = SIZES[size]
     torch.manual_seed(0)
-    e_net, g_net = _reference_networks(torch, s["e"], s["g"], embed_dim=s["dim"])
+    e_net, g_net = _reference_networks(s["e"], s["g"], s["dim"])
     with torch.no_grad():  # trained-looking BatchNorm: running stats and affine away from 0/1
         for m in e_net.modules():
             if isinstance(m, torch.nn.BatchNorm1d):
@@ -216,7 +176,7 @@ def test_reference_pth_files_import_and_match_pytorch(tmp_path, size):
     torch.save(e_net.state_dict(), tmp_path / "voice_embedding.pth")
     torch.save(g_net.state_dict(), tmp_path / "generator.pth")
 
-    model = export.model_from_torch(tmp_path / "voice_embedding.pth", tmp_path / "generator.pth")
+    model = sources.model_from_torch(tmp_path / "voice_embedding.pth", tmp_path / "generator.pth")
     assert model.frontend_name == "wen2019" and model.config.model.embed_dim == s["dim"]
     rng = np.random.default_rng(0)
     mel = rng.normal(size=(2, 96, 64)).astype(np.float32)
@@ -231,8 +191,8 @@ def test_reference_pth_files_import_and_match_pytorch(tmp_path, size):
 def test_our_model_exports_to_pytorch_and_matches(tmp_path):
     torch = pytest.importorskip("torch")
     model, nets = _model()
-    e_path, g_path = export.export_torch(model, tmp_path)
-    e_net, g_net = _reference_networks(torch, (32, 32, 48, 48), (128, 64, 32, 32, 16), embed_dim=16)
+    e_path, g_path = torch_state_dicts.export_torch(model, tmp_path)
+    e_net, g_net = _reference_networks((32, 32, 48, 48), (128, 64, 32, 32, 16), 16)
     e_net.load_state_dict(torch.load(e_path, weights_only=True), strict=True)
     g_net.load_state_dict(torch.load(g_path, weights_only=True), strict=True)
     rng = np.random.default_rng(2)
@@ -241,13 +201,13 @@ def test_our_model_exports_to_pytorch_and_matches(tmp_path):
     for a, b in zip(_outputs(model, nets, mel, emb), _torch_outputs(torch, e_net, g_net, mel, emb)):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="only wen2019"):
-        export.export_torch(_model("paper")[0], tmp_path / "paper")
+        torch_state_dicts.export_torch(_model("paper")[0], tmp_path / "paper")
 
 
 def test_export_command_converts_between_formats(tmp_path):
     pytest.importorskip("torch")
     model, nets = _model()
-    src = export.save_model(model, tmp_path / "ours.safetensors")
+    src = model_files.save_model(model, tmp_path / "ours.safetensors")
     assert (
         cli.main(["export", "--model", src, "--format", "torch", "--out", str(tmp_path / "pth")])
         == 0
@@ -266,7 +226,7 @@ def test_export_command_converts_between_formats(tmp_path):
         )
         == 0
     )
-    back = export.load_model(tmp_path / "back.msgpack")
+    back = model_files.load_model(tmp_path / "back.msgpack")
     rng = np.random.default_rng(3)
     mel, emb = rng.normal(size=(2, 96, 64)), rng.normal(size=(2, 16))
     for a, b in zip(_outputs(model, nets, mel, emb), _outputs(back, back.networks(), mel, emb)):

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from input_pipeline import errors, faces, synthetic
+from v2f_jax.input_pipeline import errors, faces, synthetic
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CORRUPT = "corrupt or unreadable image"
@@ -54,7 +54,7 @@ def test_align_by_eyes_puts_eyes_on_the_canonical_spots(angle, eye_dist, shift, 
     image = np.full((height, width, 3), 128, np.uint8)
     centre = np.array([width / 2, height / 2])
     m = _similarity(angle, eye_dist / 19.0, shift, (31.5, 29.0))
-    to_photo = lambda p: m[:, :2] @ np.asarray(p) + m[:, 2] + centre - (31.5, 29.0)  # noqa: E731
+    to_photo = lambda p: m[:, :2] @ np.asarray(p) + m[:, 2] + centre - (31.5, 29.0)
     left, right = to_photo(faces.LEFT_EYE), to_photo(faces.RIGHT_EYE)
     radius = int(round(0.15 * eye_dist))
     for eye, colour in ((left, (230, 20, 20)), (right, (20, 20, 230))):
@@ -189,7 +189,7 @@ def test_face_without_eyes_is_reported(tmp_path, monkeypatch):
     with pytest.raises(errors.BadInputError) as info:
         faces.detect_and_align_face(path)
     assert info.value.reason == "no eyes found in the face"
-    one_eye = lambda image: ((10, 10, 100, 100), [(25, 30, 20, 20)])  # noqa: E731
+    one_eye = lambda image: ((10, 10, 100, 100), [(25, 30, 20, 20)])
     monkeypatch.setattr(faces, "detect_face_and_eyes", one_eye)
     with pytest.raises(errors.BadInputError, match="no eyes found in the face"):
         faces.load_face(path, "detect")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from input_pipeline import audio
 from v2f_jax import cli
+from v2f_jax.input_pipeline import audio
 
 
 @pytest.mark.parametrize("frontend", audio.FRONTENDS)

@@ -2,16 +2,14 @@
 
 import functools
 import json
-import types
 
 import cv2
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from v2f_jax import cli, config_lib, export, generate, models
-from v2f_jax import state as state_lib
+from v2f_jax import cli, config_lib
+from v2f_jax.inference import generate, images, model_files, torch_state_dicts
+from v2f_jax.inference.model import init_model
 
 
 @functools.cache
@@ -19,19 +17,15 @@ def _model():
     """A freshly initialised tiny-config model (untrained; shapes are what is tested)."""
     config = config_lib.load_config("configs/tiny.py")
     config.model.num_ids = 5
-    nets = models.Networks(config.model, 5)
-    k_e, k_g = jax.random.split(jax.random.PRNGKey(0))
-    embedder = jax.jit(lambda k: state_lib.init_embedder(nets, k))(k_e)
-    generator = jax.jit(lambda k: nets.generator.init(k, jnp.zeros((1, nets.embed_dim))))(k_g)
-    gan = types.SimpleNamespace(step=np.int32(0), embedder=embedder, generator=generator["params"])
-    return export.model_from_state(config, gan), nets
+    model = init_model(config)
+    return model, model.networks()
 
 
 def test_batched_embedding_equals_one_utterance_at_a_time():
     model, nets = _model()
     rng = np.random.default_rng(0)
     voices = [rng.normal(size=(t, 64)).astype(np.float32) for t in (37, 999, 1000, 1250, 1900)]
-    batched = generate.embed_voices(model, voices, batch_size=4)
+    batched = generate.embed_voices(model.config, model.embedder, voices, batch_size=4)
     alone = []
     for v in voices:
         mel = generate.prepare_voice(v)
@@ -45,7 +39,7 @@ def test_batched_embedding_equals_one_utterance_at_a_time():
 
 def test_generate_command_on_real_wavs(examples_dir, tmp_path):
     model, _ = _model()
-    path = export.save_model(model, tmp_path / "tiny.safetensors")
+    path = model_files.save_model(model, tmp_path / "tiny.safetensors")
     wavs = [str(examples_dir / "Alan_Tudyk.wav"), str(examples_dir / "Moon_Bloodgood.wav")]
     silent = tmp_path / "silence.wav"
     import soundfile
@@ -71,7 +65,7 @@ def test_generate_command_on_real_wavs(examples_dir, tmp_path):
 
 def test_a_different_frontend_is_refused(examples_dir, tmp_path, capsys):
     model, _ = _model()
-    path = export.save_model(model, tmp_path / "tiny.safetensors")
+    path = model_files.save_model(model, tmp_path / "tiny.safetensors")
     rc = cli.main(
         [
             "generate",
@@ -95,7 +89,7 @@ def test_a_different_frontend_is_refused(examples_dir, tmp_path, capsys):
 def test_generate_from_the_reference_pth_pair(examples_dir, tmp_path):
     pytest.importorskip("torch")
     model, _ = _model()
-    e_pth, g_pth = export.export_torch(model, tmp_path)
+    e_pth, g_pth = torch_state_dicts.export_torch(model, tmp_path)
     out = tmp_path / "faces"
     rc = cli.main(
         [
@@ -111,16 +105,13 @@ def test_generate_from_the_reference_pth_pair(examples_dir, tmp_path):
         ]
     )
     assert rc == 0
-    ours = generate.to_uint8(
-        generate.generate_faces(
-            model,
-            generate.embed_voices(model, [generate_features(examples_dir / "Witney_Carson.wav")]),
-        )
-    )[0]
+    voice = generate_features(examples_dir / "Witney_Carson.wav")
+    emb = generate.embed_voices(model.config, model.embedder, [voice])
+    ours = images.to_uint8(generate.generate_faces(model.config, model.generator, emb))[0]
     np.testing.assert_array_equal(cv2.imread(str(out / "Witney_Carson.png"))[..., ::-1], ours)
 
 
 def generate_features(path):
-    from input_pipeline import audio
+    from v2f_jax.input_pipeline import audio
 
     return audio.voice_features(path, "wen2019")

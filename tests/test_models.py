@@ -62,12 +62,12 @@ def test_embedder_accepts_any_length():
 
 def test_generator_upsampling_matches_pytorch_transposed_conv_geometry():
     """ConvTranspose2d(k=4, s=2, p=1) doubles the size; (k=4, s=1, p=0) maps 1x1 to 4x4."""
-    from v2f_jax import layers
+    from v2f_jax.ops import conv
 
     x = jax.random.normal(jax.random.PRNGKey(0), (1, 5, 7, 3))
-    up = layers.ConvTranspose2d(2, 4, 2, 1)
+    up = conv.ConvTranspose2d(2, 4, 2, 1)
     assert up.apply(up.init(jax.random.PRNGKey(1), x), x).shape == (1, 10, 14, 2)
-    first = layers.ConvTranspose2d(2, 4, 1, 0)
+    first = conv.ConvTranspose2d(2, 4, 1, 0)
     one = jnp.ones((1, 1, 1, 3))
     assert first.apply(first.init(jax.random.PRNGKey(1), one), one).shape == (1, 4, 4, 2)
 

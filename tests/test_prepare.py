@@ -10,8 +10,9 @@ import pytest
 import soundfile
 import tensorflow as tf
 
-from input_pipeline import audio, reader, records, synthetic
 from v2f_jax import cli
+from v2f_jax.input_pipeline import audio, reader, records, synthetic
+from v2f_jax.input_pipeline import manifest as manifest_lib
 
 IDS, UTTS, FACES = 8, 3, 3
 
@@ -48,7 +49,7 @@ def _meta_rows(corpus):
 
 
 def test_counts_labels_and_genders_match_the_manifest(corpus, prepared):
-    manifest = reader.read_manifest(prepared)
+    manifest = manifest_lib.Records.open(prepared).manifest
     rows = _meta_rows(corpus)
     test_names = sorted(n for n in rows if n[0] in "ABCDE")
     train_names = sorted(n for n in rows if n[0] not in "ABCDE")
@@ -59,8 +60,8 @@ def test_counts_labels_and_genders_match_the_manifest(corpus, prepared):
         assert entry["num_voices"] == len(names) * UTTS and entry["num_faces"] == len(names) * FACES
         files = [s["file"] for k in ("voices", "faces") for s in entry[f"{k}_shards"]]
         assert len(files) == 4 and all((prepared / f).exists() for f in files)
-        voices = list(reader.make_eval_voices(prepared, split))
-        faces, labels, genders = reader.load_faces(prepared, split)
+        voices = list(reader.make_eval_voices(manifest_lib.Records.open(prepared), split))
+        faces, labels, genders = reader.load_faces(manifest_lib.Records.open(prepared), split)
         assert len(voices) == entry["num_voices"] and len(faces) == entry["num_faces"]
         for name, info in entry["identities"].items():
             assert info["gender"] == rows[name][2] and info["voxceleb_ids"] == [rows[name][0]]
@@ -112,7 +113,7 @@ def test_meta_split_follows_the_set_column(corpus, tmp_path):
     argv = _argv(corpus, out, "--workers", "1", "--split", "meta")
     argv[argv.index("--meta") + 1] = str(meta)
     assert cli.main(argv) == 0
-    manifest = reader.read_manifest(out)
+    manifest = manifest_lib.Records.open(out).manifest
     assert moved in manifest["splits"]["test"]["label_map"]
     assert moved not in manifest["splits"]["train"]["label_map"]
     assert manifest["split_rule"] == "meta"
@@ -185,7 +186,7 @@ def test_bad_inputs_are_rejected_with_reasons_and_good_files_kept(bad_corpus, tm
         assert got[path]["kind"] == kind and reason in got[path]["reason"], got[path]
     # Every good file is in the shards, and nothing else.
     stored = set()
-    manifest = reader.read_manifest(tmp_path / "out")
+    manifest = manifest_lib.Records.open(tmp_path / "out").manifest
     for split in ("train", "test"):
         for kind, parse in (("voices", records.parse_voice), ("faces", records.parse_face)):
             for s in manifest["splits"][split][f"{kind}_shards"]:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from input_pipeline import prepare, reader
+from v2f_jax.input_pipeline import manifest as manifest_lib
+from v2f_jax.input_pipeline import prepare, reader
 
 NAMES = ["Ann_A", "Bea_B", "Cy_C", "Fay_F", "Gus_G", "Hal_H", "Ida_I", "Jo_J", "Kim_K", "Lu_L"]
 VOICES, FACES = 5, 4
@@ -43,25 +44,30 @@ def records_dir(tmp_path_factory):
     return str(out)
 
 
+@pytest.fixture(scope="module")
+def records(records_dir):
+    return manifest_lib.Records.open(records_dir)
+
+
 def _take(it, n):
     return [next(it) for _ in range(n)]
 
 
-def _train(records_dir, **kw):
+def _train(records, **kw):
     args = dict(batch_size=8, crop_lengths=(16, 48, 300), seed=0, shuffle_buffer=64)
-    return reader.make_train_iterator(records_dir, **(args | kw))
+    return reader.make_train_iterator(records, **(args | kw))
 
 
-def test_batches_are_crops_of_real_utterances_and_faces(records_dir):
-    manifest = reader.read_manifest(records_dir)
+def test_batches_are_crops_of_real_utterances_and_faces(records):
+    manifest = records.manifest
     k = manifest["splits"]["train"]["num_identities"]
     assert k == 7  # F..L
     utts = {}
-    for voice, label, _ in reader.make_eval_voices(records_dir, "train"):
+    for voice, label, _ in reader.make_eval_voices(records, "train"):
         utts.setdefault(label, []).append(voice)
-    faces, face_labels, _ = reader.load_faces(records_dir, "train")
+    faces, face_labels, _ = reader.load_faces(records, "train")
     seen_lengths = set()
-    for batch in _take(_train(records_dir), 12):
+    for batch in _take(_train(records), 12):
         assert batch["voice"].dtype == np.float32 and batch["face"].dtype == np.float32
         assert batch["voice_id"].dtype == np.int32 and batch["face_id"].dtype == np.int32
         b, length, mels = batch["voice"].shape
@@ -88,17 +94,17 @@ def _is_cyclic_window(row, utt):
     return False
 
 
-def test_no_flip_gives_unflipped_faces(records_dir):
-    faces, labels, _ = reader.load_faces(records_dir, "train")
-    batch = next(_train(records_dir, face_flip=False))
+def test_no_flip_gives_unflipped_faces(records):
+    faces, labels, _ = reader.load_faces(records, "train")
+    batch = next(_train(records, face_flip=False))
     for face in batch["face"]:
         raw = np.round(face * 127.5 + 127.5).astype(np.uint8)
         assert any(np.array_equal(raw, f) for f in faces)
 
 
-def test_same_seed_same_batches_other_seed_other_batches(records_dir):
-    a, b = _take(_train(records_dir), 6), _take(_train(records_dir), 6)
-    c = _take(_train(records_dir, seed=1), 6)
+def test_same_seed_same_batches_other_seed_other_batches(records):
+    a, b = _take(_train(records), 6), _take(_train(records), 6)
+    c = _take(_train(records, seed=1), 6)
     for x, y in zip(a, b):
         for key in x:
             np.testing.assert_array_equal(x[key], y[key])
@@ -106,9 +112,9 @@ def test_same_seed_same_batches_other_seed_other_batches(records_dir):
 
 
 @pytest.mark.parametrize("start", [3, 10])  # inside the first epoch; several epochs on
-def test_resume_is_exact(records_dir, start):
-    full = _take(_train(records_dir), start + 4)
-    resumed = _train(records_dir, start_batch=start)
+def test_resume_is_exact(records, start):
+    full = _take(_train(records), start + 4)
+    resumed = _train(records, start_batch=start)
     assert resumed.state() == {"next_batch": start}
     for want, got in zip(full[start:], _take(resumed, 4)):
         for key in want:
@@ -116,30 +122,30 @@ def test_resume_is_exact(records_dir, start):
     assert resumed.state() == {"next_batch": start + 4}
 
 
-def test_two_hosts_read_disjoint_files_covering_all(records_dir):
-    manifest = reader.read_manifest(records_dir)
+def test_two_hosts_read_disjoint_files_covering_all(records):
+    manifest = records.manifest
     for kind in ("voices", "faces"):
         every = {e["file"] for e in manifest["splits"]["train"][f"{kind}_shards"]}
         hosts = [
-            {os.path.basename(e["file"]) for e in reader._shards(records_dir, manifest, *args)}
+            {os.path.basename(e["file"]) for e in records.shards(*args)}
             for args in (("train", kind, 0, 2), ("train", kind, 1, 2))
         ]
         assert hosts[0] and hosts[1] and not hosts[0] & hosts[1]
         assert hosts[0] | hosts[1] == every
-    h0 = _take(_train(records_dir, process_index=0, process_count=2), 5)
-    h1 = _take(_train(records_dir, process_index=1, process_count=2), 5)
+    h0 = _take(_train(records, process_index=0, process_count=2), 5)
+    h1 = _take(_train(records, process_index=1, process_count=2), 5)
     for x, y in zip(h0, h1):
         assert x["voice"].shape == y["voice"].shape  # host shares of one global batch agree
         assert x["voice"].shape[0] == 4 and x["face"].shape[0] == 4
 
 
-def test_bad_arguments_are_clear(records_dir):
+def test_bad_arguments_are_clear(records, records_dir):
     with pytest.raises(ValueError, match="not divisible"):
-        _train(records_dir, batch_size=9, process_count=2)
+        _train(records, batch_size=9, process_count=2)
     with pytest.raises(ValueError, match="shards-per-split"):
-        _train(records_dir, process_count=8)
+        _train(records, process_count=8)
     with pytest.raises(FileNotFoundError, match="no manifest"):
-        _train(os.path.dirname(records_dir))
+        manifest_lib.Records.open(os.path.dirname(records_dir))
 
 
 def _copy(records_dir, tmp_path):
@@ -154,7 +160,7 @@ def test_corrupt_shard_is_named(records_dir, tmp_path):
     data = bytearray(bad.read_bytes())
     data[len(data) // 2] ^= 0xFF
     bad.write_bytes(bytes(data))
-    it = _train(str(dst))
+    it = _train(manifest_lib.Records.open(dst))
     with pytest.raises(reader.CorruptRecordsError, match="voices-train-00002-of-00004") as err:
         _take(it, 3)
     assert "corrupt" in err.value.reason
@@ -165,18 +171,18 @@ def test_truncated_and_missing_shards_are_named(records_dir, tmp_path):
     bad = dst / "voices-test-00001-of-00004.tfrecord"
     bad.write_bytes(bad.read_bytes()[:-7])
     with pytest.raises(reader.CorruptRecordsError, match="voices-test-00001-of-00004.*truncated"):
-        list(reader.make_eval_voices(dst, "test"))
+        list(reader.make_eval_voices(manifest_lib.Records.open(dst), "test"))
     os.remove(dst / "faces-train-00000-of-00004.tfrecord")
     with pytest.raises(reader.CorruptRecordsError, match="faces-train-00000-of-00004.*missing"):
-        _train(str(dst))
+        _train(manifest_lib.Records.open(dst))
 
 
-def test_eval_sets_match_the_manifest(records_dir):
-    manifest = reader.read_manifest(records_dir)
+def test_eval_sets_match_the_manifest(records):
+    manifest = records.manifest
     test = manifest["splits"]["test"]
-    voices = list(reader.make_eval_voices(records_dir, "test"))
+    voices = list(reader.make_eval_voices(records, "test"))
     assert len(voices) == test["num_voices"] == 3 * VOICES
-    faces, labels, genders = reader.load_faces(records_dir, "test")
+    faces, labels, genders = reader.load_faces(records, "test")
     assert faces.shape == (3 * FACES, 64, 64, 3) and faces.dtype == np.uint8
     for name, info in test["identities"].items():
         assert test["label_map"][name] == info["label"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from input_pipeline import records
+from v2f_jax.input_pipeline import records
 
 
 def _mel(t=37, seed=0):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import webrtcvad
 
-from input_pipeline import faces, synthetic
 from v2f_jax import cli
+from v2f_jax.input_pipeline import faces, synthetic
 
 N_IDS, N_UTTS, N_FACES = 8, 3, 2
 
@@ -143,7 +143,7 @@ def test_vad_keeps_syllables_and_drops_pauses():
         speech_in_vowels.append(speech[vowels])
         speech_in_quiet.append(speech[quiet[quiet >= 5]])
         try:
-            from input_pipeline import audio
+            from v2f_jax.input_pipeline import audio
 
             kept = np.zeros(n_frames + 1, bool)
             kept[audio.vad_frames(samples)] = True
@@ -159,7 +159,7 @@ def test_vad_keeps_syllables_and_drops_pauses():
 
 
 def test_project_features_accept_every_synthetic_wav(corpus):
-    audio = pytest.importorskip("input_pipeline.audio")
+    audio = pytest.importorskip("v2f_jax.input_pipeline.audio")
     if not hasattr(audio, "voice_features"):
         pytest.skip("input_pipeline.audio.voice_features not written yet")
     out, _ = corpus

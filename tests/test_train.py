@@ -19,8 +19,8 @@ import jax
 import numpy as np
 import pytest
 
-from input_pipeline import prepare
-from v2f_jax import checkpointing, config_lib, train
+from v2f_jax import checkpointing, config_lib, nonfinite, train
+from v2f_jax.input_pipeline import manifest, prepare
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NAMES = ["Ann_A", "Bea_B", "Cy_C", "Fay_F", "Gus_G", "Hal_H", "Ida_I", "Jo_J", "Kim_K", "Lu_L"]
@@ -122,7 +122,7 @@ def run_cmd(cmd, env, log: pathlib.Path, timeout=300) -> tuple[int, str]:
 
 
 def start_cmd(cmd, env, log: pathlib.Path) -> subprocess.Popen:
-    f = open(log, "a")  # noqa: SIM115 - closed by the child's exit
+    f = open(log, "a")
     return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=f, stderr=f)
 
 
@@ -264,7 +264,7 @@ def _config(path, *overrides):
 
 def _poisoned(config, records_dir, poison: dict[int, str], drop: tuple[int, ...] = ()):
     """The reader's stream with batch `i` made NaN in `poison[i]`; batches in `drop` left out."""
-    make = train.default_batches(config, records_dir)
+    make = train.default_batches(config, manifest.Records.open(records_dir))
 
     def batches(start_batch):
         assert start_batch == 0
@@ -282,8 +282,8 @@ def test_nonfinite_loss_stops_the_run_naming_the_step_and_the_loss(records_dir, 
     config = _config(
         "configs/tiny.py", *COMMON, "--config.train.steps=12", "--config.train.sample_every=0"
     )
-    with pytest.raises(train.NonFiniteLossError) as err:
-        train.train_and_evaluate(
+    with pytest.raises(nonfinite.NonFiniteLossError) as err:
+        train.train(
             config, tmp_path, records_dir, make_batches=_poisoned(config, records_dir, {6: "face"})
         )
     assert err.value.step == 7  # batch 6 is step 7
@@ -308,7 +308,7 @@ def test_skip_leaves_no_trace_of_the_bad_update_and_has_a_limit(records_dir, tmp
     ]
     # E's step draws no random numbers, so skipping batch 3 must equal never seeing it.
     skipped = _config("configs/embedder.py", *overrides, "--config.train.steps=8")
-    result = train.train_and_evaluate(
+    result = train.train(
         skipped,
         tmp_path / "skip",
         records_dir,
@@ -316,7 +316,7 @@ def test_skip_leaves_no_trace_of_the_bad_update_and_has_a_limit(records_dir, tmp
     )
     assert result["nonfinite_skips"] == 1 and np.isfinite(result["train/e_loss"])
     clean = _config("configs/embedder.py", *overrides, "--config.train.steps=7")
-    train.train_and_evaluate(
+    train.train(
         clean,
         tmp_path / "clean",
         records_dir,
@@ -326,8 +326,8 @@ def test_skip_leaves_no_trace_of_the_bad_update_and_has_a_limit(records_dir, tmp
     assert int(a.step) == 7
     assert_bitwise_equal(a, b)
 
-    with pytest.raises(train.NonFiniteLossError, match="max_nonfinite_skips") as err:
-        train.train_and_evaluate(
+    with pytest.raises(nonfinite.NonFiniteLossError, match="max_nonfinite_skips") as err:
+        train.train(
             skipped,
             tmp_path / "limit",
             records_dir,

@@ -106,7 +106,7 @@ def test_fifty_steps_on_a_fixed_batch_learn():
 
     def identity_loss(generator):
         raw = nets.embedder.apply(final.embedder, batch["voice"])
-        faces = nets.generator.apply({"params": generator}, train_step.unit(raw))
+        faces = nets.generator.apply({"params": generator}, models.unit(raw))
         _, ids = nets.critics.apply({"params": final.critics}, faces)
         return float(losses.xent(ids, batch["voice_id"]))
 

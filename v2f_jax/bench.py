@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from v2f_jax import host_memory, layers, models, parallel, train_step
+from v2f_jax import host_memory, models, parallel, train_step
 from v2f_jax import state as state_lib
 
 DEFAULT_NUM_IDS = 924  # the reference's training identities (VoxCeleb1 F-Z)
@@ -96,7 +96,7 @@ def compiled_flops(compiled) -> float | None:
     """FLOPs of one call, from XLA's cost analysis of the compiled executable (None if absent)."""
     try:
         cost = compiled.cost_analysis()
-    except Exception:  # noqa: BLE001 (not every backend implements it)
+    except Exception:
         return None
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else None
@@ -110,7 +110,7 @@ def hlo_op_counts(compiled) -> dict:
     oneDNN), other dots, and convolutions (the slow forms on XLA:CPU)."""
     try:
         text = compiled.as_text()
-    except Exception:  # noqa: BLE001
+    except Exception:
         return {}
     library = len(re.findall(r'"kind":"__(?:ynn|xnn|onednn)[a-z_]*"', text))
     return {
@@ -276,7 +276,7 @@ def bench_step(
         "frames": frames,
         "dtype": config.model.dtype,
         "impl": config.model.impl,
-        "impl_resolved": layers.resolve_impl(config.model.impl),
+        "impl_resolved": runner.nets.convs.impl,
         "arch": config.model.arch,
         "parallel": config.train.parallel,
         "num_ids": num_ids,
@@ -381,13 +381,13 @@ def bench_generate(
 
     def generate(embedder, generator, voice):
         raw = nets.embedder.apply(embedder, voice)
-        return nets.generator.apply({"params": generator}, train_step.unit(raw))
+        return nets.generator.apply({"params": generator}, models.unit(raw))
 
     out = {
         "mode": "generate",
         "frames": frames,
         "dtype": config.model.dtype,
-        "impl_resolved": layers.resolve_impl(config.model.impl),
+        "impl_resolved": nets.convs.impl,
     }
     f = jax.jit(generate)
     for b in batch_sizes:
@@ -420,10 +420,10 @@ def bench_input(
     demand_samples_per_s: float | None = None,
 ) -> dict:
     """Batches/s and records/s of the training reader over real shards, against the step."""
-    from input_pipeline import reader  # noqa: PLC0415 (TensorFlow)
+    from v2f_jax.input_pipeline import manifest, reader
 
     it = reader.make_train_iterator(
-        records_dir,
+        manifest.Records.open(records_dir),
         batch_size=batch_size,
         crop_lengths=tuple(config.data.crop_lengths),
         seed=config.seed,
@@ -468,7 +468,7 @@ def bench_prepare(paths: Sequence[str | os.PathLike], frontend: str = "wen2019",
     CPU time of this process (`time.process_time`), best of `repeats`, so other load on the
     machine does not count; wall time alongside.
     """
-    from input_pipeline import audio, errors  # noqa: PLC0415
+    from v2f_jax.input_pipeline import audio, errors
 
     if not paths:
         raise ValueError("no audio files to time")

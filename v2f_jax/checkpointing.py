@@ -107,9 +107,6 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
-    def latest_step(self) -> int | None:
-        return self._manager.latest_step()
-
     def save(self, step: int, state: PyTree, meta: dict | None = None) -> None:
         """Starts saving `state` (device or host arrays) as step `step`; returns once the state
         is on the host. `meta` is extra JSON (the loop's counters)."""
@@ -169,7 +166,7 @@ class Checkpointer:
         for step in reversed(steps):
             try:
                 state, meta = self.restore(step, template)
-            except Exception as err:  # noqa: BLE001 - any failure to read back means damaged
+            except Exception as err:
                 self._set_aside(step, err)
                 continue
             return step, state, meta

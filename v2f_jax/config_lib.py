@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import os
 
 import ml_collections
@@ -92,3 +93,15 @@ def to_dict(config: ml_collections.ConfigDict) -> dict:
 
 def from_dict(data: dict) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(data)
+
+
+def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """`["a.b: old -> new", ...]` for every leaf that differs between two `to_dict` configs."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{prefix}{k}.")
+        elif json.dumps(a) != json.dumps(b):
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out

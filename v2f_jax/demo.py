@@ -10,12 +10,15 @@ rerun reuses what is finished (the corpus, the records' shards, the training che
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import pathlib
 import shutil
 import time
 from collections.abc import Callable
+
+from v2f_jax.input_pipeline import manifest as manifest_lib
 
 # Tuned so the run takes under 5 minutes on 2 CPU cores and 1:2 matching is clearly above
 # chance. 128 identities give 42 held-out ones (A-E names, about 3.5 points of standard error)
@@ -34,7 +37,7 @@ DEFAULTS = {
 # lr 1e-3 (the reference's 2e-4 needs thousands of steps); E's pretraining as configs/embedder.py.
 GAN_OVERRIDES = ("optim.lr=1e-3",)
 EMBEDDER_OVERRIDES = ("train.task=embedder", "optim.lr=1e-3", "optim.b1=0.9")
-TINY_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "tiny.py"
+TINY_CONFIG = pathlib.Path(importlib.util.find_spec("v2f_jax.configs.tiny").origin)
 
 
 @dataclasses.dataclass
@@ -63,12 +66,15 @@ def run_demo(
     log: Callable[[str], None] = print,
 ) -> DemoResult:
     """Runs every stage into `out_dir`; returns the figures and the paths of the report."""
-    from input_pipeline import prepare, synthetic  # noqa: PLC0415
-    from v2f_jax import config_lib, evaluate, export, generate, train  # noqa: PLC0415
+    from v2f_jax import config_lib, train
+    from v2f_jax.evaluation import evaluate, metrics
+    from v2f_jax.inference import generate, model_files, sources
+    from v2f_jax.inference.model import init_model
+    from v2f_jax.input_pipeline import prepare, synthetic
 
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    corpus, records = out / "corpus", out / "records"
+    corpus, records_dir = out / "corpus", out / "records"
     e_workdir, workdir = out / "embedder", out / "run"
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -98,18 +104,19 @@ def run_demo(
         corpus / "voices",
         corpus / "faces",
         corpus / "vox1_meta.csv",
-        records,
+        records_dir,
         workers=min(2, os.cpu_count() or 1),
         progress=False,
     )
     stage("prepare", start)
+    records = manifest_lib.Records.open(records_dir)
 
     common = [f"train.batch_size={batch_size}", f"seed={seed}"]
     start = time.perf_counter()
     e_config = config_lib.load_config(
         TINY_CONFIG, [*EMBEDDER_OVERRIDES, f"train.steps={embedder_steps}", *common]
     )
-    e_result = train.train_and_evaluate(e_config, e_workdir, records)
+    e_result = train.train(e_config, e_workdir, records)
     stage("pretrain_embedder", start)
     log(
         f"voice embedder: speaker accuracy {e_result.get('train/e_acc', float('nan')):.2f} on "
@@ -127,12 +134,12 @@ def run_demo(
             *config_overrides,
         ],
     )
-    train.train_and_evaluate(config, workdir, records)
+    train.train(config, workdir, records)
     stage("train", start)
 
     start = time.perf_counter()
-    model = export.model_from_workdir(workdir)
-    model_path = export.save_model(model, out / "model.safetensors")
+    model = sources.model_from_workdir(workdir)
+    model_path = model_files.save_model(model, out / "model.safetensors")
     eval_dir = out / "eval"
     result = evaluate.evaluate(model, records, eval_dir, log=log)
     stage("eval", start)
@@ -143,7 +150,7 @@ def run_demo(
         start = time.perf_counter()
         fresh = dataclasses.replace(
             model,
-            generator=export.init_model(model.config).generator,
+            generator=init_model(model.config).generator,
             source={"untrained_generator": True, "step": 0},
         )
         untrained = evaluate.evaluate(
@@ -157,17 +164,15 @@ def run_demo(
 
     start = time.perf_counter()
     held_out = _held_out_voices(corpus, records, out / "held_out_voices")
-    faces_result = generate.generate(export.load_model(model_path), held_out, out / "faces")
+    faces_result = generate.generate(model_files.load_model(model_path), held_out, out / "faces")
     stage("generate", start)
     seconds["total"] = round(time.perf_counter() - t0, 1)
     (out / "demo.json").write_text(
         json.dumps(
             {
                 "seconds": seconds,
-                "eval": {k: result[k] for k in evaluate.METRICS},
-                "untrained_eval": {k: untrained[k] for k in evaluate.METRICS}
-                if untrained
-                else None,
+                "eval": {k: result[k] for k in metrics.METRICS},
+                "untrained_eval": {k: untrained[k] for k in metrics.METRICS} if untrained else None,
                 "settings": {
                     "identities": identities,
                     "utterances": utterances,
@@ -193,17 +198,14 @@ def run_demo(
     )
 
 
-def _held_out_voices(corpus: pathlib.Path, records: pathlib.Path, out: pathlib.Path) -> list[str]:
+def _held_out_voices(
+    corpus: pathlib.Path, records: manifest_lib.Records, out: pathlib.Path
+) -> list[str]:
     """One wav of each test identity (never seen in training), copied to `out/<Name>.wav` so
     the faces drawn from them are named after the speaker."""
-    from input_pipeline import reader  # noqa: PLC0415
-
-    manifest = reader.read_manifest(records)
     out.mkdir(parents=True, exist_ok=True)
     wavs = []
-    for name, info in sorted(
-        manifest["splits"]["test"]["identities"].items(), key=lambda kv: kv[1]["label"]
-    ):
+    for name, info in sorted(records.identities("test").items(), key=lambda kv: kv[1]["label"]):
         for vid in info.get("voxceleb_ids", []):
             found = sorted((corpus / "voices" / vid).glob("*/*.wav"))
             if found:
@@ -216,7 +218,7 @@ def _held_out_voices(corpus: pathlib.Path, records: pathlib.Path, out: pathlib.P
 def summary(r: DemoResult) -> str:
     """The closing lines: the figures against chance and the untrained baseline, then paths."""
     e, u = r.eval, r.untrained_eval
-    pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
+    pct = lambda x: f"{100 * x:.1f}%"
     base = f", untrained generator {pct(u['matching_1v2'])}" if u else ""
     c = e["counts"]
     lines = [

@@ -14,10 +14,19 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
-from v2f_jax import layers
+from v2f_jax import ops
 
 Dtype = Any
+
+
+def unit(x, eps: float = 1e-12):
+    """L2-normalises the rows of `x` `[..., D]`, as torch.nn.functional.normalize: the voice
+    embedding G draws from, and the face embeddings evaluation compares. numpy in, numpy out (host
+    metrics); anything else through jax.numpy (jit-able)."""
+    xp = np if isinstance(x, np.ndarray) else jnp
+    return x / xp.maximum(xp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
 def compute_dtype(name: str):
@@ -36,21 +45,17 @@ class VoiceEmbedder(nn.Module):
     embed_dim: int = 64
     dtype: Dtype = jnp.float32
     axis_name: str | None = None  # set under pmap so BatchNorm sees the global batch
-    impl: str = "auto"  # layers.IMPLS; "matmul" computes the convs as im2col + 2-D matmuls
+    convs: ops.conv.ConvForms = ops.conv.XLA  # the conv implementation (`Networks` picks it)
 
     @nn.compact
     def __call__(self, mel, train: bool = False):
         x = mel.astype(self.dtype)
-        # As matmuls only for a frozen E in bfloat16 (every GAN step runs one): XLA:CPU's float32
-        # 1-D conv is faster than im2col (0.32 vs 0.43 s for E's forward at B=128, T=800), its
-        # bfloat16 one slower (0.33 vs 0.26 s). A learning E keeps XLA's convs, whose bfloat16
-        # gradients carry extra precision (half the error of the im2col form's).
-        as_matmul = (
-            not train
-            and self.dtype != jnp.float32
-            and layers.resolve_impl(self.impl) in ("matmul", "winograd")
-        )
-        conv_fn = dict(conv_general_dilated=layers.conv1d_matmul) if as_matmul else {}
+        # The forms' 1-D conv (im2col + matmul in the matmul forms) only for a frozen E in
+        # bfloat16 (every GAN step runs one): there XLA:CPU's conv is slower, in float32 faster
+        # (BENCHMARKS.md). A learning E keeps XLA's convs, whose bfloat16 gradients carry extra
+        # precision (half the error of the im2col form's).
+        frozen_bf16 = not train and self.dtype != jnp.float32
+        conv_fn = self.convs.conv1d_general_dilated() if frozen_bf16 else None
         for i, features in enumerate(self.channels):
             x = nn.Conv(
                 features,
@@ -59,9 +64,9 @@ class VoiceEmbedder(nn.Module):
                 padding=((1, 1),),
                 use_bias=False,
                 dtype=self.dtype,
-                kernel_init=layers.torch_linear_init(x.shape[-1] * 3),
+                kernel_init=ops.conv.torch_linear_init(x.shape[-1] * 3),
                 name=f"conv{i}",
-                **conv_fn,
+                conv_general_dilated=conv_fn,
             )(x)
             # PyTorch BatchNorm1d defaults: momentum 0.1 (flax 0.9), eps 1e-5.
             x = nn.BatchNorm(
@@ -80,10 +85,10 @@ class VoiceEmbedder(nn.Module):
             padding=((1, 1),),
             use_bias=True,
             dtype=self.dtype,
-            kernel_init=layers.torch_linear_init(x.shape[-1] * 3),
-            bias_init=layers.torch_linear_init(x.shape[-1] * 3),
+            kernel_init=ops.conv.torch_linear_init(x.shape[-1] * 3),
+            bias_init=ops.conv.torch_linear_init(x.shape[-1] * 3),
             name=f"conv{len(self.channels)}",
-            **conv_fn,
+            conv_general_dilated=conv_fn,
         )(x)
         return jnp.mean(x.astype(jnp.float32), axis=1)
 
@@ -108,26 +113,27 @@ class Generator(nn.Module):
     channels: Sequence[int] = (1024, 512, 256, 128, 64)
     upsample: str = "transpose"
     dtype: Dtype = jnp.float32
-    impl: str = "auto"
+    convs: ops.conv.ConvForms = ops.conv.XLA
 
     @nn.compact
     def __call__(self, embedding):
         x = embedding.astype(self.dtype)[:, None, None, :]
-        conv_t = dict(dtype=self.dtype, impl=self.impl)
-        x = nn.relu(layers.ConvTranspose2d(self.channels[0], 4, 1, 0, name="deconv0", **conv_t)(x))
+        kw = dict(dtype=self.dtype, convs=self.convs)
+        conv_t, conv = ops.conv.ConvTranspose2d, ops.conv.Conv2d
+        x = nn.relu(conv_t(self.channels[0], 4, 1, 0, name="deconv0", **kw)(x))
         for i, features in enumerate(self.channels[1:], start=1):
             if self.upsample == "transpose":
-                x = layers.ConvTranspose2d(features, 4, 2, 1, name=f"deconv{i}", **conv_t)(x)
+                x = conv_t(features, 4, 2, 1, name=f"deconv{i}", **kw)(x)
             else:
                 b, h, w, c = x.shape
                 x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
                 x = x.reshape(b, 2 * h, 2 * w, c)
-                x = layers.Conv2d(features, 3, 1, 1, name=f"conv{i}", **conv_t)(x)
+                x = conv(features, 3, 1, 1, name=f"conv{i}", **kw)(x)
             x = nn.relu(x)
         if self.upsample == "transpose":
-            out = layers.ConvTranspose2d(3, 1, 1, 0, name=f"deconv{len(self.channels)}", **conv_t)
+            out = conv_t(3, 1, 1, 0, name=f"deconv{len(self.channels)}", **kw)
         else:
-            out = layers.Conv2d(3, 1, 1, 0, name=f"conv{len(self.channels)}", **conv_t)
+            out = conv(3, 1, 1, 0, name=f"conv{len(self.channels)}", **kw)
         return out(x).astype(jnp.float32)
 
 
@@ -142,21 +148,20 @@ class FaceTrunk(nn.Module):
     out_dim: int = 64
     kernel: int = 4
     dtype: Dtype = jnp.float32
-    impl: str = "auto"
+    convs: ops.conv.ConvForms = ops.conv.XLA
 
     @nn.compact
     def __call__(self, face):
-        conv = dict(dtype=self.dtype, impl=self.impl)
+        kw = dict(dtype=self.dtype, convs=self.convs)
+        conv = ops.conv.Conv2d
         first_kernel = 1 if self.kernel == 4 else 3
         x = face.astype(self.dtype)
-        x = layers.Conv2d(
-            self.channels[0], first_kernel, 1, first_kernel // 2, name="conv0", **conv
-        )(x)
+        x = conv(self.channels[0], first_kernel, 1, first_kernel // 2, name="conv0", **kw)(x)
         x = nn.leaky_relu(x, 0.2)
         for i, features in enumerate(self.channels[1:], start=1):
-            x = layers.Conv2d(features, self.kernel, 2, 1, name=f"conv{i}", **conv)(x)
+            x = conv(features, self.kernel, 2, 1, name=f"conv{i}", **kw)(x)
             x = nn.leaky_relu(x, 0.2)
-        x = layers.Conv2d(self.out_dim, 4, 1, 0, name=f"conv{len(self.channels)}", **conv)(x)
+        x = conv(self.out_dim, 4, 1, 0, name=f"conv{len(self.channels)}", **kw)(x)
         return x.reshape(x.shape[0], -1)
 
 
@@ -173,7 +178,7 @@ class Critics(nn.Module):
     kernel: int = 4
     shared_trunk: bool = True
     dtype: Dtype = jnp.float32
-    impl: str = "auto"
+    convs: ops.conv.ConvForms = ops.conv.XLA
 
     def setup(self):
         trunk = dict(
@@ -181,7 +186,7 @@ class Critics(nn.Module):
             out_dim=self.out_dim,
             kernel=self.kernel,
             dtype=self.dtype,
-            impl=self.impl,
+            convs=self.convs,
         )
         if self.shared_trunk:
             self.trunk = FaceTrunk(**trunk)
@@ -189,7 +194,7 @@ class Critics(nn.Module):
             self.d_trunk = FaceTrunk(**trunk)
             self.c_trunk = FaceTrunk(**trunk)
         head = dict(
-            use_bias=False, dtype=jnp.float32, kernel_init=layers.torch_linear_init(self.out_dim)
+            use_bias=False, dtype=jnp.float32, kernel_init=ops.conv.torch_linear_init(self.out_dim)
         )
         self.d_head = nn.Dense(1, **head)
         self.c_head = nn.Dense(self.num_ids, **head)
@@ -209,7 +214,11 @@ class Critics(nn.Module):
 
 
 class Networks:
-    """The four networks of one config, built once; attributes are Flax modules."""
+    """The four networks of one config, built once; attributes are Flax modules.
+
+    `convs` is the conv implementation `config.model.impl` names, resolved here for the
+    default backend ("auto" per backend) and shared by every network.
+    """
 
     def __init__(self, model_config: ml_collections.ConfigDict, num_ids: int):
         arch = model_config.arch
@@ -218,6 +227,7 @@ class Networks:
         if num_ids < 1:
             raise ValueError(f"need at least one training identity, got num_ids={num_ids}")
         dtype = compute_dtype(model_config.dtype)
+        self.convs = convs = ops.conv.forms_for(model_config.impl)
         self.arch = arch
         self.num_ids = num_ids
         self.embed_dim = model_config.embed_dim
@@ -225,13 +235,13 @@ class Networks:
             channels=tuple(model_config.voice_channels),
             embed_dim=model_config.embed_dim,
             dtype=dtype,
-            impl=model_config.impl,
+            convs=convs,
         )
         self.generator = Generator(
             channels=tuple(model_config.gen_channels),
             upsample="transpose" if arch == "wen2019" else "nearest",
             dtype=dtype,
-            impl=model_config.impl,
+            convs=convs,
         )
         self.critics = Critics(
             num_ids=num_ids,
@@ -240,5 +250,5 @@ class Networks:
             kernel=4 if arch == "wen2019" else 3,
             shared_trunk=arch == "wen2019",
             dtype=dtype,
-            impl=model_config.impl,
+            convs=convs,
         )

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -111,14 +110,3 @@ class DataParallel:
         if self.mode == "pmap":
             metrics = jax.tree_util.tree_map(lambda x: x[0], metrics)
         return {k: float(v) for k, v in jax.device_get(metrics).items()}
-
-
-def global_batch_size(local_batch_size: int) -> int:
-    return local_batch_size * jax.process_count()
-
-
-def tree_allclose(a: PyTree, b: PyTree, rtol: float, atol: float) -> bool:
-    leaves = jax.tree_util.tree_leaves(
-        jax.tree_util.tree_map(lambda x, y: jnp.allclose(x, y, rtol=rtol, atol=atol), a, b)
-    )
-    return all(bool(x) for x in leaves)

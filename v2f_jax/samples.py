@@ -15,7 +15,8 @@ import os
 import ml_collections
 import numpy as np
 
-from v2f_jax import export, generate
+from v2f_jax.inference import generate, images
+from v2f_jax.input_pipeline import manifest as manifest_lib
 
 
 @dataclasses.dataclass
@@ -26,35 +27,32 @@ class SampleSet:
       voices: float32 `[T_i, n_mels]` log-mels, one per identity.
       faces: uint8 `[N, 64, 64, 3]` RGB, the same identities in the same order.
       names: identity names.
-      split: the records split they come from.
     """
 
     voices: list[np.ndarray]
     faces: np.ndarray
     names: list[str]
-    split: str
 
     def __len__(self) -> int:
         return len(self.names)
 
 
-def make_sample_set(records_dir: str | os.PathLike, count: int = 8) -> SampleSet | None:
+def make_sample_set(records: manifest_lib.Records, count: int = 8) -> SampleSet | None:
     """Up to `count` identities of the test split (or, if it has none, the train split) with a
     voice and a face; None if there is no such identity."""
-    from input_pipeline import reader  # noqa: PLC0415  (TensorFlow)
+    from v2f_jax.input_pipeline import reader  # imports TensorFlow: only when a grid is made
 
-    manifest = reader.read_manifest(records_dir)
     for split in ("test", "train"):
-        info = manifest["splits"].get(split)
+        info = records.split(split) if records.has_split(split) else None
         if not info or not info.get("num_identities"):
             continue
         names_by_label = {label: name for name, label in info["label_map"].items()}
-        faces, face_labels, _ = reader.load_faces(records_dir, split)
+        faces, face_labels, _ = reader.load_faces(records, split)
         first_face = {}
         for i, label in enumerate(face_labels.tolist()):
             first_face.setdefault(label, i)
         voice = {}
-        for mel, label, _ in reader.make_eval_voices(records_dir, split):
+        for mel, label, _ in reader.make_eval_voices(records, split):
             if label in first_face and label not in voice:
                 voice[label] = mel
                 if len(voice) == count:
@@ -65,7 +63,6 @@ def make_sample_set(records_dir: str | os.PathLike, count: int = 8) -> SampleSet
                 voices=[voice[lab] for lab in labels],
                 faces=faces[[first_face[lab] for lab in labels]],
                 names=[names_by_label.get(lab, str(lab)) for lab in labels],
-                split=split,
             )
     return None
 
@@ -76,29 +73,27 @@ class SampleWriter:
     def __init__(self, config: ml_collections.ConfigDict, sample_set: SampleSet):
         self.sample_set = sample_set
         self._config = config
-        self._embed_fn = None
-        self._generate_fn = None
 
     def render(self, embedder, generator) -> np.ndarray:
-        """uint8 RGB grid: real faces (top row), G's faces (bottom row). Host param trees."""
-        model = export.Model(
-            config=self._config,
-            embedder=embedder,
-            generator=generator,
-            frontend={"name": self._config.data.get("frontend", "wen2019")},
-        )
-        if self._embed_fn is None:
-            self._embed_fn = generate.make_embed_fn(model)
-            self._generate_fn = generate.make_generate_fn(model)
-        emb = generate.embed_voices(model, self.sample_set.voices, embed_fn=self._embed_fn)
-        fake = generate.generate_faces(model, emb, generate_fn=self._generate_fn)
+        """The grid: real faces (top row), G's faces (bottom row).
+
+        Args:
+          embedder: E's `{"params", "batch_stats"}` (host arrays).
+          generator: G's params.
+
+        Returns:
+          uint8 RGB `[H, W, 3]` (`images.contact_sheet` of 2 rows).
+        """
+        emb = generate.embed_voices(self._config, embedder, self.sample_set.voices)
+        fake = generate.generate_faces(self._config, generator, emb)
         n = len(self.sample_set)
-        images = np.concatenate([self.sample_set.faces, generate.to_uint8(fake)])
+        faces = np.concatenate([self.sample_set.faces, images.to_uint8(fake)])
         captions = list(self.sample_set.names) + ["generated"] * n
-        return generate.contact_sheet(images, captions, cols=n)
+        return images.contact_sheet(faces, captions, cols=n)
 
     def write(self, path: str | os.PathLike, embedder, generator) -> np.ndarray:
+        """Renders the grid, writes it to `path` (a PNG) and returns it."""
         grid = self.render(embedder, generator)
         os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
-        generate.write_png(path, grid)
+        images.write_png(path, grid)
         return grid

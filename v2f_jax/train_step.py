@@ -16,16 +16,12 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 
 from v2f_jax import losses, models
 from v2f_jax import state as state_lib
 
 Metrics = dict[str, jax.Array]
-
-
-def unit(x, eps: float = 1e-12):
-    """L2-normalise rows, as torch.nn.functional.normalize. x `[B, D]`."""
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
 def noisy_unit_embedding(raw, noise_key, noise_std: float, axis_name: str | None = None):
@@ -43,7 +39,7 @@ def noisy_unit_embedding(raw, noise_key, noise_std: float, axis_name: str | None
         noise = jax.lax.dynamic_slice_in_dim(
             noise, jax.lax.axis_index(axis_name) * b_local, b_local
         )
-    return unit(unit(raw) + noise_std * noise)
+    return models.unit(models.unit(raw) + noise_std * noise)
 
 
 def make_gan_step(
@@ -121,7 +117,7 @@ def make_gan_step(
         c_grads, c_metrics = jax.grad(critic_loss, has_aux=True)(state.critics)
         c_grads = mean_over_devices(c_grads)
         c_updates, c_opt = optimizer.update(c_grads, state.c_opt, state.critics)
-        critics = jax.tree_util.tree_map(jnp.add, state.critics, c_updates)
+        critics = optax.apply_updates(state.critics, c_updates)
 
         # Generator update against the critics just updated (the reference's order).
         def generator_loss(fake_faces):
@@ -134,14 +130,14 @@ def make_gan_step(
         vjp_grads = gen_vjp(d_fake_faces)
         g_grads = mean_over_devices(vjp_grads[0])
         g_updates, g_opt = optimizer.update(g_grads, state.g_opt, state.generator)
-        generator = jax.tree_util.tree_map(jnp.add, state.generator, g_updates)
+        generator = optax.apply_updates(state.generator, g_updates)
 
         embedder, e_opt = state.embedder, state.e_opt
         if train_embedder:
             e_grads = mean_over_devices(vjp_grads[1])
             e_updates, e_opt = optimizer.update(e_grads, state.e_opt, e_params)
             embedder = {
-                "params": jax.tree_util.tree_map(jnp.add, e_params, e_updates),
+                "params": optax.apply_updates(e_params, e_updates),
                 "batch_stats": new_stats,
             }
 
@@ -197,7 +193,7 @@ def make_embedder_step(
             grads = jax.lax.pmean(grads, axis_name)
             metrics = jax.lax.pmean(metrics, axis_name)
         updates, opt = optimizer.update(grads, state.opt, params)
-        params = jax.tree_util.tree_map(jnp.add, params, updates)
+        params = optax.apply_updates(params, updates)
         return state.replace(
             step=state.step + 1,
             embedder={"params": params["embedder"], "batch_stats": batch_stats},

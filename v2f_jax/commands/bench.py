@@ -13,7 +13,7 @@ Modes:
 Examples:
   v2f bench --config configs/wen2019.py --batch 128 --frames 800 --dtype bfloat16
   v2f bench --config configs/wen2019.py --mode input --records records/
-  v2f bench --config configs/wen2019.py --mode prepare --audio data/*.wav
+  v2f bench --config configs/wen2019.py --mode prepare --audio voices/*/*/*.wav
 The PyTorch comparison is `python benchmarks/compare_pytorch.py` (see BENCHMARKS.md).
 """
 
@@ -25,7 +25,6 @@ import pathlib
 import sys
 
 MODES = ("step", "input", "prepare", "generate")
-DEFAULT_EXAMPLES = pathlib.Path(__file__).resolve().parents[3] / "shared/data/voxceleb-examples"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--impl",
         default=None,
-        help="conv forms: auto | reference | subpixel | matmul | winograd (config's default)",
+        help="conv forms: auto | xla | subpixel | matmul | winograd (config's default)",
     )
     parser.add_argument("--parallel", choices=("jit", "pmap"), default=None)
     parser.add_argument(
@@ -78,13 +77,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=None,
         metavar="FILE",
-        help=f"prepare mode: audio files (default: the wavs in {DEFAULT_EXAMPLES})",
+        help="prepare mode: audio files (wav, flac, ...) to run the front end over",
     )
     parser.add_argument("--frontend", default="wen2019", help="prepare mode: front end")
 
 
 def run(args: argparse.Namespace) -> int:
-    from v2f_jax import bench, config_lib  # noqa: PLC0415 (JAX)
+    from v2f_jax import bench, config_lib, ops
 
     try:
         config = config_lib.load_config(args.config, getattr(args, "config_overrides", []))
@@ -95,9 +94,7 @@ def run(args: argparse.Namespace) -> int:
             parallel_mode=args.parallel,
             impl=args.impl,
         )
-        from v2f_jax import layers  # noqa: PLC0415
-
-        layers.resolve_impl(config.model.impl)  # a bad name fails here, not mid-compile
+        ops.conv.forms_for(config.model.impl)  # a bad name fails here, not mid-compile
     except (config_lib.ConfigError, ValueError) as err:
         print(f"v2f bench: {err}", file=sys.stderr)
         return 2
@@ -144,11 +141,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"v2f bench: {args.records}: {err}", file=sys.stderr)
             return 2
     else:
-        paths = args.audio or sorted(str(p) for p in DEFAULT_EXAMPLES.glob("*.wav"))
-        if not paths:
-            print(f"v2f bench: no --audio given and no wavs in {DEFAULT_EXAMPLES}", file=sys.stderr)
+        if not args.audio:
+            print("v2f bench: --mode prepare needs --audio FILE [FILE ...]", file=sys.stderr)
             return 2
-        result = bench.bench_prepare(paths, args.frontend)
+        result = bench.bench_prepare(args.audio, args.frontend)
     result["config"] = str(args.config)
     print(json.dumps(result, sort_keys=True))
     return 0

@@ -13,7 +13,7 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from v2f_jax import demo  # noqa: PLC0415  (no heavy imports at module level)
+    from v2f_jax import demo
 
     d = demo.DEFAULTS
     parser.add_argument("--out", default="v2f-demo", help="output directory (default v2f-demo)")
@@ -54,12 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging  # noqa: PLC0415
+    import logging
 
-    from v2f_jax import demo  # noqa: PLC0415
+    from v2f_jax import demo
 
     logging.getLogger("v2f").setLevel(logging.INFO)
-    say = lambda msg: print(f"v2f demo: {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    say = lambda msg: print(f"v2f demo: {msg}", file=sys.stderr, flush=True)
     result = demo.run_demo(
         args.out,
         identities=args.identities,

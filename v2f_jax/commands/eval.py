@@ -50,7 +50,9 @@ def default_out(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from v2f_jax import config_lib, evaluate  # noqa: PLC0415
+    from v2f_jax import config_lib
+    from v2f_jax.evaluation import evaluate
+    from v2f_jax.input_pipeline import manifest
 
     out = default_out(args)
     try:
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         config_lib.apply_overrides(model.config, args.config_overrides)
         result = evaluate.evaluate(
             model,
-            args.records,
+            manifest.Records.open(args.records),
             out,
             face_embedder_path=args.face_embedder,
             max_train_voices=args.max_train_voices,
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def summary(r: dict, out: str) -> str:
-    pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
+    pct = lambda x: f"{100 * x:.1f}%"
     c = r["counts"]
     return "\n".join(
         [

@@ -32,15 +32,17 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # What loading a model source (and using it) raises for bad input: a model file, state dict or
-# front end that does not fit is a ValueError (export.ModelFileError, torch_interop.StateDictError,
-# generate.FrontendMismatchError), a missing or unreadable file an OSError, no torch ImportError.
+# front end that does not fit is a ValueError (model_files.ModelFileError,
+# torch_state_dicts.StateDictError, generate.FrontendMismatchError), a missing or unreadable file
+# an OSError, no torch ImportError.
 SOURCE_ERRORS = (ValueError, ImportError, OSError, RuntimeError)
 
 
 def load_source(args: argparse.Namespace):
-    from v2f_jax import export  # noqa: PLC0415
+    """The `inference.model.Model` the source flags name (`sources.load_any`)."""
+    from v2f_jax.inference import sources
 
-    return export.load_any(
+    return sources.load_any(
         model=args.model,
         workdir=args.workdir,
         torch_embedder=args.torch_embedder,
@@ -61,12 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from v2f_jax import export  # noqa: PLC0415
+    from v2f_jax.inference import model_files, torch_state_dicts
 
     fmt = args.format
     if fmt is None:
         suffix = os.path.splitext(args.out)[1]
-        fmt = suffix[1:] if suffix in export.SUFFIXES else None
+        fmt = suffix[1:] if suffix in model_files.SUFFIXES else None
         if fmt is None:
             print(
                 f"v2f export: error: {args.out}: end it in .safetensors or .msgpack, or pass "
@@ -77,12 +79,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         model = load_source(args)
         if fmt == "torch":
-            paths = export.export_torch(model, args.out)
+            paths = torch_state_dicts.export_torch(model, args.out)
         else:
             out = args.out
             if not out.endswith(f".{fmt}"):
                 out += f".{fmt}"
-            paths = (export.save_model(model, out),)
+            paths = (model_files.save_model(model, out),)
     except SOURCE_ERRORS as err:
         print(f"v2f export: error: {err}", file=sys.stderr)
         return 2

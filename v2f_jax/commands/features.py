@@ -15,7 +15,7 @@ import json
 import pathlib
 import sys
 
-from input_pipeline import audio
+from v2f_jax.input_pipeline import audio
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from input_pipeline import errors
+    from v2f_jax.input_pipeline import errors
 
     args.out.mkdir(parents=True, exist_ok=True)
     results, written, n_bad = [], set(), 0

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from v2f_jax import generate  # noqa: PLC0415
+    from v2f_jax.inference import generate
 
     try:
         model = export_command.load_source(args)

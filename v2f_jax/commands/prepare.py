@@ -68,8 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from input_pipeline import errors
-    from input_pipeline import prepare as prepare_lib
+    from v2f_jax.input_pipeline import errors
+    from v2f_jax.input_pipeline import prepare as prepare_lib
 
     try:
         result = prepare_lib.prepare(

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
     import time
 
-    from input_pipeline import synthetic
+    from v2f_jax.input_pipeline import synthetic
 
     start = time.perf_counter()
     try:

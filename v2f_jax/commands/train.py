@@ -48,15 +48,15 @@ def _setup_logging() -> None:
 
 def run(args: argparse.Namespace) -> int:
     _setup_logging()
-    from v2f_jax import train  # noqa: PLC0415  (JAX, TensorFlow, orbax)
+    from v2f_jax import distributed
 
     # Before any other JAX call.
-    train.init_distributed(args.coordinator, args.num_processes, args.process_id)
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
 
-    import jax  # noqa: PLC0415
+    import jax
 
-    from input_pipeline import errors  # noqa: PLC0415
-    from v2f_jax import checkpointing, config_lib  # noqa: PLC0415
+    from v2f_jax import checkpointing, config_lib, nonfinite, train
+    from v2f_jax.input_pipeline import errors
 
     try:
         config = config_lib.load_config(args.config, getattr(args, "config_overrides", []))
@@ -64,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"v2f train: {err}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        result = train.train_and_evaluate(config, args.workdir, args.records)
-    except train.NonFiniteLossError as err:
+        result = train.train(config, args.workdir, args.records)
+    except nonfinite.NonFiniteLossError as err:
         print(f"v2f train: {err}", file=sys.stderr)
         return EXIT_NONFINITE
     except (

@@ -1,10 +1,13 @@
-"""Voices to faces with a trained model: batched embedding of whole utterances, G, PNGs.
+"""Voices to faces: batched embedding of whole utterances, G, and the `v2f generate` pipeline.
 
 `embed_voices` takes whole utterances of any length. As the reference's `voice2face`, an utterance
 shorter than 1000 frames is repeated to 1000; it is then cut to a multiple of 32 frames (E halves
 the time axis five times), which lets utterances of different lengths share a padded batch with
 results equal to running each alone: with every layer's length even, no valid output reads the
 padding, and the time mean is taken over the valid outputs only. So few shapes are compiled.
+
+`embed_voices` and `generate_faces` need only a config and parameter trees (the training loop's
+sample grid calls them with its live parameters); the `Model` type is only named in annotations.
 """
 
 from __future__ import annotations
@@ -14,12 +17,21 @@ import json
 import os
 import pathlib
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from v2f_jax import export
+from v2f_jax import models
+from v2f_jax.inference import images
+from v2f_jax.input_pipeline import audio, errors
+
+if TYPE_CHECKING:
+    from v2f_jax.inference.model import Model
+
+PyTree = Any
 
 MIN_FRAMES = 1000  # the reference's voice2face repeats shorter utterances to this length
 _TIME_STRIDE = 32  # 2**5: E's five stride-2 convs
@@ -30,8 +42,12 @@ class FrontendMismatchError(ValueError):
     """Asked for features the model was not trained on."""
 
 
-def check_frontend(model: export.Model, requested: str | None) -> str:
-    """The model's front end; an error if `requested` (e.g. `--frontend`) names another."""
+def check_frontend(model: Model, requested: str | None) -> str:
+    """The model's front end; an error if `requested` (e.g. `--frontend`) names another.
+
+    Raises:
+      FrontendMismatchError: `requested` is not the model's front end.
+    """
     trained = model.frontend_name
     if requested is not None and requested != trained:
         raise FrontendMismatchError(
@@ -40,6 +56,9 @@ def check_frontend(model: export.Model, requested: str | None) -> str:
             f"--frontend, or use a model trained on records prepared with --frontend {requested}."
         )
     return trained
+
+
+# -------------------------------------------------------------------------------------- voices
 
 
 def prepare_voice(mel: np.ndarray) -> np.ndarray:
@@ -61,31 +80,95 @@ def _bucket(length: int) -> int:
     return size
 
 
-def _model_key(model: export.Model) -> str:
-    """Models with equal keys have the same networks: their jitted functions are shared."""
-    return json.dumps(model.config.model.to_dict(), sort_keys=True, default=list)
+def embed_voices(
+    config: ml_collections.ConfigDict,
+    embedder: PyTree,
+    voices: Sequence[np.ndarray],
+    batch_size: int = _BATCH,
+) -> np.ndarray:
+    """Unit voice embeddings of whole utterances.
 
+    Args:
+      config: the model's config (`config.model` builds E).
+      embedder: E's `{"params", "batch_stats"}`.
+      voices: N log-mels, each float32 `[T_i, n_mels]`, any T_i > 0.
+      batch_size: utterances per call of the jitted E.
 
-def make_embed_fn(model: export.Model) -> Callable:
-    """`(embedder_vars, mel [B, P, n_mels], valid [B]) -> unit embeddings [B, D]`, jitted.
-
-    `valid` is each row's number of real frames (a multiple of 32); the rest is padding. One
-    function per architecture: a second model of the same config reuses its compilations.
+    Returns:
+      float32 `[N, embed_dim]`, unit norm.
     """
-    return _cached(("embed", _model_key(model)), lambda: _build_embed_fn(model))
+    dim = int(config.model.embed_dim)
+    if not len(voices):
+        return np.zeros([0, dim], np.float32)
+    embed_fn = _jitted("embed", config.model)
+    variables = {"params": embedder["params"], "batch_stats": embedder["batch_stats"]}
+    prepared = [prepare_voice(v) for v in voices]
+    n_mels = prepared[0].shape[1]
+    out = np.zeros([len(prepared), dim], np.float32)
+    # Similar lengths share a batch, so each is padded little.
+    order = sorted(range(len(prepared)), key=lambda i: prepared[i].shape[0])
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        pad_to = _bucket(max(prepared[i].shape[0] for i in idx))
+        batch = np.zeros([batch_size, pad_to, n_mels], np.float32)
+        valid = np.full([batch_size], _TIME_STRIDE, np.int32)
+        for row, i in enumerate(idx):
+            batch[row, : prepared[i].shape[0]] = prepared[i]
+            valid[row] = prepared[i].shape[0]
+        out[idx] = np.asarray(embed_fn(variables, batch, valid))[: len(idx)]
+    return out
 
 
-_FNS: dict[tuple[str, str], Callable] = {}
+def generate_faces(
+    config: ml_collections.ConfigDict,
+    generator: PyTree,
+    embeddings: np.ndarray,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """G's faces from embeddings.
+
+    Args:
+      config: the model's config (`config.model` builds G).
+      generator: G's params.
+      embeddings: float32 `[N, embed_dim]`.
+      batch_size: faces per call of the jitted G.
+
+    Returns:
+      float32 `[N, 64, 64, 3]`, nominally in [-1, 1] (not clipped).
+    """
+    generate_fn = _jitted("generate", config.model)
+    embeddings = np.asarray(embeddings, np.float32)
+    n = embeddings.shape[0]
+    batch_size = max(1, min(batch_size, n))
+    chunks = []
+    for start in range(0, n, batch_size):
+        chunk = embeddings[start : start + batch_size]
+        padded = np.zeros([batch_size, chunk.shape[1]], np.float32)
+        padded[: len(chunk)] = chunk
+        chunks.append(np.asarray(generate_fn(generator, padded))[: len(chunk)])
+    if not chunks:
+        size = int(config.data.image_size)
+        return np.zeros([0, size, size, 3], np.float32)
+    return np.concatenate(chunks)
 
 
-def _cached(key: tuple[str, str], build: Callable[[], Callable]) -> Callable:
-    if key not in _FNS:
-        _FNS[key] = build()
-    return _FNS[key]
+# One jitted E and G per architecture: a second model (or the training loop's next sample grid)
+# of the same config reuses their compilations.
+_JITTED: dict[tuple[str, str], Callable] = {}
 
 
-def _build_embed_fn(model: export.Model) -> Callable:
-    nets = model.networks()
+def _jitted(kind: str, model_config: ml_collections.ConfigDict) -> Callable:
+    """`"embed"`: `(embedder_vars, mel [B, P, n_mels], valid [B]) -> unit embeddings [B, D]`,
+    where `valid` is each row's number of real frames (a multiple of 32), the rest padding.
+    `"generate"`: `(generator_params, embeddings [B, D]) -> faces [B, 64, 64, 3]`."""
+    key = (kind, json.dumps(model_config.to_dict(), sort_keys=True, default=list))
+    if key not in _JITTED:
+        nets = models.Networks(model_config, 1)  # E and G only: the critics' size is moot
+        _JITTED[key] = _build_embed_fn(nets) if kind == "embed" else _build_generate_fn(nets)
+    return _JITTED[key]
+
+
+def _build_embed_fn(nets: models.Networks) -> Callable:
     last = f"conv{len(nets.embedder.channels)}"
 
     @jax.jit
@@ -101,117 +184,16 @@ def _build_embed_fn(model: export.Model) -> Callable:
         n = valid // _TIME_STRIDE
         mask = (steps < n[:, None]).astype(jnp.float32)[..., None]
         raw = jnp.sum(out * mask, axis=1) / jnp.maximum(n, 1)[:, None]
-        return raw / jnp.maximum(jnp.linalg.norm(raw, axis=-1, keepdims=True), 1e-12)
+        return models.unit(raw)
 
     return embed
 
 
-def embed_voices(
-    model: export.Model,
-    voices: Sequence[np.ndarray],
-    batch_size: int = _BATCH,
-    embed_fn: Callable | None = None,
-) -> np.ndarray:
-    """Unit voice embeddings `[N, D]` of whole utterances (each float32 `[T, n_mels]`)."""
-    dim = int(model.config.model.embed_dim)
-    if not len(voices):
-        return np.zeros([0, dim], np.float32)
-    embed_fn = embed_fn or make_embed_fn(model)
-    variables = {"params": model.embedder["params"], "batch_stats": model.embedder["batch_stats"]}
-    prepared = [prepare_voice(v) for v in voices]
-    n_mels = prepared[0].shape[1]
-    out = np.zeros([len(prepared), dim], np.float32)
-    order = sorted(range(len(prepared)), key=lambda i: prepared[i].shape[0])
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        pad_to = _bucket(max(prepared[i].shape[0] for i in idx))
-        batch = np.zeros([batch_size, pad_to, n_mels], np.float32)
-        valid = np.full([batch_size], _TIME_STRIDE, np.int32)
-        for row, i in enumerate(idx):
-            batch[row, : prepared[i].shape[0]] = prepared[i]
-            valid[row] = prepared[i].shape[0]
-        out[idx] = np.asarray(embed_fn(variables, batch, valid))[: len(idx)]
-    return out
-
-
-def make_generate_fn(model: export.Model) -> Callable:
-    """`(generator_params, unit embeddings [B, D]) -> faces [B, 64, 64, 3]`, jitted (one per
-    architecture, as `make_embed_fn`)."""
-    return _cached(("generate", _model_key(model)), lambda: _build_generate_fn(model))
-
-
-def _build_generate_fn(model: export.Model) -> Callable:
-    nets = model.networks()
+def _build_generate_fn(nets: models.Networks) -> Callable:
     return jax.jit(lambda params, emb: nets.generator.apply({"params": params}, emb))
 
 
-def generate_faces(
-    model: export.Model,
-    embeddings: np.ndarray,
-    batch_size: int = 64,
-    generate_fn: Callable | None = None,
-) -> np.ndarray:
-    """G's faces float32 `[N, 64, 64, 3]`, nominally in [-1, 1] (not clipped)."""
-    generate_fn = generate_fn or make_generate_fn(model)
-    embeddings = np.asarray(embeddings, np.float32)
-    n = embeddings.shape[0]
-    batch_size = max(1, min(batch_size, n))
-    chunks = []
-    for start in range(0, n, batch_size):
-        chunk = embeddings[start : start + batch_size]
-        padded = np.zeros([batch_size, chunk.shape[1]], np.float32)
-        padded[: len(chunk)] = chunk
-        chunks.append(np.asarray(generate_fn(model.generator, padded))[: len(chunk)])
-    if not chunks:
-        size = int(model.config.data.image_size)
-        return np.zeros([0, size, size, 3], np.float32)
-    return np.concatenate(chunks)
-
-
-def to_uint8(faces: np.ndarray) -> np.ndarray:
-    """Faces in [-1, 1] (clipped, as the reference clamps) -> uint8 RGB."""
-    return np.round((np.clip(faces, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
-
-
-def contact_sheet(
-    images: np.ndarray,
-    captions: Sequence[str] | None = None,
-    cols: int | None = None,
-    scale: int = 2,
-    rows_first: bool = True,
-) -> np.ndarray:
-    """A grid of uint8 RGB `[N, H, W, 3]` images, each enlarged `scale`x, with a caption under it.
-
-    Returns uint8 RGB `[rows * (scale*H + caption), cols * (scale*W + gap), 3]` on white.
-    """
-    import cv2  # noqa: PLC0415
-
-    images = np.asarray(images)
-    n = len(images)
-    cols = cols or max(1, min(n, 8))
-    rows = max(1, -(-n // cols))
-    h, w = images.shape[1] * scale, images.shape[2] * scale
-    gap, cap = 4, (14 if captions else 0)
-    sheet = np.full([rows * (h + cap + gap) + gap, cols * (w + gap) + gap, 3], 255, np.uint8)
-    for k in range(n):
-        r, c = (k // cols, k % cols) if rows_first else (k % rows, k // rows)
-        y, x = gap + r * (h + cap + gap), gap + c * (w + gap)
-        sheet[y : y + h, x : x + w] = cv2.resize(images[k], (w, h), interpolation=cv2.INTER_NEAREST)
-        if captions:
-            text = str(captions[k])
-            while len(text) > 3 and cv2.getTextSize(text, cv2.FONT_HERSHEY_PLAIN, 0.8, 1)[0][0] > w:
-                text = text[:-1]
-            cv2.putText(
-                sheet, text, (x, y + h + cap - 3), cv2.FONT_HERSHEY_PLAIN, 0.8, (0, 0, 0), 1
-            )
-    return sheet
-
-
-def write_png(path: str | os.PathLike, image_rgb: np.ndarray) -> None:
-    import cv2  # noqa: PLC0415
-
-    if not cv2.imwrite(os.fspath(path), np.ascontiguousarray(image_rgb[..., ::-1])):
-        raise OSError(f"{path}: could not write the PNG")
+# ---------------------------------------------------------------------------- `v2f generate`
 
 
 @dataclasses.dataclass
@@ -228,7 +210,7 @@ class GenerateResult:
 
 
 def generate(
-    model: export.Model,
+    model: Model,
     audio_paths: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     frontend: str | None = None,
@@ -242,8 +224,6 @@ def generate(
     Raises:
       FrontendMismatchError: `frontend` names another front end than the model's.
     """
-    from input_pipeline import audio, errors  # noqa: PLC0415
-
     frontend = check_frontend(model, frontend)
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -265,12 +245,13 @@ def generate(
     ok = [item for item in items if "png" in item]
     sheet_path = None
     if voices:
-        faces = to_uint8(generate_faces(model, embed_voices(model, voices)))
+        emb = embed_voices(model.config, model.embedder, voices)
+        faces = images.to_uint8(generate_faces(model.config, model.generator, emb))
         for item, face in zip(ok, faces):
-            write_png(out / item["png"], face)
+            images.write_png(out / item["png"], face)
         sheet_path = os.fspath(out / "contact_sheet.png")
         captions = [pathlib.Path(item["png"]).stem for item in ok]
-        write_png(sheet_path, contact_sheet(faces, captions))
+        images.write_png(sheet_path, images.contact_sheet(faces, captions))
     (out / "generate.json").write_text(
         json.dumps(
             {

@@ -1,14 +1,16 @@
-"""Every fast form of the convolutions equals the plain form: values and gradients, fp32 ~1e-5."""
+"""Every CPU form of the convolutions equals the plain XLA form: values and gradients, fp32 ~1e-5;
+and how `config.model.impl` resolves to the forms."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from v2f_jax import config_lib, layers, models
+from v2f_jax import config_lib, models
 from v2f_jax import state as state_lib
+from v2f_jax.ops import conv, cpu
 
-FAST = [impl for impl in layers.IMPLS if impl != "reference"]
+FAST = [impl for impl in conv.IMPLS if impl != "xla"]
 # (kernel, stride, padding, input size): G's layers (4x4 s2 p1 at several sizes, the 1x1 -> 4x4
 # projection, the 1x1 to RGB) and odd geometries that exercise the general sub-pixel algebra.
 TRANSPOSE_CASES = [
@@ -31,24 +33,30 @@ def _inputs(k, size, in_ch=3, out_ch=5, seed=0):
     return x, w
 
 
-def _value_and_grads(op, case, impl):
+def _op(name, impl):
+    """`ConvForms(impl).conv2d` or `.conv_transpose`: `(x, kernel, stride, padding, bias=None)`."""
+    return getattr(conv.ConvForms(impl), name)
+
+
+def _value_and_grads(name, case, impl):
     k, stride, padding, size = case
     x, w = _inputs(k, size)
-    probe = jax.random.normal(jax.random.PRNGKey(1), op(x, w, stride, padding, "reference").shape)
+    op = _op(name, impl)
+    probe = jax.random.normal(jax.random.PRNGKey(1), _op(name, "xla")(x, w, stride, padding).shape)
 
     def loss(x, w):
-        return jnp.sum(op(x, w, stride, padding, impl).astype(jnp.float32) * probe)
+        return jnp.sum(op(x, w, stride, padding).astype(jnp.float32) * probe)
 
-    return op(x, w, stride, padding, impl), jax.grad(loss, argnums=(0, 1))(x, w)
+    return op(x, w, stride, padding), jax.grad(loss, argnums=(0, 1))(x, w)
 
 
-def _assert_all_same(op, cases, rtol=1e-5, atol=1e-5):
+def _assert_all_same(op_name, cases, rtol=1e-5, atol=1e-5):
     for case in cases:
         # One small jit per case (XLA's compile time grows faster than the graph).
         results = jax.jit(
-            lambda case=case: {i: _value_and_grads(op, case, i) for i in layers.IMPLS}
+            lambda case=case: {i: _value_and_grads(op_name, case, i) for i in conv.IMPLS}
         )()
-        ref = results["reference"]
+        ref = results["xla"]
         for impl in FAST:
             got = results[impl]
             for name, a, b in zip(
@@ -61,46 +69,48 @@ def _assert_all_same(op, cases, rtol=1e-5, atol=1e-5):
 
 
 def test_transposed_conv_forms_equal_the_plain_form():
-    _assert_all_same(layers.conv_transpose, TRANSPOSE_CASES)
+    _assert_all_same("conv_transpose", TRANSPOSE_CASES)
 
 
 def test_conv_forms_equal_the_plain_form():
-    _assert_all_same(layers.conv2d, CONV_CASES)
+    _assert_all_same("conv2d", CONV_CASES)
 
 
 def test_both_matmul_forms_of_the_transposed_conv_are_exercised():
-    assert layers.transpose_form(4, 4, 4, 2) == "col2im"  # G's 4x4 -> 8x8
-    assert layers.transpose_form(16, 17, 4, 2) == "subpixel"
-    assert layers.transpose_form(32, 32, 4, 2) == "subpixel"  # G's 32x32 -> 64x64
-    assert layers.transpose_form(1, 1, 4, 1) == "col2im"  # the 1x1 projection
+    assert cpu.im2col.transpose_form(4, 4, 4, 2) == "col2im"  # G's 4x4 -> 8x8
+    assert cpu.im2col.transpose_form(16, 17, 4, 2) == "subpixel"
+    assert cpu.im2col.transpose_form(32, 32, 4, 2) == "subpixel"  # G's 32x32 -> 64x64
+    assert cpu.im2col.transpose_form(1, 1, 4, 1) == "col2im"  # the 1x1 projection
 
 
 @pytest.mark.parametrize(
-    "op, x_shape, out_ch",
+    "name, x_shape, out_ch",
     [
-        (layers.conv2d, (2, 8, 12, 16), 64),  # F's 4x4 stride-2 convs, non-square
-        (layers.conv2d, (1, 4, 4, 20), 70),  # one 2x2 output tile
-        (layers.conv_transpose, (2, 4, 6, 3), 64),  # G's 4x4 stride-2 transposed convs
-        (layers.conv_transpose, (1, 16, 2, 4), 65),
+        ("conv2d", (2, 8, 12, 16), 64),  # F's 4x4 stride-2 convs, non-square
+        ("conv2d", (1, 4, 4, 20), 70),  # one 2x2 output tile
+        ("conv_transpose", (2, 4, 6, 3), 64),  # G's 4x4 stride-2 transposed convs
+        ("conv_transpose", (1, 16, 2, 4), 65),
     ],
 )
-def test_winograd_form_equals_the_plain_form(op, x_shape, out_ch):
+def test_winograd_form_equals_the_plain_form(name, x_shape, out_ch):
     """Values and both gradients at float32 rounding, where the Winograd form is taken."""
-    transposed = op is layers.conv_transpose
+    transposed = name == "conv_transpose"
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
     w = jnp.asarray(rng.normal(size=(4, 4, x_shape[-1], out_ch)) / 4, jnp.float32)
     bias = jnp.asarray(rng.normal(size=out_ch), jnp.float32)
-    assert layers.winograd_applies(x.shape, x.dtype, w.shape, 2, 1, transposed=transposed)
-    probe = jax.random.normal(jax.random.PRNGKey(1), op(x, w, 2, 1, "reference").shape)
+    assert cpu.winograd.applies(x.shape, x.dtype, w.shape, 2, 1, transposed=transposed)
+    probe = jax.random.normal(jax.random.PRNGKey(1), _op(name, "xla")(x, w, 2, 1).shape)
 
     def value_and_grads(impl):
+        op = _op(name, impl)
+
         def loss(x, w, b):
-            return jnp.sum(op(x, w, 2, 1, impl, bias=b) * probe)
+            return jnp.sum(op(x, w, 2, 1, bias=b) * probe)
 
-        return op(x, w, 2, 1, impl, bias=bias), jax.grad(loss, (0, 1, 2))(x, w, bias)
+        return op(x, w, 2, 1, bias=bias), jax.grad(loss, (0, 1, 2))(x, w, bias)
 
-    got, ref = jax.jit(lambda: (value_and_grads("winograd"), value_and_grads("reference")))()
+    got, ref = jax.jit(lambda: (value_and_grads("winograd"), value_and_grads("xla")))()
     for name, a, b in zip(("y", "dx", "dw", "db"), jax.tree.leaves(got), jax.tree.leaves(ref)):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
@@ -112,17 +122,17 @@ def test_a_transposed_conv_outside_the_winograd_form_takes_it_for_its_input_grad
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(2, 18, 20, 64)), jnp.float32)  # sides over 16
     w = jnp.asarray(rng.normal(size=(4, 4, 64, 16)) / 4, jnp.float32)
-    assert not layers.winograd_applies(x.shape, x.dtype, w.shape, 2, 1, transposed=True)
-    assert layers.winograd_applies((2, 36, 40, 16), x.dtype, (4, 4, 16, 64), 2, 1)
+    assert not cpu.winograd.applies(x.shape, x.dtype, w.shape, 2, 1, transposed=True)
+    assert cpu.winograd.applies((2, 36, 40, 16), x.dtype, (4, 4, 16, 64), 2, 1)
     probe = jax.random.normal(jax.random.PRNGKey(1), (2, 36, 40, 16))
 
     def grads(impl):
         def loss(x, w):
-            return jnp.sum(layers.conv_transpose(x, w, 2, 1, impl) * probe)
+            return jnp.sum(conv.ConvForms(impl).conv_transpose(x, w, 2, 1) * probe)
 
         return jax.grad(loss, (0, 1))
 
-    got, ref = jax.jit(lambda: (grads("winograd")(x, w), grads("reference")(x, w)))()
+    got, ref = jax.jit(lambda: (grads("winograd")(x, w), grads("xla")(x, w)))()
     for name, a, b in zip(("dx", "dw"), got, ref):
         # Each dw entry sums ~1,400 products: float32 rounding relative to the largest entry.
         scale = float(jnp.max(jnp.abs(b)))
@@ -136,15 +146,15 @@ def test_a_transposed_conv_outside_the_winograd_form_takes_it_for_its_input_grad
 
 def test_winograd_form_is_taken_only_where_it_was_measured_faster():
     f32, bf16 = jnp.float32, jnp.bfloat16
-    assert layers.winograd_applies((8, 32, 32, 64), f32, (4, 4, 64, 128), 2, 1)  # F's 2nd conv
-    assert not layers.winograd_applies((8, 32, 32, 64), bf16, (4, 4, 64, 128), 2, 1)
-    assert not layers.winograd_applies((8, 64, 64, 8), f32, (4, 4, 8, 64), 2, 1)  # few channels
-    assert not layers.winograd_applies((8, 32, 32, 64), f32, (4, 4, 64, 48), 2, 1)
-    assert not layers.winograd_applies((8, 30, 32, 64), f32, (4, 4, 64, 128), 2, 1)  # 15 rows out
-    assert not layers.winograd_applies((8, 4, 4, 512), f32, (4, 4, 512, 64), 1, 0)  # F's last
+    assert cpu.winograd.applies((8, 32, 32, 64), f32, (4, 4, 64, 128), 2, 1)  # F's 2nd conv
+    assert not cpu.winograd.applies((8, 32, 32, 64), bf16, (4, 4, 64, 128), 2, 1)
+    assert not cpu.winograd.applies((8, 64, 64, 8), f32, (4, 4, 8, 64), 2, 1)  # few channels
+    assert not cpu.winograd.applies((8, 32, 32, 64), f32, (4, 4, 64, 48), 2, 1)
+    assert not cpu.winograd.applies((8, 30, 32, 64), f32, (4, 4, 64, 128), 2, 1)  # 15 rows out
+    assert not cpu.winograd.applies((8, 4, 4, 512), f32, (4, 4, 512, 64), 1, 0)  # F's last
     g = (4, 4, 256, 128)
-    assert layers.winograd_applies((8, 16, 16, 256), f32, g, 2, 1, transposed=True)
-    assert not layers.winograd_applies((8, 32, 32, 128), f32, g, 2, 1, transposed=True)
+    assert cpu.winograd.applies((8, 16, 16, 256), f32, g, 2, 1, transposed=True)
+    assert not cpu.winograd.applies((8, 32, 32, 128), f32, g, 2, 1, transposed=True)
 
 
 def test_transposed_conv_matches_pytorch_semantics_by_hand():
@@ -154,8 +164,9 @@ def test_transposed_conv_matches_pytorch_semantics_by_hand():
     w = jnp.arange(16.0).reshape(4, 4, 1, 1)
     expected = np.zeros((4, 4))
     expected[1:4, 1:4] = np.arange(16.0).reshape(4, 4)[:3, :3]
-    for impl in layers.IMPLS:
-        np.testing.assert_allclose(layers.conv_transpose(x, w, 2, 1, impl)[0, :, :, 0], expected)
+    for impl in conv.IMPLS:
+        got = conv.ConvForms(impl).conv_transpose(x, w, 2, 1)
+        np.testing.assert_allclose(got[0, :, :, 0], expected, err_msg=impl)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -164,10 +175,10 @@ def test_matmul_gradients_and_dtypes(dtype):
     rng = np.random.default_rng(0)
     a = jnp.asarray(rng.normal(size=(37, 11)), dtype)
     w = jnp.asarray(rng.normal(size=(11, 6)), jnp.float32)
-    y = layers.matmul(a, w)
+    y = cpu.dot.matmul(a, w)
     assert y.dtype == dtype
     da, dw = jax.grad(
-        lambda a, w: jnp.sum(layers.matmul(a, w).astype(jnp.float32) ** 2), argnums=(0, 1)
+        lambda a, w: jnp.sum(cpu.dot.matmul(a, w).astype(jnp.float32) ** 2), argnums=(0, 1)
     )(a, w)
     assert da.dtype == dtype and dw.dtype == jnp.float32
     a32 = a.astype(jnp.float32)
@@ -178,12 +189,33 @@ def test_matmul_gradients_and_dtypes(dtype):
 
 
 def test_auto_picks_per_backend_and_rejects_unknown_names():
-    assert layers.resolve_impl("auto", "cpu") == "winograd"
-    assert layers.resolve_impl("auto", "gpu") == "reference"
-    assert layers.resolve_impl("auto", "tpu") == "reference"
-    assert layers.resolve_impl("subpixel") == "subpixel"
-    with pytest.raises(ValueError, match="im2col"):
-        layers.resolve_impl("im2col")
+    assert conv.forms_for("auto", "cpu") == conv.ConvForms("winograd")
+    assert conv.forms_for("auto", "gpu") == conv.XLA
+    assert conv.forms_for("auto", "tpu") == conv.XLA
+    assert conv.forms_for("auto") == conv.forms_for("auto", jax.default_backend())
+    for impl in conv.IMPLS:
+        assert conv.forms_for(impl, "gpu").impl == impl  # a named form on any backend
+    with pytest.raises(ValueError, match=r"must be 'auto' or one of \('xla', .*not 'im2col'"):
+        conv.forms_for("im2col")
+    with pytest.raises(ValueError, match="auto"):
+        conv.ConvForms("auto")  # resolved names only
+
+
+def test_legacy_reference_name_is_the_xla_forms():
+    """Exported models and checkpoints' config.json from before the rename say "reference"."""
+    assert conv.forms_for("reference", "cpu") == conv.XLA
+    config = config_lib.load_config("configs/tiny.py", ["--config.model.impl=reference"])
+    assert models.Networks(config.model, num_ids=3).convs == conv.XLA
+
+
+def test_forms_are_hashable_and_leave_the_parameters_alone():
+    assert hash(conv.forms_for("matmul")) == hash(conv.ConvForms("matmul"))
+    x = jnp.ones((1, 8, 8, 2))
+    for layer in (conv.Conv2d, conv.ConvTranspose2d):
+        fast = layer(4, 4, 2, 1, convs=conv.ConvForms("winograd")).init(jax.random.PRNGKey(0), x)
+        plain = layer(4, 4, 2, 1).init(jax.random.PRNGKey(0), x)
+        assert jax.tree.map(jnp.shape, fast) == jax.tree.map(jnp.shape, plain)
+        assert jax.tree.all(jax.tree.map(jnp.array_equal, fast, plain))
 
 
 def test_networks_give_the_same_numbers_in_the_fast_forms():
@@ -192,10 +224,10 @@ def test_networks_give_the_same_numbers_in_the_fast_forms():
     """
     base = config_lib.load_config("configs/tiny.py")
     nets = {}
-    for impl in ("reference", "matmul", "winograd"):
+    for impl in ("xla", "matmul", "winograd"):
         config = config_lib.load_config("configs/tiny.py", [f"--config.model.impl={impl}"])
         nets[impl] = models.Networks(config.model, num_ids=7)
-    state = state_lib.create_gan_state(base, nets["reference"])
+    state = state_lib.create_gan_state(base, nets["xla"])
     emb = jax.random.normal(jax.random.PRNGKey(3), (3, base.model.embed_dim))
 
     def run(n):
@@ -209,7 +241,7 @@ def test_networks_give_the_same_numbers_in_the_fast_forms():
         )
         return value, faces, grads
 
-    ref = jax.jit(lambda: run(nets["reference"]))()
+    ref = jax.jit(lambda: run(nets["xla"]))()
     for impl in ("matmul", "winograd"):
         got = jax.jit(lambda impl=impl: run(nets[impl]))()
         for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
@@ -231,7 +263,7 @@ def test_conv1d_matmul_equals_xla_conv_forward_and_gradients():
         (_, y), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(x, w)
         return y, grads
 
-    got = jax.jit(lambda: run(layers.conv1d_matmul))()
+    got = jax.jit(lambda: run(cpu.im2col.conv1d_matmul))()
     ref = jax.jit(lambda: run(jax.lax.conv_general_dilated))()
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
@@ -243,17 +275,18 @@ def test_frozen_bf16_voice_embedder_runs_its_convs_as_matmuls():
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 37, 64)), jnp.float32)
 
     def net(impl, dtype):
-        return models.VoiceEmbedder(channels=(32, 48), embed_dim=16, dtype=dtype, impl=impl)
+        forms = conv.ConvForms(impl)
+        return models.VoiceEmbedder(channels=(32, 48), embed_dim=16, dtype=dtype, convs=forms)
 
-    variables = net("reference", jnp.float32).init(jax.random.PRNGKey(0), x)
-    exact = net("reference", jnp.float32).apply(variables, x)
+    variables = net("xla", jnp.float32).init(jax.random.PRNGKey(0), x)
+    exact = net("xla", jnp.float32).apply(variables, x)
     got = jax.jit(lambda: net("matmul", jnp.bfloat16).apply(variables, x))()
-    xla = jax.jit(lambda: net("reference", jnp.bfloat16).apply(variables, x))()
-    err = lambda y: float(jnp.linalg.norm(y - exact) / jnp.linalg.norm(exact))  # noqa: E731
+    xla = jax.jit(lambda: net("xla", jnp.bfloat16).apply(variables, x))()
+    err = lambda y: float(jnp.linalg.norm(y - exact) / jnp.linalg.norm(exact))
     assert err(got) < 1e-2 and err(got) < 1.5 * err(xla), (err(got), err(xla))
 
     def uses_xla_conv(dtype, train):
-        fn = lambda: net("matmul", dtype).apply(  # noqa: E731
+        fn = lambda: net("matmul", dtype).apply(
             variables, x, train=train, mutable=["batch_stats"] if train else False
         )
         return "conv_general_dilated" in str(jax.make_jaxpr(fn)())

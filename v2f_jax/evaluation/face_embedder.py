@@ -21,8 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import traverse_util
+from safetensors import numpy as st_numpy
+from safetensors import safe_open
 
-from v2f_jax import models
+from v2f_jax import models, ops
+from v2f_jax.input_pipeline import manifest as manifest_lib
 
 PyTree = Any
 
@@ -66,7 +70,7 @@ class FaceEmbedder:
 
     def logits(self, embeddings: np.ndarray) -> np.ndarray:
         """Identity logits `[N, num_ids]` over the TRAIN split from unit embeddings `[N, D]`."""
-        w = _unit(jnp.asarray(self.params["classes"]).T).T
+        w = models.unit(jnp.asarray(self.params["classes"]).T).T
         return np.asarray(self.settings["scale"] * jnp.asarray(embeddings) @ w)
 
 
@@ -79,7 +83,7 @@ def _embed_fn(settings: dict):
     if key not in _EMBED_FNS:
         trunk, pool = _trunk(settings), settings.get("pool", 1)
         _EMBED_FNS[key] = jax.jit(
-            lambda params, faces: _unit(
+            lambda params, faces: models.unit(
                 trunk.apply({"params": params["trunk"]}, _pool(faces, pool))
             )
         )
@@ -91,7 +95,7 @@ def _trunk(settings: dict) -> models.FaceTrunk:
         channels=tuple(settings["channels"]),
         out_dim=settings["out_dim"],
         kernel=4,
-        impl="reference",
+        convs=ops.conv.XLA,
     )
 
 
@@ -106,10 +110,6 @@ def _pool(faces, k: int):
         return faces
     b, h, w, c = faces.shape
     return faces.reshape(b, h // k, k, w // k, k, c).mean(axis=(2, 4))
-
-
-def _unit(x, eps: float = 1e-12):
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
 def to_float(faces_uint8: np.ndarray) -> np.ndarray:
@@ -156,8 +156,8 @@ def train(
     opt_state = optimizer.init(params)
 
     def loss_fn(p, x, y):
-        emb = _unit(trunk.apply({"params": p["trunk"]}, _pool(x, settings["pool"])))
-        logits = settings["scale"] * emb @ _unit(p["classes"].T).T
+        emb = models.unit(trunk.apply({"params": p["trunk"]}, _pool(x, settings["pool"])))
+        logits = settings["scale"] * emb @ models.unit(p["classes"].T).T
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         return loss, jnp.mean(jnp.argmax(logits, -1) == y)
 
@@ -194,12 +194,9 @@ def train(
 
 def save(fe: FaceEmbedder, path: str | os.PathLike) -> str:
     """A safetensors file: `trunk/...` and `classes` tensors; settings and info as metadata."""
-    from safetensors import numpy as st_numpy  # noqa: PLC0415
-
     path = os.fspath(path)
-    tensors = {"classes": np.asarray(fe.params["classes"], np.float32)}
-    for keys, leaf in jax.tree_util.tree_flatten_with_path(fe.params["trunk"])[0]:
-        tensors["trunk/" + "/".join(k.key for k in keys)] = np.asarray(leaf, np.float32)
+    flat = traverse_util.flatten_dict(fe.params, sep="/")
+    tensors = {k: np.asarray(v, np.float32) for k, v in flat.items()}
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
@@ -214,44 +211,36 @@ def save(fe: FaceEmbedder, path: str | os.PathLike) -> str:
 
 
 def load(path: str | os.PathLike) -> FaceEmbedder:
-    from safetensors import numpy as st_numpy  # noqa: PLC0415
-    from safetensors import safe_open
+    """Reads a file written by `save`.
 
+    Raises:
+      ValueError: not a v2f face embedder file.
+    """
     path = os.fspath(path)
     with safe_open(path, framework="numpy") as f:
         meta = dict(f.metadata() or {})
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: not a v2f face embedder")
-    flat = st_numpy.load_file(path)
-    trunk: dict = {}
-    for name, value in flat.items():
-        if name.startswith("trunk/"):
-            node = trunk
-            *parents, leaf = name.split("/")[1:]
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = value
+    params = traverse_util.unflatten_dict(st_numpy.load_file(path), sep="/")
     settings = json.loads(meta["settings"])
     settings["channels"] = tuple(settings["channels"])
     return FaceEmbedder(
-        params={"trunk": trunk, "classes": flat["classes"]},
+        params={"trunk": params["trunk"], "classes": params["classes"]},
         settings=settings,
         info=json.loads(meta.get("info") or "{}"),
     )
 
 
-def cache_key(records_dir: str | os.PathLike, steps: int, **overrides) -> str:
+def cache_key(records: manifest_lib.Records, steps: int, **overrides) -> str:
     """sha256 of the records' manifest and the settings: equal keys, equal embedders."""
-    with open(os.path.join(os.fspath(records_dir), "manifest.json"), "rb") as f:
-        manifest = f.read()
     settings = dict(DEFAULTS, **overrides, steps=int(steps), version=FORMAT_VERSION)
-    h = hashlib.sha256(manifest)
+    h = hashlib.sha256(bytes.fromhex(records.manifest_sha256))
     h.update(json.dumps(settings, sort_keys=True, default=list).encode())
     return h.hexdigest()[:16]
 
 
 def get_or_train(
-    records_dir: str | os.PathLike,
+    records: manifest_lib.Records,
     steps: int,
     out_dir: str | os.PathLike | None = None,
     log=print,
@@ -265,10 +254,10 @@ def get_or_train(
     Returns:
       `(embedder, path of the copy in out_dir, or the cached file)`.
     """
-    from input_pipeline import reader  # noqa: PLC0415  (TensorFlow)
+    from v2f_jax.input_pipeline import reader  # imports TensorFlow: only when training one
 
-    key = cache_key(records_dir, steps, **overrides)
-    candidates = [os.path.join(os.fspath(records_dir), "face_embedder", f"{key}.safetensors")]
+    key = cache_key(records, steps, **overrides)
+    candidates = [os.path.join(records.root, "face_embedder", f"{key}.safetensors")]
     if out_dir is not None:
         candidates.append(os.path.join(os.fspath(out_dir), f"face_embedder-{key}.safetensors"))
     fe = None
@@ -278,8 +267,8 @@ def get_or_train(
             log(f"face embedder: cached {path}")
             break
     if fe is None:
-        faces, labels, _ = reader.load_faces(records_dir, "train")
-        num_ids = int(reader.read_manifest(records_dir)["splits"]["train"]["num_identities"])
+        faces, labels, _ = reader.load_faces(records, "train")
+        num_ids = records.num_train_ids
         log(
             f"face embedder: training on {len(faces)} real faces of {num_ids} identities, "
             f"{steps} steps"

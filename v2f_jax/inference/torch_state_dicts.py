@@ -16,7 +16,8 @@ Ours (`models.VoiceEmbedder`, `models.Generator(upsample="transpose")`), channel
     G  params deconv{i}.kernel [kh, kw, in, out] (PyTorch's kernel, un-flipped), deconv{i}.bias
 
 so every conversion is a transpose. The layout functions here work on numpy arrays and need no
-torch; only `load_pth` / `save_pth` import it (an optional dependency: `pip install torch`).
+torch; only the file functions (`load_pth`, `save_pth`, `export_torch`) import it (an optional
+dependency: `pip install torch`).
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ import collections
 import os
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-PyTree = Any
+from v2f_jax.configs import wen2019
+
+if TYPE_CHECKING:
+    from v2f_jax.inference.model import Model
 
 # Positions of the layers inside the reference's nn.Sequential.
 _E_CONVS = (0, 3, 6, 9, 12)
@@ -102,11 +106,14 @@ def embedder_from_torch(state_dict: Mapping[str, Any]) -> dict:
     return {"params": params, "batch_stats": stats}
 
 
-def embedder_to_torch(embedder: Mapping[str, Any], num_batches_tracked: int = 0) -> dict:
+def embedder_to_torch(embedder: Mapping[str, Any]) -> dict:
     """`{"params", "batch_stats"}` of `models.VoiceEmbedder` -> the reference's state dict.
 
-    Values are numpy (float32; `num_batches_tracked` int64 `[]`, which PyTorch reads only when
-    BatchNorm's momentum is None); `save_pth` turns them into tensors.
+    Values are numpy (float32; `num_batches_tracked` int64 `[]` zero, which PyTorch reads only
+    when BatchNorm's momentum is None); `save_pth` turns them into tensors.
+
+    Raises:
+      StateDictError: not the wen2019 voice embedder.
     """
     params = _tree_np(embedder["params"])
     stats = _tree_np(embedder["batch_stats"])
@@ -126,7 +133,7 @@ def embedder_to_torch(embedder: Mapping[str, Any], num_batches_tracked: int = 0)
             sd[f"model.{bn}.bias"] = params[f"bn{i}"]["bias"]
             sd[f"model.{bn}.running_mean"] = stats[f"bn{i}"]["mean"]
             sd[f"model.{bn}.running_var"] = stats[f"bn{i}"]["var"]
-            sd[f"model.{bn}.num_batches_tracked"] = np.array(num_batches_tracked, np.int64)
+            sd[f"model.{bn}.num_batches_tracked"] = np.array(0, np.int64)
     return _ordered(sd)
 
 
@@ -152,7 +159,11 @@ def generator_from_torch(state_dict: Mapping[str, Any]) -> dict:
 
 
 def generator_to_torch(generator: Mapping[str, Any]) -> dict:
-    """Params of `models.Generator(upsample="transpose")` -> the reference's state dict (numpy)."""
+    """Params of `models.Generator(upsample="transpose")` -> the reference's state dict (numpy).
+
+    Raises:
+      StateDictError: not the wen2019 generator.
+    """
     params = _tree_np(generator)
     if set(params) != {f"deconv{i}" for i in range(6)}:
         raise StateDictError(
@@ -174,8 +185,6 @@ def model_config_from_torch(embedder_sd: Mapping[str, Any], generator_sd: Mappin
 
     The front end is the reference's (`wen2019`): its models were trained on its own features.
     """
-    from configs import wen2019  # noqa: PLC0415  (configs import ml_collections only)
-
     e = embedder_from_torch(embedder_sd)["params"]
     g = generator_from_torch(generator_sd)
     n_mels = int(e["conv0"]["kernel"].shape[1])
@@ -199,9 +208,34 @@ def model_config_from_torch(embedder_sd: Mapping[str, Any], generator_sd: Mappin
 # ---------------------------------------------------------------------------------------- files
 
 
+def export_torch(m: Model, out_dir: str | os.PathLike) -> tuple[str, str]:
+    """Writes `voice_embedding.pth` and `generator.pth` in the reference's layout into `out_dir`.
+
+    Only the wen2019 architecture has PyTorch counterparts (`network.py` of the reference).
+
+    Returns:
+      The two paths written.
+
+    Raises:
+      ValueError: another architecture.
+      ImportError: no torch.
+    """
+    if m.config.model.arch != "wen2019":
+        raise ValueError(
+            f"only wen2019 models have the reference's PyTorch layout; this one is "
+            f"{m.config.model.arch!r}"
+        )
+    os.makedirs(out_dir, exist_ok=True)
+    e_path = os.path.join(os.fspath(out_dir), "voice_embedding.pth")
+    g_path = os.path.join(os.fspath(out_dir), "generator.pth")
+    save_pth(embedder_to_torch(m.embedder), e_path)
+    save_pth(generator_to_torch(m.generator), g_path)
+    return e_path, g_path
+
+
 def _import_torch():
     try:
-        import torch  # noqa: PLC0415
+        import torch
     except ImportError as err:
         raise ImportError(
             "reading or writing PyTorch .pth files needs torch: `pip install torch` (the CPU "

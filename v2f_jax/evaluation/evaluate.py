@@ -1,0 +1,225 @@
+"""`v2f eval`: how well generated faces match their speakers, on identities never seen in training.
+
+Every face (generated or real) is embedded by a separate face embedder trained on the TRAIN
+split's real faces only (`face_embedder.py`). Faces generated from TEST voices are scored against
+TEST faces (1:2 matching, retrieval recall over galleries of `config.eval.gallery_size` test
+identities, <= 0: all); faces generated from TRAIN voices are classified over the training
+identities (identity accuracy). `metrics.py` defines the figures, `report.py` writes them up.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import json
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+from v2f_jax.evaluation import face_embedder, metrics, report
+from v2f_jax.inference import generate, images
+from v2f_jax.inference.model import Model
+from v2f_jax.input_pipeline import manifest as manifest_lib
+
+
+def _generated_embeddings(
+    records: manifest_lib.Records,
+    split: str,
+    embed: Callable,
+    per_identity: int | None = None,
+    keep_faces: int = 0,
+    chunk: int = 256,
+):
+    """Streams a split's utterances through E, G and the face embedder, `chunk` at a time, so
+    memory holds embeddings, not log-mels.
+
+    Args:
+      embed: `list of [T, 64] log-mels -> (faces [N, 64, 64, 3], face embeddings [N, D])`.
+      per_identity: use at most this many utterances of each identity (the first ones).
+      keep_faces: keep the generated faces of each identity's first `keep_faces` utterances.
+
+    Returns:
+      `(embeddings [N, D], labels [N], genders [N], {label: [faces]})`.
+    """
+    from v2f_jax.input_pipeline import reader  # imports TensorFlow
+
+    mels, labels, genders, embs = [], [], [], []
+    counts: collections.Counter = collections.Counter()
+    kept: dict[int, list] = collections.defaultdict(list)
+
+    def flush():
+        if not mels:
+            return
+        faces, emb = embed(mels)
+        embs.append(emb)
+        for face, label in zip(faces, labels[len(labels) - len(mels) :]):
+            if len(kept[label]) < keep_faces:
+                kept[label].append(face)
+        mels.clear()
+
+    for mel, label, gender in reader.make_eval_voices(records, split):
+        if per_identity is not None and counts[label] >= per_identity:
+            continue
+        counts[label] += 1
+        mels.append(mel)
+        labels.append(label)
+        genders.append(gender)
+        if len(mels) == chunk:
+            flush()
+    flush()
+    emb = np.concatenate(embs) if embs else np.zeros([0, 0], np.float32)
+    return emb, np.asarray(labels, np.int64), np.asarray(genders, np.int64), dict(kept)
+
+
+def evaluate(
+    model: Model,
+    records: manifest_lib.Records,
+    out_dir: str | os.PathLike,
+    *,
+    face_embedder_steps: int | None = None,
+    gallery_size: int | None = None,
+    max_train_voices: int = 2000,
+    face_embedder_path: str | os.PathLike | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Scores `model` on the records' TEST split (and TRAIN voices for identity accuracy).
+
+    Writes `eval.json`, `eval.md`, `eval.png` (generated vs real faces of test identities) and
+    `face_embedder.safetensors` into `out_dir`.
+
+    Args:
+      model: E and G (`inference.sources.load_any`).
+      records: a `v2f prepare` output (`manifest.Records.open(dir)`).
+      out_dir: created if missing.
+      face_embedder_steps: default `model.config.eval.face_embedder_steps`.
+      gallery_size: default `model.config.eval.gallery_size`.
+      max_train_voices: about this many TRAIN utterances (the first of each identity, the same
+        number of each) are generated for identity accuracy; <= 0: all.
+      face_embedder_path: score with this embedder file instead of the cached/trained one (it
+        must have been trained on these records' TRAIN identities for `id_top*`).
+
+    Returns:
+      The `eval.json` dict.
+
+    Raises:
+      inference.generate.FrontendMismatchError: the records' features come from another front end.
+    """
+    from v2f_jax.input_pipeline import reader  # imports TensorFlow
+
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    records_frontend = records.frontend.get("name")
+    if records_frontend is not None and records_frontend != model.frontend_name:
+        raise generate.FrontendMismatchError(
+            f"the records in {records.root} hold '{records_frontend}' features, the model was "
+            f"trained on '{model.frontend_name}' ones; evaluate on records prepared with "
+            f"--frontend {model.frontend_name}"
+        )
+    eval_cfg = model.config.get("eval", {})
+    steps = int(
+        face_embedder_steps
+        if face_embedder_steps is not None
+        else eval_cfg.get("face_embedder_steps", 2000)
+    )
+    gallery_size = int(
+        gallery_size if gallery_size is not None else eval_cfg.get("gallery_size", 0)
+    )
+
+    if face_embedder_path is not None:
+        fe, fe_path = face_embedder.load(face_embedder_path), os.fspath(face_embedder_path)
+        fe_copy = os.path.join(out_dir, "face_embedder.safetensors")
+        if os.path.abspath(fe_copy) != os.path.abspath(fe_path):
+            face_embedder.save(fe, fe_copy)
+        fe_path = fe_copy
+    else:
+        fe, fe_path = face_embedder.get_or_train(records, steps, out_dir, log=log)
+
+    def embed(mels):
+        voices = generate.embed_voices(model.config, model.embedder, mels)
+        faces = generate.generate_faces(model.config, model.generator, voices)
+        return faces, fe.embed(np.clip(faces, -1.0, 1.0))
+
+    # Test split: generated faces of unseen speakers against their real faces.
+    log("eval: test split")
+    t_emb, t_labels, t_genders, t_faces = _generated_embeddings(
+        records, "test", embed, keep_faces=2
+    )
+    f_imgs, f_labels, f_genders = reader.load_faces(records, "test")
+    if not len(t_labels) or not len(f_imgs):
+        raise ValueError(f"{records.root}: the test split has no voices or no faces to evaluate")
+    f_emb = fe.embed(face_embedder.to_float(f_imgs))
+    m_all = metrics.matching_1v2(t_emb, t_labels, f_emb, f_labels)
+    m_gender = metrics.matching_1v2(
+        t_emb, t_labels, f_emb, f_labels, t_genders, f_genders, same_gender=True
+    )
+    recall = metrics.retrieval_recall(t_emb, t_labels, f_emb, f_labels, gallery_size)
+
+    # Train split: is the generated face recognisably the (seen) speaker?
+    log("eval: identity accuracy on training voices")
+    num_train_ids = records.num_train_ids
+    quota = -(-max_train_voices // max(1, num_train_ids)) if max_train_voices > 0 else None
+    tr_emb, tr_labels, _, _ = _generated_embeddings(records, "train", embed, quota)
+    ident = metrics.identity_accuracy(fe.logits(tr_emb), tr_labels)
+
+    names = {v["label"]: k for k, v in records.identities("test").items()}
+    result = {
+        "matching_1v2": m_all["accuracy"],
+        "matching_1v2_gender": m_gender["accuracy"],
+        **{f"recall_at_{k}": recall[f"recall_at_{k}"] for k in metrics.RECALL_KS},
+        "id_top1": ident["top1"],
+        "id_top5": ident["top5"],
+        "chance": {
+            "matching_1v2": metrics.CHANCE_1V2,
+            "matching_1v2_gender": metrics.CHANCE_1V2,
+            **{
+                f"recall_at_{k}": min(1.0, k / max(1, recall["gallery_size"]))
+                for k in metrics.RECALL_KS
+            },
+            "id_top1": min(1.0, 1 / num_train_ids),
+            "id_top5": min(1.0, 5 / num_train_ids),
+        },
+        "counts": {
+            "test_identities": int(np.unique(t_labels).size),
+            "test_voices": int(len(t_labels)),
+            "test_faces": int(len(f_imgs)),
+            "matching_voices": m_all["voices"],
+            "matching_gender_voices": m_gender["voices"],
+            "matching_gender_identities": m_gender["identities"],
+            "gallery_size": recall["gallery_size"],
+            "train_identities": num_train_ids,
+            "train_voices": int(len(tr_labels)),
+        },
+        "stderr": {
+            "matching_1v2": m_all["stderr"],
+            "matching_1v2_gender": m_gender["stderr"],
+        },
+        "per_utterance": {
+            "matching_1v2": m_all["accuracy_per_utterance"],
+            "matching_1v2_gender": m_gender["accuracy_per_utterance"],
+        },
+        "model": {
+            "source": model.source,
+            "frontend": model.frontend_name,
+            "arch": model.config.model.arch,
+        },
+        "records": {
+            "dir": records.root,
+            "manifest_sha256": records.manifest_sha256,
+        },
+        "face_embedder": {
+            "file": os.path.basename(fe_path),
+            "steps": fe.settings["steps"],
+            **fe.info,
+        },
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    images.write_png(
+        os.path.join(out_dir, "eval.png"), report.picture(t_faces, f_imgs, f_labels, names)
+    )
+    with open(os.path.join(out_dir, "eval.json"), "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    with open(os.path.join(out_dir, "eval.md"), "w") as f:
+        f.write(report.report_markdown(result))
+    return result

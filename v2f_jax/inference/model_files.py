@@ -1,0 +1,123 @@
+"""A trained model as one file: E and G parameters, the config and the front end.
+
+Two containers, by the file's extension:
+
+- `.safetensors` (default): one float32 tensor per parameter, named by its path in the Flax
+  tree (`embedder/params/conv0/kernel`, `embedder/batch_stats/bn0/mean`,
+  `generator/deconv0/kernel`, ...), and string metadata `format` = "v2f-model",
+  `format_version`, `config` (the training config as JSON), `frontend` (the audio front end's
+  parameters as JSON: the features the model was trained on) and `source` (JSON). Readable with
+  `safetensors.numpy.load_file` alone.
+- `.msgpack`: `flax.serialization.msgpack_serialize` of `{"format", "format_version", "config",
+  "frontend", "source", "embedder", "generator"}`, the same strings and trees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+from flax import serialization, traverse_util
+from safetensors import numpy as st_numpy
+from safetensors import safe_open
+
+from v2f_jax import config_lib
+from v2f_jax.inference.model import Model
+
+FORMAT = "v2f-model"
+FORMAT_VERSION = 1
+SUFFIXES = (".safetensors", ".msgpack")
+_META_KEYS = ("format", "format_version", "config", "frontend", "source")
+
+
+class ModelFileError(ValueError):
+    """A file that is not a v2f model, or one this version cannot read."""
+
+
+def save_model(m: Model, path: str | os.PathLike) -> str:
+    """Writes `m` to `path` (`.safetensors` or `.msgpack`) atomically; returns the path.
+
+    Raises:
+      ValueError: another extension.
+    """
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1]
+    if suffix not in SUFFIXES:
+        raise ValueError(f"{path}: the model file must end in one of {SUFFIXES}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    flat = traverse_util.flatten_dict({"embedder": m.embedder, "generator": m.generator}, sep="/")
+    tensors = {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in flat.items()}
+    tmp = path + ".tmp"
+    if suffix == ".safetensors":
+        st_numpy.save_file(tensors, tmp, metadata=_metadata(m))
+    else:
+        payload = _metadata(m) | traverse_util.unflatten_dict(tensors, sep="/")
+        with open(tmp, "wb") as f:
+            f.write(serialization.msgpack_serialize(payload))
+    os.replace(tmp, path)
+    return path
+
+
+def load_model(path: str | os.PathLike) -> Model:
+    """Reads a file written by `save_model` (`v2f export`).
+
+    Raises:
+      FileNotFoundError: no such file.
+      ModelFileError: not a v2f model file, or a newer format version.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such model file")
+    try:
+        if path.endswith(".msgpack"):
+            with open(path, "rb") as f:
+                payload = serialization.msgpack_restore(f.read())
+            meta = {k: payload.get(k) for k in _META_KEYS}
+            trees = {k: payload.get(k) for k in ("embedder", "generator")}
+        else:
+            with safe_open(path, framework="numpy") as f:
+                meta = dict(f.metadata() or {})
+            trees = traverse_util.unflatten_dict(st_numpy.load_file(path), sep="/")
+    except Exception as err:  # a corrupt or foreign file: say so, with the cause
+        raise ModelFileError(
+            f"{path}: not a v2f model file ({err.__class__.__name__}: {err})"
+        ) from err
+    if meta.get("format") != FORMAT:
+        raise ModelFileError(
+            f"{path}: not a v2f model file (write one with `v2f export --workdir DIR --out FILE`)"
+        )
+    if int(meta.get("format_version") or 0) > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: model format version {meta['format_version']}; this v2f reads up to "
+            f"{FORMAT_VERSION}. Upgrade v2f-jax."
+        )
+    if not trees.get("embedder") or not trees.get("generator"):
+        raise ModelFileError(f"{path}: the embedder or generator parameters are missing")
+    embedder = trees["embedder"]
+    return Model(
+        config=config_lib.from_dict(_lists_to_tuples(json.loads(meta["config"]))),
+        embedder={"params": embedder["params"], "batch_stats": embedder.get("batch_stats", {})},
+        generator=trees["generator"],
+        frontend=json.loads(meta["frontend"]),
+        source=json.loads(meta.get("source") or "{}"),
+    )
+
+
+def _metadata(m: Model) -> dict[str, str]:
+    return {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "config": json.dumps(config_lib.to_dict(m.config), sort_keys=True),
+        "frontend": json.dumps(m.frontend, sort_keys=True),
+        "source": json.dumps(m.source, sort_keys=True),
+    }
+
+
+def _lists_to_tuples(tree):
+    """JSON turned the config's tuples into lists; back, so the config equals the one saved."""
+    if isinstance(tree, dict):
+        return {k: _lists_to_tuples(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return tuple(_lists_to_tuples(v) for v in tree)
+    return tree

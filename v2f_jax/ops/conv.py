@@ -1,0 +1,217 @@
+"""Convolutions with the reference's (PyTorch's) semantics, in channels-last layout.
+
+`conv2d` and `conv_transpose` are the plain XLA forms. `Conv2d` and `ConvTranspose2d` are the
+Flax layers; they compute in the implementation their `convs` (`ConvForms`) names, chosen once
+per backend by `forms_for`. Every implementation has the same parameters and gives the same
+numbers (to float rounding):
+
+- `"xla"`: `lax.conv_general_dilated`; a transposed conv is a conv over the stride-dilated input
+  with the flipped kernel (what autodiff of a strided conv gives).
+- `"subpixel"`: "xla", except strided transposed convs as a stride-1 conv and depth-to-space
+  (`ops.cpu.subpixel`).
+- `"matmul"`: every conv, transposed conv and E's 1-D conv as 2-D matmuls with a custom VJP per
+  layer (`ops.cpu.matmul_conv`, `ops.cpu.im2col`).
+- `"winograd"`: "matmul", with float32 4x4 stride-2 layers in Winograd's F(2x2, 2x2) where
+  measured faster (`ops.cpu.winograd`).
+- `"auto"`: "winograd" on CPU (measured, BENCHMARKS.md); "xla" elsewhere (GPU/TPU conv libraries
+  handle these layers; not measured here).
+
+Parameters are stored so that a PyTorch state dict converts by a plain transpose
+(`torch_interop`): a transposed conv keeps PyTorch's un-flipped kernel as `[kh, kw, in, out]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from v2f_jax.ops import cpu
+
+Dtype = Any
+_DIMS = ("NHWC", "HWIO", "NHWC")
+IMPLS = ("xla", "subpixel", "matmul", "winograd")
+# Measured on CPU (BENCHMARKS.md). Other backends keep the plain forms until measured there.
+_AUTO = {"cpu": "winograd"}
+# "reference" was the plain forms' name before "xla"; exported models and checkpoints'
+# config.json still carry `model.impl="reference"`.
+_LEGACY = {"reference": "xla"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvForms:
+    """Which implementation computes the convolutions: one of `IMPLS` (see the module docstring).
+
+    Immutable and hashable, so a Flax module can hold it as an attribute. Build it with
+    `forms_for`, which resolves "auto" and checks the name.
+
+    Attributes:
+      impl: the implementation's name, one of `IMPLS`.
+    """
+
+    impl: str = "xla"
+
+    def __post_init__(self):
+        if self.impl not in IMPLS:
+            raise ValueError(f"ConvForms: impl must be one of {IMPLS}, not {self.impl!r}")
+
+    def conv2d(self, x, kernel, stride: int, padding: int, bias=None):
+        """`conv2d` (same arguments) in this implementation.
+
+        The matmul forms add the bias in float32 before rounding to `x.dtype`, and return the
+        kernel's gradient in `kernel.dtype`.
+        """
+        if self.impl in ("matmul", "winograd"):
+            use_winograd = self.impl == "winograd"
+            return cpu.matmul_conv.conv2d(x, kernel, stride, padding, bias, use_winograd)
+        return conv2d(x, kernel, stride, padding, bias)  # "subpixel" too: no strided transpose
+
+    def conv_transpose(self, x, kernel, stride: int, padding: int, bias=None):
+        """`conv_transpose` (same arguments) in this implementation."""
+        if self.impl in ("matmul", "winograd"):
+            use_winograd = self.impl == "winograd"
+            return cpu.matmul_conv.conv_transpose(x, kernel, stride, padding, bias, use_winograd)
+        if self.impl == "subpixel":
+            return cpu.subpixel.conv_transpose(x, kernel, stride, padding, bias)
+        return conv_transpose(x, kernel, stride, padding, bias)
+
+    def conv1d_general_dilated(self):
+        """The function for flax's `nn.Conv(conv_general_dilated=...)` in a 1-D conv (E's):
+        im2col + one matmul in the matmul forms, else None (flax's default, XLA's conv)."""
+        return cpu.im2col.conv1d_matmul if self.impl in ("matmul", "winograd") else None
+
+
+XLA = ConvForms("xla")
+
+
+def forms_for(impl: str, backend: str | None = None) -> ConvForms:
+    """`config.model.impl` -> its `ConvForms`; `"auto"` -> the fastest exact forms on `backend`.
+
+    Args:
+      impl: "auto" or one of `IMPLS` (or the legacy "reference", which is "xla").
+      backend: "cpu", "gpu", "tpu"...; default JAX's default backend.
+
+    Raises:
+      ValueError: an unknown name.
+    """
+    name = _LEGACY.get(impl, impl)
+    if name == "auto":
+        name = _AUTO.get(backend or jax.default_backend(), "xla")
+    if name not in IMPLS:
+        raise ValueError(f"config.model.impl must be 'auto' or one of {IMPLS}, not {impl!r}")
+    return ConvForms(name)
+
+
+def conv2d(x, kernel, stride: int, padding: int, bias=None):
+    """Cross-correlation as PyTorch's Conv2d, in plain XLA, computed in `x.dtype`.
+
+    Args:
+      x: `[B, H, W, I]`.
+      kernel: `[k, k, I, O]`, any float dtype (cast to `x.dtype`).
+      stride, padding: as PyTorch's.
+      bias: `[O]` or None, added in `x.dtype`.
+
+    Returns:
+      `[B, (H + 2p - k) // s + 1, ..., O]` in `x.dtype`.
+    """
+    y = jax.lax.conv_general_dilated(
+        x,
+        kernel.astype(x.dtype),
+        window_strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        dimension_numbers=_DIMS,
+    )
+    return y if bias is None else y + bias.astype(x.dtype)
+
+
+def conv_transpose(x, kernel, stride: int, padding: int, bias=None):
+    """PyTorch's ConvTranspose2d, in plain XLA, computed in `x.dtype`.
+
+    A transposed conv is a conv over the stride-dilated input with the flipped kernel.
+
+    Args:
+      x: `[B, H, W, I]`.
+      kernel: `[k, k, I, O]`, PyTorch's un-flipped kernel (`weight.permute(2, 3, 0, 1)`).
+      stride, padding: as PyTorch's (no output_padding).
+      bias: `[O]` or None, added in `x.dtype`.
+
+    Returns:
+      `[B, (H-1)*s - 2p + k, ..., O]` in `x.dtype`.
+    """
+    edge = kernel.shape[0] - 1 - padding
+    y = jax.lax.conv_general_dilated(
+        x,
+        kernel[::-1, ::-1].astype(x.dtype),
+        window_strides=(1, 1),
+        padding=((edge, edge), (edge, edge)),
+        lhs_dilation=(stride, stride),
+        dimension_numbers=_DIMS,
+    )
+    return y if bias is None else y + bias.astype(x.dtype)
+
+
+class ConvTranspose2d(nn.Module):
+    """PyTorch's `ConvTranspose2d(in, features, kernel, stride, padding)`.
+
+    Input `[B, H, W, in]`, output `[B, (H-1)*stride - 2*padding + kernel, ..., features]` in
+    `dtype`. Parameters: float32 `kernel [kernel, kernel, in, features]`, `bias [features]`.
+    """
+
+    features: int
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+    dtype: Dtype = jnp.float32
+    convs: ConvForms = XLA
+
+    @nn.compact
+    def __call__(self, x):
+        # PyTorch's default init: kaiming-uniform(a=sqrt(5)) over fan_in = out*k*k for ConvT.
+        kernel, bias = _kernel_and_bias(self, x.shape[-1], self.features)
+        x = x.astype(self.dtype)
+        return self.convs.conv_transpose(x, kernel, self.stride, self.padding, bias=bias)
+
+
+class Conv2d(nn.Module):
+    """PyTorch's `Conv2d(in, features, kernel, stride, padding)` on `[B, H, W, in]`.
+
+    Output `[B, (H + 2*padding - kernel) // stride + 1, ..., features]` in `dtype`. Parameters:
+    float32 `kernel [kernel, kernel, in, features]`, `bias [features]`.
+    """
+
+    features: int
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+    dtype: Dtype = jnp.float32
+    convs: ConvForms = XLA
+
+    @nn.compact
+    def __call__(self, x):
+        kernel, bias = _kernel_and_bias(self, x.shape[-1], x.shape[-1])
+        x = x.astype(self.dtype)
+        return self.convs.conv2d(x, kernel, self.stride, self.padding, bias=bias)
+
+
+def _kernel_and_bias(layer: nn.Module, in_features: int, fan_channels: int):
+    """float32 `kernel [k, k, in, out]` and `bias [out]`, U(+-1/sqrt(fan_channels * k * k))."""
+    k = layer.kernel
+    init = _uniform(1.0 / jnp.sqrt(fan_channels * k * k))
+    kernel = layer.param("kernel", init, (k, k, in_features, layer.features), jnp.float32)
+    bias = layer.param("bias", init, (layer.features,), jnp.float32)
+    return kernel, bias
+
+
+def torch_linear_init(fan_in: int):
+    """PyTorch's default Linear/Conv init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    return _uniform(1.0 / jnp.sqrt(fan_in))
+
+
+def _uniform(bound):
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
