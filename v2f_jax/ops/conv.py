@@ -17,7 +17,8 @@ numbers (to float rounding):
   handle these layers; not measured here).
 
 Parameters are stored so that a PyTorch state dict converts by a plain transpose
-(`torch_interop`): a transposed conv keeps PyTorch's un-flipped kernel as `[kh, kw, in, out]`.
+(`inference/torch_state_dicts.py`): a transposed conv keeps PyTorch's un-flipped kernel as
+`[kh, kw, in, out]`.
 """
 
 from __future__ import annotations
