@@ -1,6 +1,8 @@
 """Wen, Singh & Raj 2019 as their public PyTorch code trains it.
 
-Train: `v2f train --config configs/wen2019.py --records DIR --workdir DIR`.
+Train (E pretrained first, README "Training on your own data"):
+`v2f train --config configs/wen2019.py --records DIR --workdir DIR
+--config.train.embedder_init=WORKDIR_OF_configs/embedder.py`.
 """
 
 import ml_collections
@@ -12,7 +14,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     cfg.data = ml_collections.ConfigDict()
     cfg.data.n_mels = 64
-    cfg.data.frontend = "wen2019"  # reference-exact VAD + filterbank; or "librosa"
+    # The log-mel front end: "" takes the records' (`v2f prepare --frontend`, recorded in their
+    # manifest); "wen2019" (reference-exact VAD + filterbank) or "librosa" insists on one.
+    cfg.data.frontend = ""
     # The reference crops each batch to a random length in [300, 800] frames. A few static
     # buckets give XLA a handful of shapes to compile instead of 501.
     cfg.data.crop_lengths = (300, 425, 550, 675, 800)
@@ -30,6 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Conv implementation, all exactly equivalent (v2f_jax/ops/conv.py): "auto" picks per backend,
     # "xla" forces plain XLA convs; or "subpixel", "matmul", "winograd".
     cfg.model.impl = "auto"
+    # Matmul/conv precision of the step: "default" is the backend's (TF32-like on GPU, one bf16
+    # pass on TPU: not float32 there); "highest" is true float32 everywhere; "high" in between.
+    cfg.model.matmul_precision = "default"
     cfg.model.num_ids = 0  # identities of the training split; set from the records' manifest
 
     cfg.optim = ml_collections.ConfigDict()
@@ -43,8 +50,14 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.train.steps = 30_000  # the reference's gan_train.py
     cfg.train.embed_noise = 0.05
     cfg.train.train_embedder = False  # the reference keeps E frozen
-    cfg.train.embedder_init = ""  # checkpoint dir of an `embedder` run, or an exported E
+    # Where a GAN's E starts: the workdir of an `embedder` run, or an exported model; a GAN with
+    # a frozen E needs one ("random": an untrained E, on purpose).
+    cfg.train.embedder_init = ""
     cfg.train.parallel = "jit"  # or "pmap"
+    cfg.train.steps_per_call = 1  # K > 1: K steps per dispatch (lax.scan); for ms-scale steps
+    cfg.train.profile_steps = ()  # (a, b): a jax.profiler trace of steps a..b in WORKDIR/profile
+    # XLA's persistent compilation cache: "workdir" (WORKDIR/xla_cache), a shared folder, or "".
+    cfg.train.compilation_cache = "workdir"
     cfg.train.log_every = 200
     cfg.train.sample_every = 2_000
     cfg.train.on_nonfinite = "stop"  # or "skip" (at most max_nonfinite_skips steps)

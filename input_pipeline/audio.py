@@ -89,6 +89,7 @@ def _decode(path: pathlib.Path) -> tuple[np.ndarray, int]:
     ext = path.suffix.lower()
     if not path.is_file():
         raise errors.BadInputError(path, "unreadable or not audio (no such file)")
+    _check_wav_length(path)
     try:
         data, rate = soundfile.read(str(path), dtype="float64", always_2d=True)
         return data, int(rate)
@@ -109,6 +110,39 @@ def _decode(path: pathlib.Path) -> tuple[np.ndarray, int]:
         raise errors.BadInputError(
             path, f"unreadable or not audio ({sf_reason}; audioread: {_one_line(err)})"
         ) from None
+
+
+def _check_wav_length(path: pathlib.Path) -> None:
+    """A WAV cut short (an interrupted copy or download) still decodes: libsndfile reads what is
+    there, with only a note in its log. Its header says how long the audio is; hold it to that.
+
+    Raises:
+      errors.BadInputError: the RIFF/WAVE `data` chunk ends past the end of the file.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if head[:4] != b"RIFF" or head[8:] != b"WAVE":
+                return  # not a little-endian RIFF/WAVE (RF64, RIFX, ... have their own headers)
+            offset = 12
+            while offset + 8 <= size:
+                f.seek(offset)
+                header = f.read(8)
+                chunk, length = header[:4], int.from_bytes(header[4:], "little")
+                if chunk == b"data":
+                    # 0xFFFFFFFF: a stream written without knowing its length
+                    have = size - offset - 8
+                    if length != 0xFFFFFFFF and length > have:
+                        raise errors.BadInputError(
+                            path,
+                            f"truncated WAV: its header promises {length} bytes of audio, the "
+                            f"file holds {have}",
+                        )
+                    return
+                offset += 8 + length + (length & 1)
+    except OSError:
+        return  # decoding says what is wrong with an unreadable file
 
 
 class _NoDecoder(Exception):

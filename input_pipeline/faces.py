@@ -84,6 +84,8 @@ def read_image(path: str | os.PathLike, min_side: int = MIN_SIDE) -> np.ndarray:
         data.startswith(b"\x89PNG") and b"IEND" not in data
     ):
         raise errors.BadInputError(path, "corrupt or unreadable image (truncated file)")
+    if data.startswith(b"\xff\xd8"):
+        _check_jpeg(path, data)
     try:
         bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error:
@@ -94,6 +96,19 @@ def read_image(path: str | os.PathLike, min_side: int = MIN_SIDE) -> np.ndarray:
     if min(height, width) < min_side:
         raise errors.BadInputError(path, f"image too small: {width}x{height}")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _check_jpeg(path: pathlib.Path, data: bytes) -> None:
+    """libjpeg decodes a JPEG damaged inside its data into garbage pixels with only a warning on
+    stderr (OpenCV passes no warning on); libjpeg-turbo through simplejpeg in strict mode turns
+    those warnings into errors. The pixels still come from OpenCV, as before."""
+    import simplejpeg
+
+    try:
+        simplejpeg.decode_jpeg(data, strict=True)
+    except ValueError as err:
+        reason = " ".join(str(err).split())
+        raise errors.BadInputError(path, f"corrupt or unreadable image ({reason})") from None
 
 
 def resize(image_rgb: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:

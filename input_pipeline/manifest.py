@@ -46,7 +46,7 @@ class Records:
 
         Raises:
           FileNotFoundError: no manifest (not a records directory, or prepare did not finish).
-          ValueError: not a v2f manifest, or another schema version.
+          errors.BadInputError: not a v2f manifest, or another schema version.
         """
         root = os.path.abspath(os.fspath(path))
         manifest_path = os.path.join(root, FILENAME)
@@ -59,14 +59,17 @@ class Records:
         try:
             manifest = json.loads(raw)
         except ValueError as err:
-            raise ValueError(f"{manifest_path}: not valid JSON ({err})") from None
+            raise errors.BadInputError(manifest_path, f"not valid JSON ({err})") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise ValueError(f"{manifest_path}: not a v2f records manifest")
+            raise errors.BadInputError(manifest_path, "not a v2f records manifest")
         if manifest.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(
-                f"{manifest_path}: record schema {manifest.get('schema_version')}, this version "
-                f"of v2f reads {SCHEMA_VERSION}; rerun `v2f prepare`"
+            raise errors.BadInputError(
+                manifest_path,
+                f"record schema {manifest.get('schema_version')}, this version of v2f reads "
+                f"{SCHEMA_VERSION}; rerun `v2f prepare`",
             )
+        if not isinstance(manifest.get("splits"), dict) or "train" not in manifest["splits"]:
+            raise errors.BadInputError(manifest_path, "no train split: an incomplete manifest")
         return cls(root, manifest, hashlib.sha256(raw).hexdigest())
 
     @property

@@ -13,12 +13,13 @@ one `<shard>.done` JSON per finished shard (its input key, record count, size, s
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import multiprocessing
 import os
-import pathlib
 import re
+import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -29,6 +30,7 @@ from v2f_jax.input_pipeline.constants import META_COLUMNS, TEST_INITIALS
 
 AUDIO_EXTS = (".wav", ".wave", ".flac", ".ogg", ".opus", ".mp3", ".m4a", ".aac", ".mp4", ".webm")
 FBANK_EXT = ".npy"
+FBANK_FRONTEND = "wen2019"  # the front end that computed the reference's .npy log-mels
 FACE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 FACE_MODES = ("aligned", "detect")
 SPLIT_RULES = ("names", "meta")
@@ -121,21 +123,67 @@ def read_meta(meta_file: str | os.PathLike) -> tuple[dict[str, MetaRow], list[di
     return rows, rejects
 
 
-def list_files(root: str | os.PathLike, exts: Sequence[str]) -> list[str]:
-    """Files under `root` with one of `exts` (case-insensitive), as sorted '/'-separated relative
-    paths; hidden files and folders are skipped."""
+def list_files(
+    root: str | os.PathLike, exts: Sequence[str], kind: str
+) -> tuple[list[str], list[dict]]:
+    """Files under `root` with one of `exts` (case-insensitive), following symlinks.
+
+    Hidden files and folders are skipped. Everything else that is not such a file is a reject
+    of `kind` ("voice"/"face") with its reason: another file type, a directory named like a
+    file, a broken symlink, a symlink that loops back to a folder above it, an unreadable folder.
+
+    Returns:
+      The files as sorted '/'-separated paths relative to `root`, and the rejects.
+
+    Raises:
+      errors.BadInputError: `root` is not a directory.
+    """
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise errors.BadInputError(root, "not a directory")
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for filename in filenames:
-            if filename.startswith(".") or not filename.lower().endswith(tuple(exts)):
+    exts = tuple(e.lower() for e in exts)
+    found, rejects = [], []
+    st = os.stat(root)
+    # (folder, its path relative to root, the (device, inode) of it and every folder above it)
+    stack = [(root, "", frozenset({(st.st_dev, st.st_ino)}))]
+    while stack:
+        folder, rel_folder, above = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as err:
+            rejects.append(reject(folder, f"unreadable folder ({err.strerror})", kind))
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
                 continue
-            rel = os.path.relpath(os.path.join(dirpath, filename), root)
-            found.append(pathlib.PurePath(rel).as_posix())
-    return sorted(found)
+            try:
+                st = os.stat(entry.path)  # follows symlinks
+            except OSError as err:
+                if err.errno == errno.ENOENT and entry.is_symlink():
+                    reason = f"a broken symlink (to {os.readlink(entry.path)})"
+                elif err.errno == errno.ELOOP:
+                    reason = "a symlink loop"
+                else:
+                    reason = f"unreadable ({err.strerror})"
+                rejects.append(reject(entry.path, reason, kind))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if key in above:
+                    rejects.append(reject(entry.path, "a symlink loop (to a folder above)", kind))
+                elif entry.name.lower().endswith(exts):
+                    rejects.append(reject(entry.path, "a directory, not a file", kind))
+                else:
+                    stack.append((entry.path, f"{rel_folder}{entry.name}/", above | {key}))
+            elif not stat.S_ISREG(st.st_mode):
+                rejects.append(reject(entry.path, "not a regular file", kind))
+            elif entry.name.lower().endswith(exts):
+                found.append(f"{rel_folder}{entry.name}")
+            else:
+                ext = os.path.splitext(entry.name)[1] or "no extension"
+                reason = f"not a supported file type ({ext}; want {', '.join(exts)})"
+                rejects.append(reject(entry.path, reason, kind))
+    return sorted(found), rejects
 
 
 def split_of(name: str, row: MetaRow, rule: str) -> str | None:
@@ -157,8 +205,12 @@ class Plan:
     voice_sources: list[str]
 
 
-def plan(voices_dir, faces_dir, meta_file, split_rule: str = "names") -> Plan:
+def plan(
+    voices_dir, faces_dir, meta_file, split_rule: str = "names", frontend: str = "wen2019"
+) -> Plan:
     """Scans the three inputs and decides identities, splits, labels and items (no decoding).
+
+    With a `frontend` other than the reference's, its precomputed `.npy` log-mels are rejects.
 
     Labels follow the file listing, not decoding success, so one bad file never renumbers
     identities; an identity whose files all fail keeps its label with zero records.
@@ -169,8 +221,25 @@ def plan(voices_dir, faces_dir, meta_file, split_rule: str = "names") -> Plan:
         raise ValueError(f"split must be one of {SPLIT_RULES}, got {split_rule!r}")
     voices_dir, faces_dir = os.fspath(voices_dir), os.fspath(faces_dir)
     meta, rejects = read_meta(meta_file)
-    voice_files = list_files(voices_dir, AUDIO_EXTS + (FBANK_EXT,))
-    face_files = list_files(faces_dir, FACE_EXTS)
+    voice_files, bad = list_files(voices_dir, AUDIO_EXTS + (FBANK_EXT,), "voice")
+    rejects += bad
+    face_files, bad = list_files(faces_dir, FACE_EXTS, "face")
+    rejects += bad
+    if frontend != FBANK_FRONTEND:
+        # The reference's .npy log-mels come from its own front end: mixed with another one's
+        # features they would be a second, incompatible kind of input.
+        keep = []
+        for rel in voice_files:
+            if rel.lower().endswith(FBANK_EXT):
+                reason = (
+                    f"a precomputed log-mel (.npy, the reference's {FBANK_FRONTEND} front end) "
+                    f"cannot go into --frontend {frontend} records; give the audio instead, or "
+                    f"prepare with --frontend {FBANK_FRONTEND}"
+                )
+                rejects.append(reject(os.path.join(voices_dir, rel), reason, "voice"))
+            else:
+                keep.append(rel)
+        voice_files = keep
 
     voices_by_name: dict[str, list[tuple[str, MetaRow]]] = {}
     for rel in voice_files:
@@ -411,6 +480,7 @@ def prepare(
     workers: int | None = None,
     shards_per_split: int | None = None,
     progress: bool = True,
+    require_test_split: bool = False,
 ) -> dict:
     """Writes the records, `manifest.json` and `rejects.jsonl` into `out_dir`.
 
@@ -428,6 +498,8 @@ def prepare(
         its top level under `if __name__ == "__main__":`.
       shards_per_split: shards per (split, kind); default ~512 voices / ~4096 faces per shard.
       progress: show a tqdm bar.
+      require_test_split: refuse records without test identities (`v2f prepare` does: eval and
+        the sample grid need held-out people); records to train on need training ones always.
 
     Returns:
       `{"manifest", "rejects", "shards_written", "shards_skipped", "stats"}`; stats holds
@@ -436,7 +508,9 @@ def prepare(
 
     Raises:
       errors.BadInputError: a missing input directory or an unusable meta file.
-      ValueError: bad options, or no identity has both voices and faces.
+      ValueError: bad options; no identity has both voices and faces; a required split without
+        identities, or whose voices or faces were all rejected (then no manifest is written;
+        the finished shards stay for the next run).
     """
     from v2f_jax.input_pipeline import records
 
@@ -445,12 +519,15 @@ def prepare(
     frontend_params = audio.frontend_params(frontend)
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    p = plan(voices_dir, faces_dir, meta_file, split_rule)
+    p = plan(voices_dir, faces_dir, meta_file, split_rule, frontend)
     if not any(p.identities[s] for s in SPLITS):
         raise ValueError(
             f"no identity has both voices (in {voices_dir}, named via {meta_file}) and faces "
             f"(in {faces_dir})"
         )
+    for split in ("train", "test") if require_test_split else ("train",):
+        if not p.identities[split]:
+            raise ValueError(_empty_split_reason(split, split_rule, meta_file))
     options = {
         "schema": manifest_lib.SCHEMA_VERSION,
         "tool_version": v2f_jax.__version__,
@@ -505,7 +582,15 @@ def prepare(
         bar.close()
     stats["wall_s"] = time.perf_counter() - start
 
-    _remove_stale(out_dir, {n for names in shards.values() for n in names})
+    # A split to train (or test) on whose files were all rejected: no records worth a manifest.
+    empty = [
+        (split, kind)
+        for split in (("train", "test") if require_test_split else ("train",))
+        for kind in KINDS
+        if not sum(done[n]["records"] for n in shards[(split, kind)])
+    ]
+    if not empty:
+        _remove_stale(out_dir, {n for names in shards.values() for n in names})
     all_rejects = sorted(
         p.rejects + [r for d in done.values() for r in d["rejects"]],
         key=lambda r: (r["kind"], r["path"]),
@@ -514,6 +599,13 @@ def prepare(
         for r in all_rejects:
             f.write(json.dumps(r, sort_keys=True) + "\n")
     manifest = _manifest(p, shards, done, options, split_rule, all_rejects)
+    if empty:
+        split, kind = empty[0]
+        raise ValueError(
+            f"every one of the {split} split's {kind} was rejected; the reasons are in "
+            f"{os.path.join(out_dir, 'rejects.jsonl')} (no manifest written; the finished "
+            f"shards are kept for the next run)"
+        )
     manifest["gender_codes"] = {**constants.GENDER_CODES, "unknown": constants.UNKNOWN_GENDER}
     _write_atomic(
         os.path.join(out_dir, manifest_lib.FILENAME),
@@ -526,6 +618,17 @@ def prepare(
         "shards_skipped": len(done) - len(pending),
         "stats": stats,
     }
+
+
+def _empty_split_reason(split: str, split_rule: str, meta_file) -> str:
+    if split_rule == "names":
+        rule = "--split names holds out names starting with A-E for testing and trains on F-Z"
+    else:
+        rule = f"--split meta follows the Set column of {meta_file} (dev: train, test: test)"
+    return (
+        f"no {split} identities: of the people with both voices and faces, none falls in the "
+        f"{split} split ({rule}); add people for it, or choose the other --split"
+    )
 
 
 def _remove_stale(out_dir: str, keep: set[str]) -> None:

@@ -187,8 +187,10 @@ def make_train_iterator(
       start_batch: index of the first batch to yield (exact resume).
 
     Returns:
-      An iterator of `{"voice": float32 [B, L, 64], "voice_id": int32 [B], "face": float32
-      [B, 64, 64, 3] in [-1, 1], "face_id": int32 [B]}` with L in `crop_lengths`.
+      An iterator of `{"voice": float32 [B, L_max, 64], "voice_len": int32 [B], "voice_id":
+      int32 [B], "face": float32 [B, 64, 64, 3] in [-1, 1], "face_id": int32 [B]}`: each batch's
+      voices are crops of one length L drawn from `crop_lengths` (`voice_len` = L), zero-padded
+      to L_max = max(crop_lengths) so that every batch has one shape.
 
     Raises:
       ValueError: batch_size not divisible by process_count, fewer shard files than hosts, or a
@@ -222,12 +224,20 @@ def make_train_iterator(
     )
     voices = voices.ragged_batch(b, drop_remainder=True).enumerate(start=start_batch)
 
+    longest = max(lengths)
+
     def crop(i, batch):
         mels, labels = batch
         pick = tf.random.stateless_uniform(
             [], seed=_key(length_seed, i), maxval=len(lengths), dtype=tf.int32
         )
-        return crop_voices(mels, lengths_t[pick], _key(crop_seed, i)), labels
+        length = lengths_t[pick]
+        voices = crop_voices(mels, length, _key(crop_seed, i))
+        # Every batch has the longest crop's shape (one compiled step); `voice_len` says how
+        # much of it is voice, the rest is zeros that E masks out.
+        voices = tf.pad(voices, [[0, 0], [0, longest - length], [0, 0]])
+        voices = tf.ensure_shape(voices, [b, longest, None])
+        return voices, tf.fill([b], length), labels
 
     voices = voices.map(crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
@@ -250,7 +260,13 @@ def make_train_iterator(
     faces = faces.map(flip, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     ds = tf.data.Dataset.zip(voices, faces).map(
-        lambda v, f: {"voice": v[0], "voice_id": v[1], "face": f[0], "face_id": f[1]}
+        lambda v, f: {
+            "voice": v[0],
+            "voice_len": v[1],
+            "voice_id": v[2],
+            "face": f[0],
+            "face_id": f[1],
+        }
     )
     options = tf.data.Options()
     options.deterministic = True

@@ -37,3 +37,11 @@ def golden_dir() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def repo_dir() -> pathlib.Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def tiny_records_dir(tmp_path_factory) -> str:
+    """Records of 10 identities (A-E test, F-L train), built once per session (tests/runs.py)."""
+    import runs
+
+    return runs.make_records(tmp_path_factory.mktemp("corpus"))

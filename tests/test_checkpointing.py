@@ -123,7 +123,7 @@ def test_every_step_damaged_is_an_error_not_a_fresh_start(tmp_path):
 
 _KILLED_SAVER = textwrap.dedent(
     """
-    import os, signal, sys
+    import os, signal, sys, time
     import numpy as np
     from v2f_jax import checkpointing
     ckpt = checkpointing.Checkpointer(sys.argv[1], keep=3)
@@ -132,6 +132,9 @@ _KILLED_SAVER = textwrap.dedent(
     ckpt.wait()
     big = {"w": np.ones(48 << 20, np.float32)}  # 192 MiB: still being written when killed
     ckpt.save(2, big, {"next_batch": 2})
+    # Killed once orbax has started writing step 2 (after the background digest).
+    while not any(n.startswith("2.") for n in os.listdir(sys.argv[1])):
+        time.sleep(0.001)
     os.kill(os.getpid(), signal.SIGKILL)
     """
 )

@@ -76,3 +76,36 @@ def test_unknown_architecture_is_a_clear_error():
     config = config_lib.load_config("configs/tiny.py", ["--config.model.arch=dcgan"])
     with pytest.raises(ValueError, match="dcgan"):
         models.Networks(config.model, num_ids=3)
+
+
+@pytest.mark.parametrize("dtype,tol", [("float32", 2e-5), ("bfloat16", 3e-2)])
+def test_padded_embedder_equals_the_cropped_one(dtype, tol):
+    """E over a batch padded to 800 frames, told each crop's length, gives what E gives on the
+    crops themselves: frozen (running statistics) and training (batch statistics of the valid
+    frames only), for wen2019 crop lengths whose halvings are odd (each such layer's last output
+    reads the padding: 425 -> 213 -> 107 -> 54 -> 27 -> 14) and even."""
+    config = config_lib.load_config("configs/tiny.py", [f"--config.model.dtype={dtype}"])
+    nets = models.Networks(config.model, num_ids=3)
+    variables = state_lib.init_embedder(nets, jax.random.PRNGKey(0))
+    # Non-trivial running statistics, so a padded frame would show if it leaked through BN.
+    rng = np.random.default_rng(0)
+    variables["batch_stats"] = jax.tree_util.tree_map(
+        lambda x: jnp.asarray(rng.uniform(0.5, 1.5, x.shape), x.dtype), variables["batch_stats"]
+    )
+    longest = 800
+    for length in (425, 300, 97):
+        mel = rng.normal(size=(2, length, 64)).astype(np.float32)
+        padded = np.zeros((2, longest, 64), np.float32)
+        padded[:, :length] = mel
+        lengths = jnp.full((2,), length, jnp.int32)
+        cropped = nets.embedder.apply(variables, mel)
+        masked = nets.embedder.apply(variables, padded, lengths=lengths)
+        np.testing.assert_allclose(masked, cropped, rtol=tol, atol=tol, err_msg=f"T={length}")
+        # Training mode: BatchNorm's batch statistics count only valid frames.
+        (c_out, c_vars), (m_out, m_vars) = (
+            nets.embedder.apply(variables, x, train=True, mutable=["batch_stats"], **kw)
+            for x, kw in ((mel, {}), (padded, {"lengths": lengths}))
+        )
+        np.testing.assert_allclose(m_out, c_out, rtol=tol, atol=tol, err_msg=f"train T={length}")
+        for a, b in zip(jax.tree_util.tree_leaves(m_vars), jax.tree_util.tree_leaves(c_vars)):
+            np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=f"stats T={length}")

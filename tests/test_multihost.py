@@ -18,7 +18,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-import test_train  # tests/ is on sys.path under pytest
+import runs  # tests/ is on sys.path under pytest
 
 from v2f_jax import checkpointing
 
@@ -26,7 +26,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 6
 CONFIG = "configs/embedder.py"
 OVERRIDES = [
-    *test_train.TINY_E,
+    *runs.TINY_E,
     "--config.train.batch_size=8",
     f"--config.train.steps={STEPS}",
     "--config.train.log_every=3",
@@ -35,8 +35,8 @@ OVERRIDES = [
 
 
 @pytest.fixture(scope="session")
-def records_dir(tmp_path_factory):
-    return test_train.session_records(tmp_path_factory)
+def records_dir(tiny_records_dir):
+    return tiny_records_dir
 
 
 def _free_port() -> int:
@@ -125,7 +125,7 @@ def test_two_processes_train_like_one_process_with_the_same_global_batch(records
 
 LONG_STEPS = 600
 LONG_OVERRIDES = [
-    *test_train.TINY_E,
+    *runs.TINY_E,
     "--config.train.batch_size=8",
     f"--config.train.steps={LONG_STEPS}",
     "--config.train.log_every=20",
@@ -144,12 +144,12 @@ def test_sigterm_to_one_host_stops_both_at_one_step_and_the_rerun_resumes_exactl
     logs = [tmp_path / f"host{i}.log" for i in range(2)]
     reference = _reference(str(records_dir), single, LONG_OVERRIDES)
     procs = _start_hosts(str(records_dir), multi, logs, LONG_OVERRIDES)
-    test_train.wait_for(multi / "checkpoints" / "20", procs[0])
+    runs.wait_for(multi / "checkpoints" / "20", procs[0])
     procs[1].send_signal(signal.SIGTERM)
     first = _wait_all(procs, logs)
     stops = [int(t.split("stopped by SIGTERM at step ")[1].split()[0]) for t in first]
     assert stops[0] == stops[1] and 20 <= stops[0] < LONG_STEPS, stops
-    assert stops[0] in test_train.saved_steps(multi)
+    assert stops[0] in runs.saved_steps(multi)
 
     for log in logs:
         with open(log, "a") as f:

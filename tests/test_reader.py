@@ -70,12 +70,15 @@ def test_batches_are_crops_of_real_utterances_and_faces(records):
     for batch in _take(_train(records), 12):
         assert batch["voice"].dtype == np.float32 and batch["face"].dtype == np.float32
         assert batch["voice_id"].dtype == np.int32 and batch["face_id"].dtype == np.int32
-        b, length, mels = batch["voice"].shape
-        assert (b, mels) == (8, 64) and length in (16, 48, 300)
+        # One shape for every batch: the longest crop, with the crop's length in voice_len.
+        assert batch["voice"].shape == (8, 300, 64) and batch["voice_len"].shape == (8,)
+        length = int(batch["voice_len"][0])
+        assert length in (16, 48, 300) and (batch["voice_len"] == length).all()
         seen_lengths.add(length)
+        assert not batch["voice"][:, length:].any()  # zeros past the crop
         assert batch["face"].shape == (8, 64, 64, 3)
         assert -1.0 <= batch["face"].min() and batch["face"].max() <= 1.0
-        for row, label in zip(batch["voice"], batch["voice_id"]):
+        for row, label in zip(batch["voice"][:, :length], batch["voice_id"]):
             assert 0 <= label < k
             assert any(_is_cyclic_window(row, u) for u in utts[label]), label
         for face, label in zip(batch["face"], batch["face_id"]):
@@ -136,6 +139,7 @@ def test_two_hosts_read_disjoint_files_covering_all(records):
     h1 = _take(_train(records, process_index=1, process_count=2), 5)
     for x, y in zip(h0, h1):
         assert x["voice"].shape == y["voice"].shape  # host shares of one global batch agree
+        assert (x["voice_len"] == y["voice_len"]).all()
         assert x["voice"].shape[0] == 4 and x["face"].shape[0] == 4
 
 

@@ -12,18 +12,17 @@ import pathlib
 import signal
 import subprocess
 import sys
-import time
 
 import cv2
 import jax
 import numpy as np
 import pytest
+import runs  # tests/ is on sys.path under pytest
 
 from v2f_jax import checkpointing, config_lib, nonfinite, train
-from v2f_jax.input_pipeline import manifest, prepare
+from v2f_jax.input_pipeline import manifest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-NAMES = ["Ann_A", "Bea_B", "Cy_C", "Fay_F", "Gus_G", "Hal_H", "Ida_I", "Jo_J", "Kim_K", "Lu_L"]
 STEPS = 20
 COMMON = [
     "--config.train.batch_size=8",
@@ -32,58 +31,11 @@ COMMON = [
     "--config.checkpoint.every=5",
     "--config.train.sample_every=10",
 ]
-# configs/embedder.py is full size; these make its E the E of configs/tiny.py.
-TINY_E = [
-    "--config.model.voice_channels=(32,32,48,48)",
-    "--config.model.embed_dim=16",
-    "--config.data.crop_lengths=(96,)",
-    "--config.data.shuffle_buffer=512",
-]
-
-
-def make_records(root: pathlib.Path) -> str:
-    """10 identities (A-E test, F-L train: 7 train ids), log-mels as .npy, 2 shards per split."""
-    rng = np.random.default_rng(0)
-    meta = ["VoxCeleb1 ID\tVGGFace1 ID\tGender\tNationality\tSet"]
-    for i, name in enumerate(NAMES):
-        vid = f"id{10001 + i}"
-        meta.append(f"{vid}\t{name}\t{'mf'[i % 2]}\tUK\tdev")
-        for u in range(4):
-            d = root / "fbank" / vid / f"v{u % 2}"
-            d.mkdir(parents=True, exist_ok=True)
-            mel = rng.standard_normal([int(rng.integers(40, 200)), 64]) + 0.1 * i
-            np.save(d / f"{u:05d}.npy", mel.astype(np.float32))
-        (root / "faces" / name).mkdir(parents=True)
-        for k in range(4):
-            img = 20 * i + rng.integers(0, 30, [72, 72, 3])
-            cv2.imwrite(str(root / "faces" / name / f"{k}.png"), img.astype(np.uint8))
-    (root / "meta.csv").write_text("\n".join(meta) + "\n")
-    out = root / "records"
-    prepare.prepare(
-        root / "fbank",
-        root / "faces",
-        root / "meta.csv",
-        out,
-        workers=1,
-        shards_per_split=2,
-        progress=False,
-    )
-    return str(out)
-
-
-_CORPUS: dict[str, str] = {}
-
-
-def session_records(tmp_path_factory) -> str:
-    """The records, built once per test session (tests/test_multihost.py uses them too)."""
-    if "records" not in _CORPUS:
-        _CORPUS["records"] = make_records(tmp_path_factory.mktemp("corpus"))
-    return _CORPUS["records"]
 
 
 @pytest.fixture(scope="session")
-def records_dir(tmp_path_factory):
-    return session_records(tmp_path_factory)
+def records_dir(tiny_records_dir):
+    return tiny_records_dir
 
 
 @pytest.fixture(scope="module")
@@ -126,38 +78,13 @@ def start_cmd(cmd, env, log: pathlib.Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=f, stderr=f)
 
 
-def wait_for(path: pathlib.Path, proc: subprocess.Popen, timeout=240) -> None:
-    deadline = time.time() + timeout
-    while not path.exists():
-        assert proc.poll() is None, f"exited {proc.returncode} before {path} appeared"
-        assert time.time() < deadline, f"no {path} after {timeout}s"
-        time.sleep(0.02)
-
-
-def saved_steps(workdir) -> list[int]:
-    """Complete checkpoint steps (orbax writes `<step>.orbax-checkpoint-tmp-*` until complete)."""
-    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-
-
-def final_state(workdir):
-    _, state = checkpointing.restore_for_inference(workdir)
-    return state
-
-
-def assert_bitwise_equal(a, b):
-    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
-    for x, y in zip(la, lb):
-        assert x.dtype == y.dtype and np.array_equal(x, y)
-
-
 @pytest.fixture(scope="module")
 def embedder_run(records_dir, env, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("embedder") / "run"
     cmd = train_cmd(
         records_dir,
         workdir,
-        *TINY_E,
+        *runs.TINY_E,
         "--config.train.batch_size=8",
         "--config.train.steps=10",
         "--config.train.log_every=5",
@@ -200,7 +127,7 @@ def test_a_run_writes_config_metrics_tensorboard_samples_and_progress(reference_
     for word in ("steps/s", "samples/s", "ETA", "d_loss", "c_loss", "g_adv", "g_id"):
         assert word in progress[-1], (word, progress[-1])
     # keep=3 (the config's default)
-    assert saved_steps(workdir) == [STEPS - 10, STEPS - 5, STEPS]
+    assert runs.saved_steps(workdir) == [STEPS - 10, STEPS - 5, STEPS]
 
 
 def test_embedder_pretraining_then_gan_starts_from_its_e(embedder_run, reference_run):
@@ -208,10 +135,10 @@ def test_embedder_pretraining_then_gan_starts_from_its_e(embedder_run, reference
     assert "e_loss" in e_log
     e_config, e_state = checkpointing.restore_for_inference(e_workdir)
     assert e_config.train.task == "embedder" and int(e_state.step) == 10
-    gan = final_state(reference_run[0])
+    gan = runs.final_state(reference_run[0])
     assert int(gan.step) == STEPS
     # E is frozen in the GAN (the reference's setting): the GAN ends with the pretrained E.
-    assert_bitwise_equal(gan.embedder, e_state.embedder)
+    runs.assert_bitwise_equal(gan.embedder, e_state.embedder)
 
 
 def test_sigkill_mid_run_then_the_same_command_resumes_to_bitwise_equal_params(
@@ -220,16 +147,16 @@ def test_sigkill_mid_run_then_the_same_command_resumes_to_bitwise_equal_params(
     workdir = tmp_path / "run"
     cmd = gan_cmd(records_dir, workdir, embedder_run[0])
     proc = start_cmd(cmd, env, tmp_path / "log")
-    wait_for(workdir / "checkpoints" / "10", proc)
+    runs.wait_for(workdir / "checkpoints" / "10", proc)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
-    steps = saved_steps(workdir)
+    steps = runs.saved_steps(workdir)
     assert steps and steps[-1] < STEPS, steps
 
     rc, log = run_cmd(cmd, env, tmp_path / "log")
     assert rc == 0, log[-3000:]
     assert "resuming" in log
-    assert_bitwise_equal(final_state(workdir), final_state(reference_run[0]))
+    runs.assert_bitwise_equal(runs.final_state(workdir), runs.final_state(reference_run[0]))
     # The log has each step once: lines a killed run wrote after its checkpoint were redone.
     logged = [json.loads(s)["step"] for s in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert logged == list(range(5, STEPS + 1, 5))
@@ -241,18 +168,18 @@ def test_sigterm_saves_a_checkpoint_exits_zero_and_resumes_bitwise(
     workdir = tmp_path / "run"
     cmd = gan_cmd(records_dir, workdir, embedder_run[0])
     proc = start_cmd(cmd, env, tmp_path / "log")
-    wait_for(workdir / "checkpoints" / "5", proc)
+    runs.wait_for(workdir / "checkpoints" / "5", proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 0
     log = (tmp_path / "log").read_text()
     assert "stopped by SIGTERM at step" in log
     stopped_at = int(log.split("stopped by SIGTERM at step ")[1].split()[0])
     assert 5 <= stopped_at < STEPS
-    assert saved_steps(workdir)[-1] == stopped_at  # saved where it stopped, off the schedule
+    assert runs.saved_steps(workdir)[-1] == stopped_at  # saved where it stopped, off the schedule
 
     rc, log = run_cmd(cmd, env, tmp_path / "log")
     assert rc == 0, log[-3000:]
-    assert_bitwise_equal(final_state(workdir), final_state(reference_run[0]))
+    runs.assert_bitwise_equal(runs.final_state(workdir), runs.final_state(reference_run[0]))
 
 
 # --- non-finite losses (in process, a poisoned batch stream) ------------------------------------
@@ -290,8 +217,8 @@ def test_nonfinite_loss_stops_the_run_naming_the_step_and_the_loss(records_dir, 
     assert {"d_real", "d_loss", "c_loss"} <= set(err.value.names)
     assert "step 7" in str(err.value) and "d_loss=nan" in str(err.value)
     # Nothing after the bad step was saved; what was saved is finite.
-    assert saved_steps(tmp_path) == [5]
-    state = final_state(tmp_path)
+    assert runs.saved_steps(tmp_path) == [5]
+    state = runs.final_state(tmp_path)
     assert all(
         np.isfinite(x).all() for x in jax.tree_util.tree_leaves(state) if x.dtype.kind == "f"
     )
@@ -299,7 +226,7 @@ def test_nonfinite_loss_stops_the_run_naming_the_step_and_the_loss(records_dir, 
 
 def test_skip_leaves_no_trace_of_the_bad_update_and_has_a_limit(records_dir, tmp_path):
     overrides = [
-        *TINY_E,
+        *runs.TINY_E,
         "--config.train.batch_size=8",
         "--config.train.log_every=4",
         "--config.checkpoint.every=100",
@@ -322,9 +249,9 @@ def test_skip_leaves_no_trace_of_the_bad_update_and_has_a_limit(records_dir, tmp
         records_dir,
         make_batches=_poisoned(clean, records_dir, {}, drop=(3,)),
     )
-    a, b = final_state(tmp_path / "skip"), final_state(tmp_path / "clean")
+    a, b = runs.final_state(tmp_path / "skip"), runs.final_state(tmp_path / "clean")
     assert int(a.step) == 7
-    assert_bitwise_equal(a, b)
+    runs.assert_bitwise_equal(a, b)
 
     with pytest.raises(nonfinite.NonFiniteLossError, match="max_nonfinite_skips") as err:
         train.train(
@@ -333,4 +260,35 @@ def test_skip_leaves_no_trace_of_the_bad_update_and_has_a_limit(records_dir, tmp
             records_dir,
             make_batches=_poisoned(skipped, records_dir, {1: "voice", 5: "voice"}),
         )
-    assert err.value.step == 6 and err.value.names == ["e_loss"]
+    assert err.value.step == 6 and err.value.names[0] == "e_loss"
+
+
+def test_several_steps_per_call_give_the_same_parameters(records_dir, tmp_path):
+    """K=4 steps per dispatch (lax.scan), with a remainder run one step at a time, log and
+    checkpoint intervals that K does not divide: bitwise the parameters of K=1 on CPU."""
+    common = [
+        "--config.train.batch_size=8",
+        "--config.train.steps=10",
+        "--config.train.log_every=3",
+        "--config.checkpoint.every=5",
+        "--config.train.sample_every=0",
+        "--config.train.embedder_init=",
+    ]
+    for k in (1, 4):
+        # The K=4 run also writes a profile of steps 5-8 (tracing changes no number).
+        profile = "(5, 8)" if k == 4 else "()"
+        config = _config(
+            "configs/tiny.py",
+            *common,
+            f"--config.train.steps_per_call={k}",
+            f"--config.train.profile_steps={profile}",
+        )
+        result = train.train(config, tmp_path / f"k{k}", records_dir)
+        assert result["step"] == 10 and np.isfinite(result["train/g_loss"])
+    assert runs.saved_steps(tmp_path / "k4") == [8, 10]  # after the calls that crossed 5, 10
+    runs.assert_bitwise_equal(runs.final_state(tmp_path / "k1"), runs.final_state(tmp_path / "k4"))
+    logged = [json.loads(line)["step"] for line in open(tmp_path / "k4" / "metrics.jsonl")]
+    assert logged == sorted(logged) and logged[-1] == 10
+    assert list((tmp_path / "k4" / "profile").rglob("*.xplane.pb"))  # TensorBoard's profile
+    # The step's executable is in the workdir's compilation cache for a restart to load.
+    assert any((tmp_path / "k4" / "xla_cache").iterdir())

@@ -196,3 +196,30 @@ def test_unknown_parallel_mode_is_refused(bad):
         parallel.DataParallel(
             lambda a: train_step.make_gan_step(config, nets, a), config.train.parallel
         )
+
+
+def test_every_crop_length_runs_in_one_compiled_step():
+    """wen2019's five crop lengths, padded to the longest with `voice_len`: one trace, one
+    executable, for the whole run."""
+    config = tiny_config("--config.data.crop_lengths=(300, 425, 550, 675, 800)")
+    nets = models.Networks(config.model, NUM_IDS)
+    traces = []
+
+    def make_step(axis_name):
+        step = train_step.make_gan_step(config, nets, axis_name)
+
+        def counted(state, batch):
+            traces.append(1)  # runs at trace time only
+            return step(state, batch)
+
+        return counted
+
+    dp = parallel.DataParallel(make_step, "jit")
+    state = dp.put_state(state_lib.create_gan_state(config, nets))
+    for length in config.data.crop_lengths:
+        batch = make_batch(frames=800, seed=length)
+        batch["voice"][:, length:] = 0
+        batch["voice_len"] = np.full((16,), length, np.int32)
+        state, metrics = dp(state, dp.put_batch(batch))
+        assert np.isfinite(dp.get_metrics(metrics)["g_loss"])
+    assert len(traces) == 1

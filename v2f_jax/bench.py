@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from v2f_jax import host_memory, models, parallel, train_step
+from v2f_jax import compilation, host_memory, models, parallel, train_step
 from v2f_jax import state as state_lib
 
 DEFAULT_NUM_IDS = 924  # the reference's training identities (VoxCeleb1 F-Z)
@@ -79,11 +79,17 @@ def time_calls(fn: Callable[[], object], n: int) -> list[float]:
     return out
 
 
-def matmul_peak(dtype: str = "float32", size: int = 2048, repeats: int = 5) -> dict:
+# A matmul large enough to reach each platform's peak (a GPU needs far more work than a CPU).
+PEAK_MATMUL_SIZE = {"cpu": 2048, "gpu": 8192, "tpu": 8192}
+
+
+def matmul_peak(dtype: str = "float32", size: int | None = None, repeats: int = 5) -> dict:
     """GFLOP/s of one large `[size, size] @ [size, size]` in the compute dtype, best of `repeats`.
 
-    bfloat16 is measured as the step computes it: bf16 inputs, float32 accumulation.
+    bfloat16 is measured as the step computes it: bf16 inputs, float32 accumulation. `size`
+    defaults to `PEAK_MATMUL_SIZE` of the default backend.
     """
+    size = size or PEAK_MATMUL_SIZE.get(jax.default_backend(), 4096)
     dt = models.compute_dtype(dtype)
     a = jnp.asarray(np.random.default_rng(0).normal(size=(size, size)), dt)
     f = jax.jit(lambda a: jax.lax.dot(a, a, preferred_element_type=jnp.float32))
@@ -120,6 +126,23 @@ def hlo_op_counts(compiled) -> dict:
     }
 
 
+def hlo_kernels(compiled) -> int | None:
+    """Kernels the compiled step launches, about: its fusions and library calls (custom calls)
+    outside fused computations. A `lax.scan` body counts once (divide by nothing: it is the
+    per-step count). None where the backend gives no HLO text."""
+    try:
+        text = compiled.as_text()
+    except Exception:
+        return None
+    outside_fusions = [
+        block
+        for block in re.split(r"\n(?=\S)", text)
+        if not block.lstrip("%").startswith(("fused_", "wrapped_", "horizontally_fused"))
+    ]
+    body = "\n".join(outside_fusions)
+    return len(re.findall(r"= [^\n=]*\b(?:fusion|custom-call)\(", body))
+
+
 def _dots_inside_library_fusions(text: str) -> int:
     """Dots in the fused computations that library fusions call (counted once per fusion)."""
     called = set(re.findall(r'calls=(%[\w.\-]+)[^\n]*"kind":"__(?:ynn|xnn|onednn)', text))
@@ -141,6 +164,7 @@ def synthetic_batch(
     rng = np.random.default_rng(seed)
     return {
         "voice": rng.normal(size=(batch_size, frames, n_mels)).astype(np.float32),
+        "voice_len": np.full((batch_size,), frames, np.int32),
         "voice_id": rng.integers(0, num_ids, batch_size).astype(np.int32),
         "face": rng.uniform(-1, 1, size=(batch_size, image_size, image_size, 3)).astype(np.float32),
         "face_id": rng.integers(0, num_ids, batch_size).astype(np.int32),
@@ -154,8 +178,11 @@ def apply_step_overrides(
     dtype: str | None = None,
     parallel_mode: str | None = None,
     impl: str | None = None,
+    matmul_precision: str | None = None,
 ) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict(config.to_dict())
+    if matmul_precision is not None:
+        config.model.matmul_precision = matmul_precision
     if batch_size is not None:
         config.train.batch_size = batch_size
     if dtype is not None:
@@ -168,9 +195,13 @@ def apply_step_overrides(
 
 
 class StepRunner:
-    """The compiled GAN step of a config on synthetic data: `compile()`, then `run(n)`.
+    """The compiled GAN step of a config on synthetic data: `compile()`, then `run(n)` (each call
+    waited for) or `run_pipelined(n)` (calls dispatched back to back, as the training loop does,
+    one wait at the end).
 
     Shared by `v2f bench` and `benchmarks/compare_pytorch.py`, so both time the same thing.
+    `steps_per_call=K` runs K steps per call (`lax.scan`, `train.steps_per_call`); times are
+    then per call of K steps.
     """
 
     def __init__(
@@ -181,16 +212,19 @@ class StepRunner:
         num_ids: int = DEFAULT_NUM_IDS,
         seed: int = 0,
         devices: int | None = None,
+        steps_per_call: int = 1,
     ):
         self.config = config
         self.frames = frames
         self.num_ids = num_ids
+        self.steps_per_call = steps_per_call
         self.nets = models.Networks(config.model, num_ids)
         mode = config.train.parallel
         self.dp = parallel.DataParallel(
             lambda axis_name: train_step.make_gan_step(config, self.nets, axis_name),
             mode,
             devices=jax.devices()[:devices] if devices else None,
+            steps_per_call=steps_per_call,
         )
         batch_size = config.train.batch_size
         if batch_size % self.dp.num_devices:
@@ -203,7 +237,12 @@ class StepRunner:
         host_batch = synthetic_batch(
             batch_size, frames, num_ids, config.data.n_mels, config.data.image_size, seed
         )
-        self.batch = self.dp.put_batch(host_batch)
+        if steps_per_call > 1:
+            self.batch = self.dp.put_batches([host_batch] * steps_per_call)
+            self._jitted = self.dp.multi_step
+        else:
+            self.batch = self.dp.put_batch(host_batch)
+            self._jitted = self.dp.step
         self.step = None
         self.compile_s = None
         self.compiled = None
@@ -212,7 +251,7 @@ class StepRunner:
     def compile(self) -> float:
         """Compiles the step once; returns the seconds it took."""
         start = time.perf_counter()
-        self.compiled = self.dp.step.lower(self.state, self.batch).compile()
+        self.compiled = self._jitted.lower(self.state, self.batch).compile()
         self.compile_s = time.perf_counter() - start
         self.step = self.compiled
         return self.compile_s
@@ -229,8 +268,22 @@ class StepRunner:
             times.append(time.perf_counter() - start)
         return times
 
+    def run_pipelined(self, n: int) -> float:
+        """Runs `n` calls without waiting in between; the wall seconds of all of them."""
+        if self.step is None:
+            self.compile()
+        start = time.perf_counter()
+        for _ in range(n):
+            self.state, self.last_metrics = self.step(self.state, self.batch)
+        jax.block_until_ready((self.state, self.last_metrics))
+        return time.perf_counter() - start
+
     def metrics(self) -> dict[str, float]:
-        return self.dp.get_metrics(self.last_metrics)
+        """The last step's metrics (of the last call's K steps, the last)."""
+        last = jax.tree_util.tree_map(
+            lambda x: x.reshape(-1)[-1], self.dp.local_metrics(self.last_metrics)
+        )
+        return {k: float(v) for k, v in jax.device_get(last).items()}
 
 
 def _run_once(fn: Callable):
@@ -251,19 +304,29 @@ def bench_step(
     num_ids: int = DEFAULT_NUM_IDS,
     peak: bool = True,
     devices: int | None = None,
+    steps_per_call: int = 1,
 ) -> dict:
-    """Compile once, warm up, time `steps` steps of the full GAN step (`train_step`).
+    """Compile once, warm up, time the full GAN step (`train_step`) two ways: each call waited
+    for (`step_s`, `samples_per_s`) and calls dispatched back to back as the training loop does
+    (`samples_per_s_pipelined`: what the host's dispatch costs shows as the difference).
 
-    `devices`: use the first N devices (default all).
+    `steps`: timed steps (rounded up to whole calls of `steps_per_call`); `devices`: use the
+    first N devices (default all). `executables_compiled` counts XLA compilations from the
+    first compile to the end of timing: 1 when the step compiled once.
     """
-    runner = StepRunner(config, frames=frames, num_ids=num_ids, devices=devices)
-    compile_s = runner.compile()
-    # XLA compiles one program per device (SPMD under jit, the same under pmap): its cost
-    # analysis is one device's share of the step.
-    flops_device = compiled_flops(runner.compiled)
+    k = max(1, int(steps_per_call))
+    calls, warmup_calls = -(-steps // k), -(-warmup // k)
+    runner = StepRunner(config, frames=frames, num_ids=num_ids, devices=devices, steps_per_call=k)
+    # The peak is measured before and after the step (the machine may change in between).
     peak_before = matmul_peak(config.model.dtype) if peak else None
-    runner.run(warmup)
-    times = runner.run(steps)
+    with compilation.CompileCounter() as compiles:
+        compile_s = runner.compile()
+        runner.run(warmup_calls)
+        times = [t / k for t in runner.run(calls)]
+        pipelined_s = runner.run_pipelined(calls) / (calls * k)
+    # XLA compiles one program per device (SPMD under jit, the same under pmap): its cost
+    # analysis is one device's share of the step (a scan's body, one step, counts once).
+    flops_device = compiled_flops(runner.compiled)
     peak_after = matmul_peak(config.model.dtype) if peak else None
     metrics = runner.metrics()
     step_s = spread(times)
@@ -275,15 +338,20 @@ def bench_step(
         "batch": runner.batch_size,
         "frames": frames,
         "dtype": config.model.dtype,
+        "matmul_precision": config.model.get("matmul_precision", "default"),
         "impl": config.model.impl,
         "impl_resolved": runner.nets.convs.impl,
         "arch": config.model.arch,
         "parallel": config.train.parallel,
+        "steps_per_call": k,
         "num_ids": num_ids,
         "compile_s": compile_s,
+        "executables_compiled": compiles.count,
         "step_s": step_s,
         "samples_per_s": samples_per_s,
         "steps_per_s": 1.0 / t,
+        "step_s_pipelined": pipelined_s,
+        "samples_per_s_pipelined": runner.batch_size / pipelined_s,
         "devices": n_dev,
         "samples_per_s_per_device": samples_per_s / n_dev,
         "flops_per_step": flops_device * n_dev if flops_device else None,
@@ -292,6 +360,7 @@ def bench_step(
         "gflops_per_s_per_device": flops_device / t / 1e9 if flops_device else None,
         "losses_finite": all(np.isfinite(v) for v in metrics.values()),
         "hlo": hlo_op_counts(runner.compiled),
+        "hlo_kernels": hlo_kernels(runner.compiled),
     }
     if peak:
         best = max(peak_before["gflops_per_s"], peak_after["gflops_per_s"])

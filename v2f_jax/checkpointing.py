@@ -11,12 +11,16 @@ run removes. A complete step whose files were later damaged (truncated, deleted,
 fails to restore or fails the digest; it is moved to `WORKDIR/checkpoints.damaged/<step>` with a
 warning and the previous step is used.
 
-Saves are asynchronous: the state is copied to the host first (`jax.device_get`), so the training
-step that follows may donate the device buffers while orbax writes in a background thread.
+Saves are asynchronous: the state is copied to the host first (`jax.device_get`, the only part on
+the loop's thread), so the training step that follows may donate the device buffers; a background
+thread then computes the state's digest and hands it with the host arrays to orbax, which writes
+in its own background thread. Every orbax call of a `Checkpointer` runs on that one thread, in
+order, so saves, waits and restores never interleave.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import logging
@@ -103,50 +107,79 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self.directory, item_names=("state", "meta"), options=options
         )
+        # One worker: the digest and orbax's save leave the loop's thread, in order.
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="v2f-ckpt")
+        self._in_flight: list[concurrent.futures.Future] = []
 
     def all_steps(self) -> list[int]:
-        return sorted(self._manager.all_steps())
+        return sorted(self._run(self._manager.all_steps))
 
     def save(self, step: int, state: PyTree, meta: dict | None = None) -> None:
         """Starts saving `state` (device or host arrays) as step `step`; returns once the state
-        is on the host. `meta` is extra JSON (the loop's counters)."""
+        is on the host. `meta` is extra JSON (the loop's counters). An error of the background
+        save is raised by the next `save`, `wait` or `close`."""
         if self.read_only:
             raise CheckpointError(f"{self.directory}: opened read-only")
+        self._raise_failed()
         host = _to_numpy(state)
-        record = {
-            "format": _FORMAT,
-            "version": _VERSION,
-            "step": int(step),
-            "state_sha256": state_digest(host),
-            "saved_at": time.time(),
-            **(meta or {}),
-        }
-        self._manager.save(
-            int(step),
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(record)
-            ),
-            force=True,
-        )
+        saved_at = time.time()
+
+        def digest_and_save():
+            record = {
+                "format": _FORMAT,
+                "version": _VERSION,
+                "step": int(step),
+                "state_sha256": state_digest(host),
+                "saved_at": saved_at,
+                **(meta or {}),
+            }
+            self._manager.save(
+                int(step),
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(record)
+                ),
+                force=True,
+            )
+
+        self._in_flight.append(self._worker.submit(digest_and_save))
+
+    def _raise_failed(self) -> None:
+        """Re-raises the error of a finished background save, if any."""
+        done = [f for f in self._in_flight if f.done()]
+        self._in_flight = [f for f in self._in_flight if not f.done()]
+        for future in done:
+            future.result()
+
+    def _run(self, fn, *args):
+        """`fn(*args)` on the worker thread, after every save handed to it; its result."""
+        return self._worker.submit(fn, *args).result()
 
     def wait(self) -> None:
         """Blocks until the saves in flight are complete on disk."""
-        self._manager.wait_until_finished()
+        self._run(self._manager.wait_until_finished)
+        for future in self._in_flight:
+            future.result()
+        self._in_flight.clear()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            self._run(self._manager.close)
+            self._worker.shutdown()
 
     def restore(self, step: int, template: PyTree) -> tuple[PyTree, dict]:
         """Step `step` as host numpy arrays in the structure of `template`; raises on damage."""
         target = jax.tree_util.tree_map(
             lambda x: np.zeros(np.shape(x), np.dtype(x.dtype)), template
         )
-        restored = self._manager.restore(
-            int(step),
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
-            ),
+        restored = self._run(
+            lambda: self._manager.restore(
+                int(step),
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+                ),
+            )
         )
         state, meta = restored["state"], restored["meta"]
         if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
@@ -204,7 +237,7 @@ class Checkpointer:
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices(f"v2f_set_aside_{step}")
-        self._manager.reload()
+        self._run(self._manager.reload)
 
 
 # --- workdirs ---------------------------------------------------------------------------------

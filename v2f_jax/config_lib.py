@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import json
 import os
 
 import ml_collections
@@ -22,24 +21,44 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     """Runs `get_config()` of the file at `path`, then applies `--config.a.b=v` overrides.
 
     Args:
-      path: a Python file defining `get_config() -> ml_collections.ConfigDict`.
+      path: a Python file defining `get_config() -> ml_collections.ConfigDict`; `FILE:ARG`
+        calls `get_config("ARG")` instead (ml_collections' convention), e.g.
+        `configs/embedder.py:tiny` for E pretraining at the size of configs/tiny.py.
       overrides: strings `--config.a.b=value` (or `a.b=value`); values are parsed as Python
         literals where possible (`1e-3`, `(300, 800)`, `True`), else taken as strings.
 
     Returns:
       The ConfigDict, unlocked for reading only by convention.
     """
-    path = os.fspath(path)
+    path, arg = split_config_arg(os.fspath(path))
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: no such config file")
     spec = importlib.util.spec_from_file_location(f"v2f_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # the user's Python file: say which and why, not a traceback
+        raise ConfigError(f"{path}: cannot be loaded ({type(err).__name__}: {err})") from None
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path}: defines no get_config()")
-    config = module.get_config()
+    if arg is None:
+        config = module.get_config()
+    else:
+        try:
+            config = module.get_config(arg)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{path}:{arg}: {err}") from None
     apply_overrides(config, overrides)
     return config
+
+
+def split_config_arg(path: str) -> tuple[str, str | None]:
+    """`"configs/embedder.py:tiny"` -> `("configs/embedder.py", "tiny")`; a plain path (or one
+    that exists as written, colon and all) -> `(path, None)`."""
+    head, sep, arg = path.rpartition(":")
+    if not sep or os.path.isfile(path) or not head.endswith(".py"):
+        return path, None
+    return head, arg
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides) -> None:
@@ -93,15 +112,3 @@ def to_dict(config: ml_collections.ConfigDict) -> dict:
 
 def from_dict(data: dict) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(data)
-
-
-def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """`["a.b: old -> new", ...]` for every leaf that differs between two `to_dict` configs."""
-    out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += differences(a, b, f"{prefix}{k}.")
-        elif json.dumps(a) != json.dumps(b):
-            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
-    return out

@@ -34,10 +34,12 @@ DEFAULTS = {
     "steps": 800,
     "batch_size": 32,
 }
-# lr 1e-3 (the reference's 2e-4 needs thousands of steps); E's pretraining as configs/embedder.py.
+# The README's recipe for your own data at the size of configs/tiny.py: E pretrained with
+# `configs/embedder.py:tiny`, then the GAN from it, with lr 1e-3 (the reference's 2e-4 needs
+# thousands of steps).
 GAN_OVERRIDES = ("optim.lr=1e-3",)
-EMBEDDER_OVERRIDES = ("train.task=embedder", "optim.lr=1e-3", "optim.b1=0.9")
 TINY_CONFIG = pathlib.Path(importlib.util.find_spec("v2f_jax.configs.tiny").origin)
+EMBEDDER_CONFIG = f"{importlib.util.find_spec('v2f_jax.configs.embedder').origin}:tiny"
 
 
 @dataclasses.dataclass
@@ -113,9 +115,7 @@ def run_demo(
 
     common = [f"train.batch_size={batch_size}", f"seed={seed}"]
     start = time.perf_counter()
-    e_config = config_lib.load_config(
-        TINY_CONFIG, [*EMBEDDER_OVERRIDES, f"train.steps={embedder_steps}", *common]
-    )
+    e_config = config_lib.load_config(EMBEDDER_CONFIG, [f"train.steps={embedder_steps}", *common])
     e_result = train.train(e_config, e_workdir, records)
     stage("pretrain_embedder", start)
     log(

@@ -8,20 +8,23 @@ from typing import Any
 import jax
 import numpy as np
 
-from v2f_jax import checkpointing, config_lib
+from v2f_jax import checkpointing, config_checks, config_lib
 
 PyTree = Any
 
 
 def load_embedder(path: str | os.PathLike, template: PyTree) -> PyTree:
     """E's `{"params", "batch_stats"}` from an embedder (or GAN) workdir or an exported model
-    file, checked against `template` (the shapes this config's E has).
+    file, checked against `template` (the shapes this config's E has); `"random"`: `template`
+    itself, the freshly initialised E (asked for on purpose: `config_checks`).
 
     Raises:
       FileNotFoundError: `path` is neither a workdir nor a file.
       config_lib.ConfigError: that E's shapes differ from this config's.
     """
     path = os.fspath(path)
+    if path == config_checks.RANDOM_EMBEDDER:
+        return jax.tree_util.tree_map(np.asarray, template)
     if os.path.isdir(path):
         _, restored = checkpointing.restore_for_inference(path)
         embedder = restored.embedder

@@ -33,12 +33,29 @@ def compute_dtype(name: str):
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
 
+def _halve(lengths):
+    """Output length of a kernel-3, stride-2, padding-1 conv: ceil(L / 2)."""
+    return (lengths + 1) // 2
+
+
+def _time_mask(lengths, steps: int):
+    """`[B, steps, 1]` bool: True at positions `t < lengths[b]`."""
+    return (jnp.arange(steps)[None, :] < lengths[:, None])[:, :, None]
+
+
 class VoiceEmbedder(nn.Module):
     """E: log-mel `[B, T, n_mels]` -> voice embedding `[B, embed_dim]` (not normalised).
 
     Five 1-D convs over time (kernel 3, stride 2, pad 1); BatchNorm + ReLU after the first four;
     then the mean over time. `train=False` uses the running BatchNorm statistics, as the frozen
     E of the reference does.
+
+    `lengths` (int `[B]`, optional): only the first `lengths[b]` frames of `mel[b]` are voice;
+    the rest is padding. The result then equals E of the cropped `mel[b, :lengths[b]]` (to float
+    rounding): every layer's input is zeroed past its valid length, which is exactly the zero
+    padding the cropped conv would read, BatchNorm statistics (when training) count valid
+    positions only, and the mean runs over valid positions. So batches of any crop length share
+    one padded shape: one compiled step.
     """
 
     channels: Sequence[int] = (256, 384, 576, 864)
@@ -48,8 +65,12 @@ class VoiceEmbedder(nn.Module):
     convs: ops.conv.ConvForms = ops.conv.XLA  # the conv implementation (`Networks` picks it)
 
     @nn.compact
-    def __call__(self, mel, train: bool = False):
+    def __call__(self, mel, train: bool = False, lengths=None):
         x = mel.astype(self.dtype)
+        mask = None
+        if lengths is not None:
+            mask = _time_mask(lengths, x.shape[1])
+            x = jnp.where(mask, x, 0)
         # The forms' 1-D conv (im2col + matmul in the matmul forms) only for a frozen E in
         # bfloat16 (every GAN step runs one): there XLA:CPU's conv is slower, in float32 faster
         # (BENCHMARKS.md). A learning E keeps XLA's convs, whose bfloat16 gradients carry extra
@@ -68,6 +89,9 @@ class VoiceEmbedder(nn.Module):
                 name=f"conv{i}",
                 conv_general_dilated=conv_fn,
             )(x)
+            if lengths is not None:
+                lengths = _halve(lengths)
+                mask = _time_mask(lengths, x.shape[1])
             # PyTorch BatchNorm1d defaults: momentum 0.1 (flax 0.9), eps 1e-5.
             x = nn.BatchNorm(
                 use_running_average=not train,
@@ -76,8 +100,10 @@ class VoiceEmbedder(nn.Module):
                 dtype=self.dtype,
                 axis_name=self.axis_name,
                 name=f"bn{i}",
-            )(x)
+            )(x, mask=mask)
             x = nn.relu(x)
+            if mask is not None:
+                x = jnp.where(mask, x, 0)
         x = nn.Conv(
             self.embed_dim,
             (3,),
@@ -90,7 +116,12 @@ class VoiceEmbedder(nn.Module):
             name=f"conv{len(self.channels)}",
             conv_general_dilated=conv_fn,
         )(x)
-        return jnp.mean(x.astype(jnp.float32), axis=1)
+        x = x.astype(jnp.float32)
+        if lengths is None:
+            return jnp.mean(x, axis=1)
+        lengths = _halve(lengths)
+        mask = _time_mask(lengths, x.shape[1])
+        return jnp.sum(jnp.where(mask, x, 0), axis=1) / lengths[:, None].astype(jnp.float32)
 
 
 class SpeakerHead(nn.Module):

@@ -1,9 +1,9 @@
 """NaN/Inf guard: a bad update never lands, and the run stops or skips as configured.
 
-The step is wrapped (`guard`) so that it returns a `finite` metric and keeps the old state when
-the update is not finite; the loop reads the flags with the metrics (`MetricsCheck`) and stops
-naming the first bad step and loss (`train.on_nonfinite="stop"`) or counts it as skipped ("skip",
-at most `train.max_nonfinite_skips`).
+The step is wrapped (`guard`) so that it returns a `finite` metric (and, with "skip", keeps the
+old state when the update is not finite); the loop reads the flags with the metrics
+(`MetricsCheck`) and stops naming the first bad step and loss (`train.on_nonfinite="stop"`) or
+counts it as skipped ("skip", at most `train.max_nonfinite_skips`).
 """
 
 from __future__ import annotations
@@ -11,15 +11,11 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from v2f_jax import state as state_lib
-
-PyTree = Any
 FINITE = "finite"  # the metric the guard adds: 1.0 iff the step's update was finite
 
 logger = logging.getLogger("v2f.train")
@@ -39,29 +35,25 @@ class NonFiniteLossError(FloatingPointError):
         super().__init__(f"non-finite loss at step {step}: {shown}{reason}")
 
 
-def _params(state) -> PyTree:
-    """The parameters of a state (what a non-finite update would poison)."""
-    if isinstance(state, state_lib.EmbedderState):
-        return (state.embedder, state.head)
-    return (state.embedder, state.generator, state.critics)
+def guard(step: Callable, keep_old_state: bool) -> Callable:
+    """Wraps a step: adds metric `finite`, 1.0 iff every metric is finite.
 
-
-def guard(step: Callable) -> Callable:
-    """Wraps a step: adds metric `finite` (1.0 iff every metric and every new parameter is
-    finite) and returns the input state unchanged when it is 0.0. Exact: a select, no arithmetic
-    on accepted values."""
+    The metrics hold every loss and the global norm of every gradient the step applied: when
+    they are finite, so is Adam's update and hence the new state (a gradient too large for its
+    norm to be finite is refused as well). So the flag costs no pass over parameters or
+    optimiser state. `keep_old_state` (`on_nonfinite="skip"`) then returns the input state
+    when the flag is 0.0 (exact: a select, no arithmetic on accepted values); with "stop" the
+    run ends at the flag and never saves the state after it, so no select is needed.
+    """
 
     def guarded(state, batch):
         new_state, metrics = step(state, batch)
-        checks = [jnp.all(jnp.isfinite(v)) for v in metrics.values()]
-        checks += [
-            jnp.all(jnp.isfinite(x))
-            for x in jax.tree_util.tree_leaves(_params(new_state))
-            if jnp.issubdtype(x.dtype, jnp.inexact)
-        ]
-        finite = jnp.all(jnp.stack(checks))
-        kept = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new_state, state)
-        return kept, {**metrics, FINITE: finite.astype(jnp.float32)}
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in metrics.values()]))
+        if keep_old_state:
+            new_state = jax.tree_util.tree_map(
+                lambda n, o: jnp.where(finite, n, o), new_state, state
+            )
+        return new_state, {**metrics, FINITE: finite.astype(jnp.float32)}
 
     return guarded
 
@@ -95,7 +87,9 @@ class MetricsCheck:
                 for k, v in m.items():
                     sums[k] = sums.get(k, 0.0) + v
                 continue
-            names = [k for k, v in m.items() if not math.isfinite(v)] or ["parameters"]
+            # Losses first: they say what went wrong; gradient norms follow from them.
+            bad = [k for k, v in m.items() if not math.isfinite(v)]
+            names = sorted(bad, key=lambda k: (not k.endswith("loss"), k)) or ["parameters"]
             if self.on_nonfinite == "stop":
                 raise NonFiniteLossError(n, names, m, " (train.on_nonfinite='stop')")
             self.skips += 1

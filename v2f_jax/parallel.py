@@ -3,6 +3,10 @@
 `jit`: a 1-D `("data",)` mesh of all devices; the batch is sharded over it, the state is
 replicated, the state's buffers are donated. `pmap`: the same step function with `axis_name`,
 state stacked per local device. Either way the loop only sees `DataParallel`.
+
+Several steps per dispatch (`steps_per_call=K`): `multi_step(state, batches)` runs K steps in one
+compiled call (`lax.scan` over K stacked batches), returning each step's metrics stacked `[K]`;
+where a step takes a few milliseconds, the host then dispatches K times less often.
 """
 
 from __future__ import annotations
@@ -38,30 +42,46 @@ class DataParallel:
       donate: donate the input state's buffers (the state is updated in place).
     """
 
-    def __init__(self, make_step: StepFactory, mode: str = "jit", devices=None, donate=True):
+    def __init__(
+        self,
+        make_step: StepFactory,
+        mode: str = "jit",
+        devices=None,
+        donate=True,
+        steps_per_call: int = 1,
+    ):
         if mode not in ("jit", "pmap"):
             raise ValueError(f"train.parallel must be 'jit' or 'pmap', not {mode!r}")
+        if steps_per_call < 1:
+            raise ValueError(f"train.steps_per_call must be >= 1, not {steps_per_call}")
         self.mode = mode
+        self.steps_per_call = int(steps_per_call)
         self.mesh = make_mesh(devices)
         self.devices = list(self.mesh.devices.flat)
         self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
         self.replicated = NamedSharding(self.mesh, P())
         self.batch_sharding = NamedSharding(self.mesh, P(AXIS))
+        self.stacked_sharding = NamedSharding(self.mesh, P(None, AXIS))
         donate_argnums = (0,) if donate else ()
+        step = make_step(None if mode == "jit" else AXIS)
+        scanned = _scan_steps(step)
         if mode == "jit":
             self.step = jax.jit(
-                make_step(None),
+                step,
                 in_shardings=(self.replicated, self.batch_sharding),
                 out_shardings=(self.replicated, self.replicated),
                 donate_argnums=donate_argnums,
             )
-        else:
-            self.step = jax.pmap(
-                make_step(AXIS),
-                axis_name=AXIS,
-                devices=self.devices,
+            self.multi_step = jax.jit(
+                scanned,
+                in_shardings=(self.replicated, self.stacked_sharding),
+                out_shardings=(self.replicated, self.replicated),
                 donate_argnums=donate_argnums,
             )
+        else:
+            pmapped = dict(axis_name=AXIS, devices=self.devices, donate_argnums=donate_argnums)
+            self.step = jax.pmap(step, **pmapped)
+            self.multi_step = jax.pmap(scanned, **pmapped)
 
     @property
     def num_devices(self) -> int:
@@ -105,8 +125,46 @@ class DataParallel:
             for name, v in local_batch.items()
         }
 
+    def put_batches(self, local_batches: list[dict[str, np.ndarray]]) -> dict:
+        """K of this host's batches, stacked `[K, B_host, ...]`, onto the devices for
+        `multi_step` (the step axis first, the batch axis sharded as in `put_batch`)."""
+        stacked = {k: np.stack([b[k] for b in local_batches]) for k in local_batches[0]}
+        n_local = len(self.local_devices)
+        for name, value in stacked.items():
+            if value.shape[1] % n_local:
+                raise ValueError(
+                    f"batch '{name}' has {value.shape[1]} rows per host, not divisible by "
+                    f"{n_local} local devices"
+                )
+        if self.mode == "jit":
+            return {
+                name: jax.make_array_from_process_local_data(self.stacked_sharding, v)
+                for name, v in stacked.items()
+            }
+        # [K, n_local * b, ...] -> [n_local, K, b, ...]: each device scans its own rows.
+        return {
+            name: np.swapaxes(v.reshape(v.shape[0], n_local, -1, *v.shape[2:]), 0, 1)
+            for name, v in stacked.items()
+        }
+
+    def local_metrics(self, metrics: PyTree) -> PyTree:
+        """Metrics as one copy (pmap returns one per local device), leaves `[]` or `[K]`."""
+        if self.mode == "pmap":
+            return jax.tree_util.tree_map(lambda x: x[0], metrics)
+        return metrics
+
     def get_metrics(self, metrics: PyTree) -> dict[str, float]:
         """Device metrics to host floats (a device->host copy: only at log steps)."""
         if self.mode == "pmap":
             metrics = jax.tree_util.tree_map(lambda x: x[0], metrics)
         return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def _scan_steps(step: Callable) -> Callable:
+    """`step(state, batch)` -> `multi(state, batches)`: the steps over the leading axis of
+    `batches`, in order, each on the state the previous one left; metrics stacked `[K]`."""
+
+    def multi(state, batches):
+        return jax.lax.scan(step, state, batches)
+
+    return multi

@@ -9,15 +9,20 @@ pretrains the voice embedder (`train.task="embedder"`) and writes, in `workdir`:
     tb/                          TensorBoard scalars (`train/...`) and the sample grid
                                  (metric_writers.py)
     samples/step_NNNNNN.png      faces from fixed held-out voices beside the real faces
+    xla_cache/                   compiled executables (`train.compilation_cache`): a restart
+                                 loads the step instead of compiling it again
+    profile/                     a jax.profiler trace of `train.profile_steps`, if set
 
 Exact resume: loop step `n` consumes batch `n - 1` of the reader, whose stream is a pure function
 of (seed, batch index); the step's RNG is `fold_in(state.key, state.step)`. A checkpoint holds the
 state and `next_batch`, so a restarted run (same command) continues with the same batches, keys
 and parameters as a run never stopped: bitwise equal on CPU.
 
-Host syncs happen only at log, sample and checkpoint steps: the metrics of the steps in between
-stay on device and are fetched together then, with each step's non-finite flag (nonfinite.py); a
-checkpoint is written only after its steps' flags were read.
+The device never waits for the host: batches of every crop length share one padded shape (one
+compiled step); `train.steps_per_call=K` runs K steps per dispatch; metrics stay on the device
+and reach the log one log interval late, in one transfer (step_metrics.py), with each step's
+non-finite flag (nonfinite.py). The host blocks only at sample and checkpoint steps (a checkpoint
+is written only after its steps' flags were read).
 
 SIGTERM: the step in flight finishes, a checkpoint is saved, and the run returns with
 `preempted=True` (`v2f train` exits 0); several hosts agree on the step (distributed.py).
@@ -25,10 +30,8 @@ SIGTERM: the step in flight finishes, a checkpoint is saved, and the run returns
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -38,6 +41,8 @@ import numpy as np
 
 from v2f_jax import (
     checkpointing,
+    compilation,
+    config_checks,
     config_lib,
     distributed,
     embedder_init,
@@ -45,9 +50,12 @@ from v2f_jax import (
     models,
     nonfinite,
     parallel,
+    profiling,
+    step_metrics,
     train_step,
 )
 from v2f_jax import state as state_lib
+from v2f_jax import workdir as workdir_lib
 from v2f_jax.input_pipeline import manifest as manifest_lib
 
 PyTree = Any
@@ -65,9 +73,12 @@ TASKS = tuple(metric_writers.PROGRESS_KEYS)
 def resolve_config(
     config: ml_collections.ConfigDict, records: manifest_lib.Records | None
 ) -> ml_collections.ConfigDict:
-    """A copy of `config` with `model.num_ids` = the records' training identities."""
+    """A checked copy of `config` (config_checks) with the records' data properties and
+    `model.num_ids` = their training identities."""
     config = config_lib.from_dict(config_lib.to_dict(config))
+    config_checks.check(config)
     if records is not None:
+        config_checks.take_from_records(config, records)
         num_ids = records.num_train_ids
         if config.model.num_ids not in (0, num_ids):
             raise config_lib.ConfigError(
@@ -122,10 +133,14 @@ def create_state(config: ml_collections.ConfigDict, nets: models.Networks):
 
 
 def make_step_factory(config: ml_collections.ConfigDict, nets: models.Networks):
+    """`axis_name -> step` for `parallel.DataParallel`: the task's step with the NaN guard."""
+    keep_old = config.train.on_nonfinite == "skip"
     if config.train.task == "embedder":
         num = int(config.model.num_ids)
-        return lambda axis: nonfinite.guard(train_step.make_embedder_step(config, nets, num, axis))
-    return lambda axis: nonfinite.guard(train_step.make_gan_step(config, nets, axis))
+        make = lambda axis: train_step.make_embedder_step(config, nets, num, axis)
+    else:
+        make = lambda axis: train_step.make_gan_step(config, nets, axis)
+    return lambda axis: nonfinite.guard(make(axis), keep_old)
 
 
 # --- the loop -------------------------------------------------------------------------------
@@ -183,26 +198,26 @@ def train(
     task = config.train.task
     total = int(config.train.steps)
     is_chief = jax.process_index() == 0
-    if is_chief:
-        os.makedirs(workdir, exist_ok=True)
-    old_config_path = os.path.join(workdir, checkpointing.CONFIG)
-    if is_chief and os.path.exists(old_config_path):
-        with open(old_config_path) as f:
-            changed = config_lib.differences(json.load(f), config_lib.to_dict(config))
-        if changed:
-            logger.warning(
-                "config differs from the previous run in %s: %s", workdir, "; ".join(changed)
-            )
-    checkpointing.write_config(workdir, config)
+    config_checks.check_devices(config, jax.device_count() if devices is None else len(devices))
+    # One run per workdir; a resumed run keeps the settings its checkpoints were trained with.
+    lock = workdir_lib.start_run(workdir, config, is_chief)
 
+    compilation.use_persistent_cache(config.train.get("compilation_cache", ""), workdir)
     nets = models.Networks(config.model, int(config.model.num_ids))
-    dp = parallel.DataParallel(make_step_factory(config, nets), config.train.parallel, devices)
+    steps_per_call = int(config.train.get("steps_per_call", 1))
+    dp = parallel.DataParallel(
+        make_step_factory(config, nets),
+        config.train.parallel,
+        devices,
+        steps_per_call=steps_per_call,
+    )
     global_batch = int(config.train.batch_size)
     ckpt = checkpointing.Checkpointer(
         os.path.join(workdir, checkpointing.CHECKPOINTS), keep=config.checkpoint.keep
     )
     writers = None
     stop = None
+    profile = None
     try:
         found = ckpt.restore_latest(checkpointing.state_template(config, nets))
         if found is not None:
@@ -235,60 +250,72 @@ def train(
             return result | metric_writers.last_logged(workdir) | {"nonfinite_skips": skips}
 
         batches = make_batches(start)
-        pending: list[tuple[int, PyTree]] = []
-        last_log = (start, time.perf_counter())
         ckpt_every = max(1, int(config.checkpoint.every))
         log_every = max(1, int(config.train.log_every))
         sample_every = int(config.train.sample_every) if sampler is not None else 0
-
         check = nonfinite.MetricsCheck(
             config.train.on_nonfinite, config.train.max_nonfinite_skips, skips
         )
+        fetch = step_metrics.StepMetrics(dp)
+        profile = profiling.StepProfile(config.train.get("profile_steps", ()), workdir)
 
-        def flush() -> dict[str, float]:
-            """Fetches the pending steps' metrics in one transfer; checks and averages them."""
-            if not pending:
-                return {}
-            fetched = jax.device_get([m for _, m in pending])
-            means = check([n for n, _ in pending], fetched)
-            pending.clear()
-            return means
+        def log(interval: step_metrics.Interval) -> None:
+            """Checks one fetched interval's metrics and writes its log line."""
+            means = check(interval.steps, interval.values)
+            rate = len(interval.steps) / max(interval.seconds, 1e-9)
+            result.update({f"train/{k}": v for k, v in means.items()})
+            writers.scalars(
+                interval.steps[-1],
+                {
+                    **{f"train/{k}": v for k, v in means.items()},
+                    "perf/steps_per_sec": rate,
+                    "perf/samples_per_sec": rate * global_batch,
+                    "train/nonfinite_skips": float(check.skips),
+                },
+            )
+            if is_chief:
+                logger.info(
+                    metric_writers.progress_line(
+                        interval.steps[-1], total, rate, global_batch, means, task
+                    )
+                )
+
+        def crossed(every: int, before: int, after: int) -> bool:
+            return after // every > before // every or after == total
 
         n = start
         while n < total:
-            batch = next(batches)
-            state, metrics = dp(state, dp.put_batch(batch))
-            n += 1
-            pending.append((n, metrics))
+            k = steps_per_call if total - n >= steps_per_call else 1
+            profile.before(n + 1, n + k)
+            with jax.profiler.StepTraceAnnotation("train", step_num=n + 1):
+                if k == 1:
+                    state, metrics = dp(state, dp.put_batch(next(batches)))
+                else:
+                    local = [next(batches) for _ in range(k)]
+                    state, metrics = dp.multi_step(state, dp.put_batches(local))
+            before, n = n, n + k
+            fetch.add(before + 1, k, metrics)
+            profile.after(n, state)
             stopping = stop(n)
-            if n % log_every == 0 or n == total or stopping:
-                means = flush()
-                now = time.perf_counter()
-                rate = (n - last_log[0]) / max(now - last_log[1], 1e-9)
-                last_log = (n, now)
-                result.update({f"train/{k}": v for k, v in means.items()})
-                writers.scalars(
-                    n,
-                    {
-                        **{f"train/{k}": v for k, v in means.items()},
-                        "perf/steps_per_sec": rate,
-                        "perf/samples_per_sec": rate * global_batch,
-                        "train/nonfinite_skips": float(check.skips),
-                    },
-                )
-                if is_chief:
-                    logger.info(
-                        metric_writers.progress_line(n, total, rate, global_batch, means, task)
-                    )
-            if sample_every and (n % sample_every == 0 or n == total):
+            checkpointing_now = crossed(ckpt_every, before, n) or stopping
+            if crossed(log_every, before, n):
+                # This interval's metrics start their way to the host; the previous interval's,
+                # long arrived, are checked and logged: the device never waits for the log.
+                fetch.start()
+                for interval in fetch.ready(keep=1):
+                    log(interval)
+            if checkpointing_now:
+                # A checkpoint is written only after its steps' flags were read.
+                for interval in fetch.drain():
+                    log(interval)
+            if sample_every and crossed(sample_every, before, n):
                 current = dp.get_state(state)
                 embedder, generator = jax.device_get((current.embedder, current.generator))
                 grid = sampler.write(
                     os.path.join(workdir, "samples", f"step_{n:06d}.png"), embedder, generator
                 )
                 writers.image(n, "samples", grid)
-            if n % ckpt_every == 0 or n == total or stopping:
-                flush()  # a checkpoint is written only after its steps were checked
+            if checkpointing_now:
                 meta = {"next_batch": n, "nonfinite_skips": check.skips}
                 ckpt.save(n, dp.get_state(state), meta)
             if stopping:
@@ -305,11 +332,15 @@ def train(
         result["nonfinite_skips"] = check.skips
         return result
     finally:
+        if profile is not None:
+            profile.close()
         if stop is not None:
             stop.close()
         ckpt.close()
         if writers is not None:
             writers.close()
+        if lock is not None:
+            lock.release()
 
 
 def _make_sampler(config, records: manifest_lib.Records | None, is_chief: bool):

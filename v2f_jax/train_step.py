@@ -4,9 +4,10 @@ Written once for every parallel mode. Under `jax.jit` over a mesh the step sees 
 XLA inserts the collectives; under `jax.pmap` (`axis_name` set) it sees one device's slice and
 averages gradients and metrics over `axis_name` itself. Both give the same numbers.
 
-A batch is `{"voice": [B, T, n_mels] float, "voice_id": [B] int32,
-"face": [B, 64, 64, 3] float in [-1, 1], "face_id": [B] int32}`; voices and faces are unpaired,
-as the reference samples them.
+A batch is `{"voice": [B, T, n_mels] float, "voice_len": [B] int32 (optional), "voice_id": [B]
+int32, "face": [B, 64, 64, 3] float in [-1, 1], "face_id": [B] int32}`; voices and faces are
+unpaired, as the reference samples them. With `voice_len`, only the first `voice_len[b]` frames of
+`voice[b]` are voice (the reader pads every crop to the longest crop length: one compiled shape).
 """
 
 from __future__ import annotations
@@ -42,6 +43,25 @@ def noisy_unit_embedding(raw, noise_key, noise_std: float, axis_name: str | None
     return models.unit(models.unit(raw) + noise_std * noise)
 
 
+PRECISIONS = ("default", "high", "highest")
+
+
+def with_matmul_precision(step: Callable, precision: str) -> Callable:
+    """`step` traced under `jax.default_matmul_precision(precision)` ("default": as it is)."""
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"config.model.matmul_precision must be one of {PRECISIONS}, not {precision!r}"
+        )
+    if precision == "default":
+        return step
+
+    def step_at_precision(*args):
+        with jax.default_matmul_precision(precision):
+            return step(*args)
+
+    return step_at_precision
+
+
 def make_gan_step(
     config: ml_collections.ConfigDict, nets: models.Networks, axis_name: str | None = None
 ) -> Callable:
@@ -55,16 +75,19 @@ def make_gan_step(
     def mean_over_devices(tree):
         return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
-    def embed(e_params, batch_stats, voice):
+    def embed(e_params, batch_stats, voice, lengths):
         if train_embedder:
             raw, updates = embedder.apply(
                 {"params": e_params, "batch_stats": batch_stats},
                 voice,
                 train=True,
+                lengths=lengths,
                 mutable=["batch_stats"],
             )
             return raw, updates["batch_stats"]
-        raw = embedder.apply({"params": e_params, "batch_stats": batch_stats}, voice)
+        raw = embedder.apply(
+            {"params": e_params, "batch_stats": batch_stats}, voice, lengths=lengths
+        )
         return raw, batch_stats
 
     def critic_outputs(c_params, real, fake):
@@ -85,7 +108,9 @@ def make_gan_step(
             voice = jax.lax.stop_gradient(voice)
 
         def generate(g_params, e_params):
-            raw, new_stats = embed(e_params, state.embedder["batch_stats"], voice)
+            raw, new_stats = embed(
+                e_params, state.embedder["batch_stats"], voice, batch.get("voice_len")
+            )
             emb = noisy_unit_embedding(raw, key, noise_std, axis_name)
             return nets.generator.apply({"params": g_params}, emb), new_stats
 
@@ -116,6 +141,7 @@ def make_gan_step(
 
         c_grads, c_metrics = jax.grad(critic_loss, has_aux=True)(state.critics)
         c_grads = mean_over_devices(c_grads)
+        c_metrics["c_grad_norm"] = optax.tree.norm(c_grads)
         c_updates, c_opt = optimizer.update(c_grads, state.c_opt, state.critics)
         critics = optax.apply_updates(state.critics, c_updates)
 
@@ -129,12 +155,14 @@ def make_gan_step(
         d_fake_faces, g_metrics = jax.grad(generator_loss, has_aux=True)(fake)
         vjp_grads = gen_vjp(d_fake_faces)
         g_grads = mean_over_devices(vjp_grads[0])
+        g_metrics["g_grad_norm"] = optax.tree.norm(g_grads)
         g_updates, g_opt = optimizer.update(g_grads, state.g_opt, state.generator)
         generator = optax.apply_updates(state.generator, g_updates)
 
         embedder, e_opt = state.embedder, state.e_opt
         if train_embedder:
             e_grads = mean_over_devices(vjp_grads[1])
+            g_metrics["e_grad_norm"] = optax.tree.norm(e_grads)
             e_updates, e_opt = optimizer.update(e_grads, state.e_opt, e_params)
             embedder = {
                 "params": optax.apply_updates(e_params, e_updates),
@@ -152,7 +180,7 @@ def make_gan_step(
         )
         return new_state, mean_over_devices(c_metrics | g_metrics)
 
-    return step
+    return with_matmul_precision(step, config.model.get("matmul_precision", "default"))
 
 
 def _adv_only(critics: models.Critics, face):
@@ -180,6 +208,7 @@ def make_embedder_step(
                 {"params": params["embedder"], "batch_stats": state.embedder["batch_stats"]},
                 batch["voice"],
                 train=True,
+                lengths=batch.get("voice_len"),
                 mutable=["batch_stats"],
             )
             logits = head.apply({"params": params["head"]}, raw)
@@ -192,6 +221,7 @@ def make_embedder_step(
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)
             metrics = jax.lax.pmean(metrics, axis_name)
+        metrics["e_grad_norm"] = optax.tree.norm(grads)
         updates, opt = optimizer.update(grads, state.opt, params)
         params = optax.apply_updates(params, updates)
         return state.replace(
@@ -201,4 +231,4 @@ def make_embedder_step(
             opt=opt,
         ), metrics
 
-    return step
+    return with_matmul_precision(step, config.model.get("matmul_precision", "default"))

@@ -51,6 +51,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--parallel", choices=("jit", "pmap"), default=None)
     parser.add_argument(
+        "--matmul-precision",
+        choices=("default", "high", "highest"),
+        default=None,
+        help="the step's matmul/conv precision (config's default, model.matmul_precision)",
+    )
+    parser.add_argument(
+        "--steps-per-call",
+        type=int,
+        default=None,
+        help="step mode: steps per dispatch, K (config's train.steps_per_call)",
+    )
+    parser.add_argument(
         "--devices",
         type=int,
         default=None,
@@ -93,8 +105,12 @@ def run(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             parallel_mode=args.parallel,
             impl=args.impl,
+            matmul_precision=args.matmul_precision,
         )
         ops.conv.forms_for(config.model.impl)  # a bad name fails here, not mid-compile
+        steps_per_call = args.steps_per_call or int(config.train.get("steps_per_call", 1))
+        if steps_per_call < 1:
+            raise ValueError(f"--steps-per-call must be >= 1, not {steps_per_call}")
     except (config_lib.ConfigError, ValueError) as err:
         print(f"v2f bench: {err}", file=sys.stderr)
         return 2
@@ -110,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
             num_ids=num_ids,
             peak=not args.no_peak,
             devices=args.devices,
+            steps_per_call=steps_per_call,
         )
     elif args.mode == "generate":
         result = bench.bench_generate(config, frames=frames, repeats=args.steps, num_ids=num_ids)

@@ -11,46 +11,61 @@ from __future__ import annotations
 import argparse
 import sys
 
+from v2f_jax.commands import arguments
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from v2f_jax import demo
 
     d = demo.DEFAULTS
-    parser.add_argument("--out", default="v2f-demo", help="output directory (default v2f-demo)")
+    parser.add_argument(
+        "--out",
+        default="v2f-demo",
+        type=arguments.out_dir,
+        help="output directory (default v2f-demo)",
+    )
     parser.add_argument(
         "--identities",
-        type=int,
+        type=arguments.positive_int,
         default=d["identities"],
         help=f"synthetic people, about a third held out (default {d['identities']})",
     )
     parser.add_argument(
         "--utterances",
-        type=int,
+        type=arguments.positive_int,
         default=d["utterances"],
         help=f"voices per person (default {d['utterances']})",
     )
     parser.add_argument(
-        "--faces", type=int, default=d["faces"], help=f"faces per person (default {d['faces']})"
+        "--faces",
+        type=arguments.positive_int,
+        default=d["faces"],
+        help=f"faces per person (default {d['faces']})",
     )
     parser.add_argument(
         "--embedder-steps",
-        type=int,
+        type=arguments.positive_int,
         default=d["embedder_steps"],
         help=f"voice-embedder pretraining steps (default {d['embedder_steps']})",
     )
     parser.add_argument(
-        "--steps", type=int, default=d["steps"], help=f"GAN training steps (default {d['steps']})"
+        "--steps",
+        type=arguments.positive_int,
+        default=d["steps"],
+        help=f"GAN training steps (default {d['steps']})",
     )
     parser.add_argument(
         "--batch-size",
-        type=int,
+        type=arguments.positive_int,
         default=d["batch_size"],
         help=f"global batch (default {d['batch_size']})",
     )
     parser.add_argument(
         "--no-baseline", action="store_true", help="skip evaluating the untrained generator"
     )
-    parser.add_argument("--seed", type=int, default=0, help="corpus and training seed")
+    parser.add_argument(
+        "--seed", type=arguments.non_negative_int, default=0, help="corpus and training seed"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

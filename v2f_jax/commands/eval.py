@@ -18,13 +18,16 @@ import argparse
 import os
 import sys
 
+from v2f_jax.commands import arguments
 from v2f_jax.commands import export as export_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     export_command.add_source_arguments(parser)
     parser.add_argument("--records", required=True, help="a `v2f prepare` output directory")
-    parser.add_argument("--out", default=None, help="report directory (default: see above)")
+    parser.add_argument(
+        "--out", default=None, type=arguments.out_dir, help="report directory (default: see above)"
+    )
     parser.add_argument(
         "--face-embedder",
         default=None,
@@ -33,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-train-voices",
-        type=int,
+        type=arguments.non_negative_int,
         default=2000,
         help="training utterances generated for identity accuracy (default 2000; 0: all)",
     )
@@ -75,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def summary(r: dict, out: str) -> str:
-    pct = lambda x: f"{100 * x:.1f}%"
+    pct = lambda x: "n/a" if x is None or x != x else f"{100 * x:.1f}%"  # NaN: nothing to score
     c = r["counts"]
     return "\n".join(
         [

@@ -4,7 +4,11 @@ Sources: a training run (`--workdir DIR`, newest checkpoint or `--step N`), a mo
 (`--model FILE`), or the reference's PyTorch state dicts (`--torch-embedder voice_embedding.pth
 --torch-generator generator.pth`). Formats: `.safetensors` (default) or `.msgpack`, chosen by
 --out's extension; or `--format torch`: --out is a directory that gets the reference's
-`voice_embedding.pth` and `generator.pth` (wen2019 models; needs torch).
+`voice_embedding.pth` and `generator.pth` (wen2019 models; needs torch). Every source is checked
+in full before anything is written (config, front end, every tensor's shape, dtype and
+finiteness); files are written with the permissions the umask gives.
+
+Exit status: 0 written, 2 a bad argument or a source that cannot be used (each problem named).
 
 Examples:
   v2f export --workdir runs/wen2019 --out wen2019.safetensors
@@ -19,12 +23,19 @@ import argparse
 import os
 import sys
 
+from v2f_jax.commands import arguments
+
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     """The model-source flags shared by `export`, `eval` and `generate`."""
     parser.add_argument("--workdir", help="a `v2f train` workdir (its newest checkpoint)")
     parser.add_argument("--model", help="a model file from `v2f export` (.safetensors/.msgpack)")
-    parser.add_argument("--step", type=int, default=None, help="with --workdir: this checkpoint")
+    parser.add_argument(
+        "--step",
+        type=arguments.non_negative_int,
+        default=None,
+        help="with --workdir: this checkpoint",
+    )
     parser.add_argument(
         "--torch-embedder", metavar="PTH", help="the reference's voice_embedding.pth"
     )

@@ -15,12 +15,13 @@ import json
 import pathlib
 import sys
 
+from v2f_jax.commands import arguments
 from v2f_jax.input_pipeline import audio
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audio", nargs="+", required=True, metavar="FILE", help="audio files")
-    parser.add_argument("--out", required=True, type=pathlib.Path, help="output directory")
+    parser.add_argument("--out", required=True, type=arguments.out_dir, help="output directory")
     parser.add_argument(
         "--frontend",
         choices=audio.FRONTENDS,
@@ -29,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--min-seconds",
-        type=float,
+        type=arguments.seconds,
         default=0.5,
         help="reject a file with less speech than this after VAD (default 0.5)",
     )

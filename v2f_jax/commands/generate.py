@@ -2,7 +2,11 @@
 
 The model's own front end (the one that made its training features) computes the log-mels;
 `--frontend` may only confirm it. A file that cannot be used (unreadable, no speech) is reported
-and skipped, and the exit status is then 1. `generate.json` in --out lists every input.
+and skipped, and the exit status is then 1. `generate.json` in --out lists every input (names
+that are not valid UTF-8 shown with `\\xNN` escapes; their PNGs named with `_` in their place).
+Exit status 2: a bad argument, or a model that cannot be used (model files are checked in full:
+metadata, config, front end, every tensor's shape, dtype and finiteness; the message names each
+problem).
 
 Examples:
   v2f generate --model wen2019.safetensors --audio a.wav b.m4a --out faces/
@@ -13,16 +17,16 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import pathlib
 import sys
 
+from v2f_jax.commands import arguments
 from v2f_jax.commands import export as export_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     export_command.add_source_arguments(parser)
     parser.add_argument("--audio", nargs="+", required=True, metavar="FILE", help="audio files")
-    parser.add_argument("--out", required=True, type=pathlib.Path, help="output directory")
+    parser.add_argument("--out", required=True, type=arguments.out_dir, help="output directory")
     parser.add_argument(
         "--frontend",
         choices=("wen2019", "librosa"),
@@ -31,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--min-seconds",
-        type=float,
+        type=arguments.seconds,
         default=0.5,
         help="skip a file with less speech than this after VAD (default 0.5)",
     )
@@ -46,7 +50,11 @@ def run(args: argparse.Namespace) -> int:
     except export_command.SOURCE_ERRORS as err:
         print(f"v2f generate: error: {err}", file=sys.stderr)
         return 2
-    result = generate.generate(model, args.audio, args.out, min_seconds=args.min_seconds)
+    try:
+        result = generate.generate(model, args.audio, args.out, min_seconds=args.min_seconds)
+    except OSError as err:  # --out not writable, or the disk full
+        print(f"v2f generate: error: cannot write to {args.out}: {err}", file=sys.stderr)
+        return 2
     for item in result.items:
         if "reason" in item:
             print(f"v2f generate: {item['path']}: {item['reason']}", file=sys.stderr)

@@ -7,6 +7,11 @@ Voices: `VOICES/<voxceleb id>/<video>/<utt>.wav` (or .m4a, ...), or the referenc
 OUT gets `{voices,faces}-{train,test}-NNNNN-of-MMMMM.tfrecord`, `manifest.json` (counts, label
 maps, genders, front end) and `rejects.jsonl` (one line per unusable file, with the reason). A
 rerun keeps finished shards; the same inputs give byte-identical shards for any --workers.
+Both splits need identities: the test split is what `v2f eval` and the sample grid hold out.
+
+Exit status: 0 done, 1 with --strict when a file was rejected, 2 bad arguments or inputs (a
+missing directory, an unusable meta file, no identities for a split, every file of a split
+rejected).
 
 Example: `v2f prepare --voices vox1/wav --faces vggface --meta vox1_meta.csv --out records/`
 """
@@ -18,12 +23,14 @@ import os
 import pathlib
 import sys
 
+from v2f_jax.commands import arguments
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--voices", required=True, type=pathlib.Path, help="voices directory")
     parser.add_argument("--faces", required=True, type=pathlib.Path, help="faces directory")
     parser.add_argument("--meta", required=True, type=pathlib.Path, help="vox1_meta.csv")
-    parser.add_argument("--out", required=True, type=pathlib.Path, help="output directory")
+    parser.add_argument("--out", required=True, type=arguments.out_dir, help="output directory")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
         "--faces-aligned",
@@ -53,11 +60,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="log-mel front end for audio inputs (default wen2019, the reference's)",
     )
     parser.add_argument(
-        "--workers", type=int, default=None, help="decoding processes (default: all CPUs)"
+        "--workers",
+        type=arguments.positive_int,
+        default=None,
+        help="decoding processes (default: all CPUs)",
     )
     parser.add_argument(
         "--shards-per-split",
-        type=int,
+        type=arguments.positive_int,
         default=None,
         help="shards per split and kind (default: ~512 voices or ~4096 faces per shard)",
     )
@@ -83,9 +93,13 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             shards_per_split=args.shards_per_split,
             progress=not args.no_progress,
+            require_test_split=True,
         )
     except (errors.BadInputError, ValueError) as err:
         print(f"v2f prepare: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # --out not writable, or the disk full: finished shards are kept
+        print(f"v2f prepare: error: cannot write to {args.out}: {err}", file=sys.stderr)
         return 2
     print(summary(result, args.out))
     if args.strict and result["rejects"]:

@@ -9,26 +9,31 @@ from __future__ import annotations
 
 import argparse
 
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+from v2f_jax.commands import arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="output directory (created if needed)")
     parser.add_argument(
-        "--identities", type=_positive, default=24, help="people, at least 4 (default 24)"
+        "--out", required=True, type=arguments.out_dir, help="output directory (created if needed)"
     )
     parser.add_argument(
-        "--utterances", type=_positive, default=4, help="wavs per person (default 4)"
+        "--identities",
+        type=arguments.positive_int,
+        default=24,
+        help="people, at least 4 (default 24)",
     )
-    parser.add_argument("--faces", type=_positive, default=4, help="faces per person (default 4)")
+    parser.add_argument(
+        "--utterances", type=arguments.positive_int, default=4, help="wavs per person (default 4)"
+    )
+    parser.add_argument(
+        "--faces", type=arguments.positive_int, default=4, help="faces per person (default 4)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="everything follows from it")
     parser.add_argument(
-        "--face-size", type=int, default=96, help="side of the face PNGs in pixels (default 96)"
+        "--face-size",
+        type=arguments.positive_int,
+        default=96,
+        help="side of the face PNGs in pixels (default 96)",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace a corpus already in --out"

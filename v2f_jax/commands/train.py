@@ -12,8 +12,15 @@ Several hosts: run the command on each with `--coordinator HOST:PORT --num-proce
 --process-id I` (or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, or SLURM/Open
 MPI); every host reads its own record files; `train.batch_size` is the global batch.
 
-Exit status: 0 done (or stopped by SIGTERM with a checkpoint), 2 bad arguments/config/records,
-3 a non-finite loss (the message names the step and the loss).
+One run per workdir: a second `v2f train` on a workdir in use is refused (exit 2) with the
+holder's pid and host. A resumed run may change only how long it trains and how often it logs,
+samples and saves (`workdir.RESUMABLE`, recorded in WORKDIR/config_changes.jsonl); any other
+changed setting is refused by name. The front end, mel bins and image size come from the
+records' manifest. A GAN with a frozen E needs `train.embedder_init` (or `=random`, on purpose).
+
+Exit status: 0 done (or stopped by SIGTERM with a checkpoint), 2 bad arguments/config/records or
+a workdir in use, 3 a non-finite loss (the message names the step and the loss), 4 the disk
+refused a write (full, quota): one message, the last complete checkpoint kept.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import logging
 import pathlib
 import sys
 
-EXIT_OK, EXIT_USAGE, EXIT_NONFINITE = 0, 2, 3
+EXIT_OK, EXIT_USAGE, EXIT_NONFINITE, EXIT_WRITE = 0, 2, 3, 4
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,16 +62,31 @@ def run(args: argparse.Namespace) -> int:
 
     import jax
 
-    from v2f_jax import checkpointing, config_lib, nonfinite, train
+    from v2f_jax import checkpointing, config_checks, config_lib, nonfinite, train, workdir
     from v2f_jax.input_pipeline import errors
 
     try:
         config = config_lib.load_config(args.config, getattr(args, "config_overrides", []))
+        config_checks.check(config)
+        if not workdir.checkpoint_steps(args.workdir):  # a resumed run keeps the E it has
+            config_checks.check_embedder_source(config)
     except config_lib.ConfigError as err:
         print(f"v2f train: {err}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        result = train.train(config, args.workdir, args.records)
+        with workdir.held_errors() as background_errors:
+            try:
+                result = train.train(config, args.workdir, args.records)
+            except Exception as err:
+                code = workdir.write_failure(err)
+                if code is None:
+                    raise
+                background_errors.discard()  # orbax's threads' copies of the same failure
+                print(
+                    f"v2f train: {workdir.write_failure_message(args.workdir, code)}",
+                    file=sys.stderr,
+                )
+                return EXIT_WRITE
     except nonfinite.NonFiniteLossError as err:
         print(f"v2f train: {err}", file=sys.stderr)
         return EXIT_NONFINITE
@@ -73,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         config_lib.ConfigError,
         errors.BadInputError,
         checkpointing.CheckpointError,
+        workdir.WorkdirError,
     ) as err:
         print(f"v2f train: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -12,11 +12,13 @@ from __future__ import annotations
 import collections
 import datetime
 import json
+import math
 import os
 from collections.abc import Callable
 
 import numpy as np
 
+from v2f_jax import config_checks
 from v2f_jax.evaluation import face_embedder, metrics, report
 from v2f_jax.inference import generate, images
 from v2f_jax.inference.model import Model
@@ -109,8 +111,8 @@ def evaluate(
 
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    records_frontend = records.frontend.get("name")
-    if records_frontend is not None and records_frontend != model.frontend_name:
+    records_frontend = config_checks.records_frontend(records)
+    if records_frontend != model.frontend_name:
         raise generate.FrontendMismatchError(
             f"the records in {records.root} hold '{records_frontend}' features, the model was "
             f"trained on '{model.frontend_name}' ones; evaluate on records prepared with "
@@ -218,8 +220,20 @@ def evaluate(
         os.path.join(out_dir, "eval.png"), report.picture(t_faces, f_imgs, f_labels, names)
     )
     with open(os.path.join(out_dir, "eval.json"), "w") as f:
-        json.dump(result, f, indent=2)
+        json.dump(json_safe(result), f, indent=2, allow_nan=False)
         f.write("\n")
     with open(os.path.join(out_dir, "eval.md"), "w") as f:
         f.write(report.report_markdown(result))
     return result
+
+
+def json_safe(tree):
+    """`tree` with NaN and infinities as None (`null`): a figure with nothing to measure (no
+    same-gender impostor, say) stays valid JSON; bare `NaN` is not JSON."""
+    if isinstance(tree, dict):
+        return {k: json_safe(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [json_safe(v) for v in tree]
+    if isinstance(tree, float) and not math.isfinite(tree):
+        return None
+    return tree

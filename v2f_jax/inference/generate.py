@@ -196,6 +196,18 @@ def _build_generate_fn(nets: models.Networks) -> Callable:
 # ---------------------------------------------------------------------------- `v2f generate`
 
 
+def printable(path: str | os.PathLike) -> str:
+    """A path as text that any terminal and JSON parser takes: bytes of a name that are not
+    valid UTF-8 (Python hands them over as surrogates) shown as `\\xNN`."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def png_stem(path: str | os.PathLike) -> str:
+    """The output name for an input: its stem, with bytes that are not UTF-8 as `_`."""
+    stem = os.fsencode(pathlib.Path(path).stem).decode("utf-8", "replace")
+    return stem.replace("\ufffd", "_")
+
+
 @dataclasses.dataclass
 class GenerateResult:
     """What `generate` wrote: per input `{"path", "png", "frames"}` or `{"path", "reason"}`."""
@@ -229,42 +241,40 @@ def generate(
     out.mkdir(parents=True, exist_ok=True)
     items, voices, used = [], [], set()
     for path in audio_paths:
+        shown = printable(path)
         try:
             mel = audio.voice_features(path, frontend=frontend, min_seconds=min_seconds)
         except errors.BadInputError as err:
-            items.append({"path": os.fspath(path), "reason": err.reason})
+            items.append({"path": shown, "reason": err.reason})
             continue
-        stem, k = pathlib.Path(path).stem, 1
+        stem, k = png_stem(path), 1
         name = stem
         while name in used:
             k += 1
             name = f"{stem}_{k}"
         used.add(name)
-        items.append({"path": os.fspath(path), "png": f"{name}.png", "frames": int(mel.shape[0])})
+        items.append({"path": shown, "png": f"{name}.png", "frames": int(mel.shape[0])})
         voices.append(mel)
     ok = [item for item in items if "png" in item]
     sheet_path = None
-    if voices:
-        emb = embed_voices(model.config, model.embedder, voices)
-        faces = images.to_uint8(generate_faces(model.config, model.generator, emb))
-        for item, face in zip(ok, faces):
-            images.write_png(out / item["png"], face)
-        sheet_path = os.fspath(out / "contact_sheet.png")
-        captions = [pathlib.Path(item["png"]).stem for item in ok]
-        images.write_png(sheet_path, images.contact_sheet(faces, captions))
-    (out / "generate.json").write_text(
-        json.dumps(
-            {
-                "frontend": model.frontend,
-                "model": model.source,
-                "items": items,
-                "contact_sheet": "contact_sheet.png" if sheet_path else None,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    summary = f"{len(ok)} face(s) from {len(items)} voice(s) in {out}"
+    try:
+        if voices:
+            emb = embed_voices(model.config, model.embedder, voices)
+            faces = images.to_uint8(generate_faces(model.config, model.generator, emb))
+            for item, face in zip(ok, faces):
+                images.write_png(out / item["png"], face)
+            captions = [pathlib.Path(item["png"]).stem for item in ok]
+            images.write_png(out / "contact_sheet.png", images.contact_sheet(faces, captions))
+            sheet_path = os.fspath(out / "contact_sheet.png")
+    finally:  # the list of inputs, also when drawing or writing a picture failed
+        report = {
+            "frontend": model.frontend,
+            "model": model.source,
+            "items": items,
+            "contact_sheet": "contact_sheet.png" if sheet_path else None,
+        }
+        (out / "generate.json").write_text(json.dumps(report, indent=2) + "\n")
+    summary = f"{len(ok)} face(s) from {len(items)} voice(s) in {printable(out)}"
     if sheet_path:
-        summary += f"; contact sheet {sheet_path}"
+        summary += f"; contact sheet {printable(sheet_path)}"
     return GenerateResult(items=items, contact_sheet=sheet_path, summary=summary)

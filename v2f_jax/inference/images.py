@@ -46,7 +46,7 @@ def contact_sheet(
         y, x = gap + r * (h + cap + gap), gap + c * (w + gap)
         sheet[y : y + h, x : x + w] = cv2.resize(images[k], (w, h), interpolation=cv2.INTER_NEAREST)
         if captions:
-            text = str(captions[k])
+            text = ascii_text(captions[k])
             while len(text) > 3 and cv2.getTextSize(text, cv2.FONT_HERSHEY_PLAIN, 0.8, 1)[0][0] > w:
                 text = text[:-1]
             cv2.putText(
@@ -55,11 +55,23 @@ def contact_sheet(
     return sheet
 
 
+def ascii_text(text) -> str:
+    """What OpenCV can draw: ASCII, anything else `?` (a file name that is not valid UTF-8
+    reaches us with surrogates, which OpenCV's string conversion does not survive)."""
+    return str(text).encode("ascii", "replace").decode("ascii")
+
+
 def write_png(path: str | os.PathLike, image_rgb: np.ndarray) -> None:
     """Writes uint8 RGB `[H, W, 3]` as a PNG (OpenCV stores BGR, hence the flip).
+
+    Encoded in memory and written by Python: any path the OS takes works, and a failed write
+    is an OSError with its errno (a full disk says so).
 
     Raises:
       OSError: the file could not be written.
     """
-    if not cv2.imwrite(os.fspath(path), np.ascontiguousarray(image_rgb[..., ::-1])):
-        raise OSError(f"{path}: could not write the PNG")
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(image_rgb[..., ::-1]))
+    if not ok:
+        raise OSError(f"{path}: could not encode the PNG")
+    with open(path, "wb") as f:
+        f.write(data.tobytes())

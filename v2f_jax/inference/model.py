@@ -54,8 +54,9 @@ def _networks(config: ml_collections.ConfigDict) -> models.Networks:
 
 
 def frontend_of(config: ml_collections.ConfigDict) -> dict:
-    """The parameters of the front end `config` was trained on (`config.data.frontend`)."""
-    return audio.frontend_params(config.data.get("frontend", "wen2019"))
+    """The parameters of the front end `config` was trained on (`config.data.frontend`; a
+    config that never met records, where it is "", means the default, wen2019)."""
+    return audio.frontend_params(config.data.get("frontend") or "wen2019")
 
 
 def model_from_state(

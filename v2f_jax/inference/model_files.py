@@ -23,12 +23,16 @@ from safetensors import numpy as st_numpy
 from safetensors import safe_open
 
 from v2f_jax import config_lib
+from v2f_jax.inference import validate
 from v2f_jax.inference.model import Model
 
 FORMAT = "v2f-model"
 FORMAT_VERSION = 1
 SUFFIXES = (".safetensors", ".msgpack")
 _META_KEYS = ("format", "format_version", "config", "frontend", "source")
+_TORCH_SUFFIXES = (".pth", ".pt")
+# torch.save's zip container, and a bare pickle (protocol 2+) of older torch versions.
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 
 class ModelFileError(ValueError):
@@ -40,35 +44,50 @@ def save_model(m: Model, path: str | os.PathLike) -> str:
 
     Raises:
       ValueError: another extension.
+      ModelFileError: the model does not pass `validate.problems` (nothing is written).
     """
     path = os.fspath(path)
     suffix = os.path.splitext(path)[1]
     if suffix not in SUFFIXES:
         raise ValueError(f"{path}: the model file must end in one of {SUFFIXES}")
+    found = validate.problems(m)
+    if found:
+        raise ModelFileError(f"{path}: not written, the model is not usable: {'; '.join(found)}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     flat = traverse_util.flatten_dict({"embedder": m.embedder, "generator": m.generator}, sep="/")
     tensors = {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in flat.items()}
-    tmp = path + ".tmp"
     if suffix == ".safetensors":
-        st_numpy.save_file(tensors, tmp, metadata=_metadata(m))
+        data = st_numpy.save(tensors, metadata=_metadata(m))
     else:
         payload = _metadata(m) | traverse_util.unflatten_dict(tensors, sep="/")
-        with open(tmp, "wb") as f:
-            f.write(serialization.msgpack_serialize(payload))
+        data = serialization.msgpack_serialize(payload)
+    # Written by Python (not safetensors' own writer, which makes files 0600): the umask rules.
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
     os.replace(tmp, path)
     return path
 
 
 def load_model(path: str | os.PathLike) -> Model:
-    """Reads a file written by `save_model` (`v2f export`).
+    """Reads a file written by `save_model` (`v2f export`), checked in full (`validate`).
 
     Raises:
       FileNotFoundError: no such file.
-      ModelFileError: not a v2f model file, or a newer format version.
+      ModelFileError: not a v2f model file (a PyTorch file said so), a newer format version,
+        metadata that does not parse, or a config, front end or tensor that does not fit.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such model file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if path.endswith(_TORCH_SUFFIXES) or head.startswith(_TORCH_MAGIC):
+        raise ModelFileError(
+            f"{path}: a PyTorch file, not a v2f model. The reference's pair goes in as "
+            f"--torch-embedder voice_embedding.pth --torch-generator generator.pth (or convert "
+            f"it once: v2f export --torch-embedder ... --torch-generator ... --out FILE)"
+        )
     try:
         if path.endswith(".msgpack"):
             with open(path, "rb") as f:
@@ -87,21 +106,38 @@ def load_model(path: str | os.PathLike) -> Model:
         raise ModelFileError(
             f"{path}: not a v2f model file (write one with `v2f export --workdir DIR --out FILE`)"
         )
-    if int(meta.get("format_version") or 0) > FORMAT_VERSION:
+    try:
+        version = int(meta.get("format_version") or 0)
+    except (TypeError, ValueError):
+        raise ModelFileError(f"{path}: bad format_version {meta.get('format_version')!r}") from None
+    if version > FORMAT_VERSION:
         raise ModelFileError(
             f"{path}: model format version {meta['format_version']}; this v2f reads up to "
             f"{FORMAT_VERSION}. Upgrade v2f-jax."
         )
-    if not trees.get("embedder") or not trees.get("generator"):
+    embedder, generator = trees.get("embedder"), trees.get("generator")
+    if not isinstance(embedder, dict) or not embedder.get("params") or not generator:
         raise ModelFileError(f"{path}: the embedder or generator parameters are missing")
-    embedder = trees["embedder"]
-    return Model(
-        config=config_lib.from_dict(_lists_to_tuples(json.loads(meta["config"]))),
+    fields = {}
+    for key, want in (("config", dict), ("frontend", dict), ("source", dict)):
+        raw = meta.get(key) or ("{}" if key == "source" else None)
+        try:
+            fields[key] = json.loads(raw)
+        except (TypeError, ValueError):
+            raise ModelFileError(f"{path}: metadata {key!r} is missing or not JSON") from None
+        if not isinstance(fields[key], want):
+            raise ModelFileError(f"{path}: metadata {key!r} is not a JSON object")
+    m = Model(
+        config=config_lib.from_dict(_lists_to_tuples(fields["config"])),
         embedder={"params": embedder["params"], "batch_stats": embedder.get("batch_stats", {})},
-        generator=trees["generator"],
-        frontend=json.loads(meta["frontend"]),
-        source=json.loads(meta.get("source") or "{}"),
+        generator=generator,
+        frontend=fields["frontend"],
+        source=fields["source"],
     )
+    found = validate.problems(m)
+    if found:
+        raise ModelFileError(f"{path}: not a usable v2f model: {'; '.join(found)}")
+    return m
 
 
 def _metadata(m: Model) -> dict[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from v2f_jax.inference import model_files, torch_state_dicts
+from v2f_jax.inference import model_files, torch_state_dicts, validate
 from v2f_jax.inference.model import Model, frontend_of, model_from_state
 
 
@@ -15,7 +15,12 @@ def model_from_workdir(workdir: str | os.PathLike, step: int | None = None) -> M
     from v2f_jax import checkpointing
 
     config, gan_state = checkpointing.restore_for_inference(os.fspath(workdir), step)
-    return model_from_state(config, gan_state, {"workdir": os.path.abspath(workdir)})
+    m = model_from_state(config, gan_state, {"workdir": os.path.abspath(workdir)})
+    found = validate.problems(m)
+    if found:
+        where = f"{workdir} (step {m.source['step']})"
+        raise model_files.ModelFileError(f"{where}: not a usable model: {'; '.join(found)}")
+    return m
 
 
 def model_from_torch(embedder_pth: str | os.PathLike, generator_pth: str | os.PathLike) -> Model:
@@ -23,7 +28,7 @@ def model_from_torch(embedder_pth: str | os.PathLike, generator_pth: str | os.Pa
     e_sd = torch_state_dicts.load_pth(embedder_pth)
     g_sd = torch_state_dicts.load_pth(generator_pth)
     config = torch_state_dicts.model_config_from_torch(e_sd, g_sd)
-    return Model(
+    m = Model(
         config=config,
         embedder=torch_state_dicts.embedder_from_torch(e_sd),
         generator=torch_state_dicts.generator_from_torch(g_sd),
@@ -33,6 +38,12 @@ def model_from_torch(embedder_pth: str | os.PathLike, generator_pth: str | os.Pa
             "torch_generator": os.path.abspath(generator_pth),
         },
     )
+    found = validate.problems(m)
+    if found:
+        raise torch_state_dicts.StateDictError(
+            f"{embedder_pth} and {generator_pth}: not a usable pair: {'; '.join(found)}"
+        )
+    return m
 
 
 def load_any(
