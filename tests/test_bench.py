@@ -65,6 +65,10 @@ def test_step_mode_reports_throughput_flops_and_peak(capsys):
     assert out["impl_resolved"] == "winograd" and out["losses_finite"]
     # The fast form leaves no convolution in G or the critics (E's five 1-D convs remain).
     assert out["hlo"]["convolutions"] <= 5
+    # Timed as the loop runs it too, from one executable.
+    assert out["samples_per_s_pipelined"] > 0 and out["executables_compiled"] == 1
+    assert out["steps_per_call"] == 1 and out["hlo_kernels"] > 0
+    assert out["matmul_precision"] == "default"
 
 
 def test_generate_mode_reports_latency_at_each_batch(capsys):

@@ -65,6 +65,16 @@ def _to_numpy(tree: PyTree) -> PyTree:
     return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
 
 
+class _Manager(ocp.CheckpointManager):
+    """Orbax's manager, minus its own look at JAX's preemption sync point: the loop agrees the
+    step to stop at (`distributed.StopRequest`), and a save asking too, from the checkpoint
+    thread with an older step, would take that answer from the loop."""
+
+    def reached_preemption(self, step: int) -> bool:
+        del step
+        return False
+
+
 class Checkpointer:
     """Async, keep-N, verified checkpoints under `directory`.
 
@@ -104,9 +114,7 @@ class Checkpointer:
                 enable_async_checkpointing=async_save,
                 create=True,
             )
-        self._manager = ocp.CheckpointManager(
-            self.directory, item_names=("state", "meta"), options=options
-        )
+        self._manager = _Manager(self.directory, item_names=("state", "meta"), options=options)
         # One worker: the digest and orbax's save leave the loop's thread, in order.
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="v2f-ckpt")
         self._in_flight: list[concurrent.futures.Future] = []
