@@ -106,15 +106,20 @@ class DataParallel:
             return state
         return jax.tree_util.tree_map(lambda x: x[0], state)
 
-    def put_batch(self, local_batch: dict[str, np.ndarray]) -> dict:
-        """This host's share of the global batch (leading axis `B / process_count`) onto devices."""
+    def _check_rows(self, batch: dict[str, np.ndarray], axis: int) -> int:
+        """The number of local devices, which must divide every array's batch `axis`."""
         n_local = len(self.local_devices)
-        for name, value in local_batch.items():
-            if value.shape[0] % n_local:
+        for name, value in batch.items():
+            if value.shape[axis] % n_local:
                 raise ValueError(
-                    f"batch '{name}' has {value.shape[0]} rows per host, not divisible by "
+                    f"batch '{name}' has {value.shape[axis]} rows per host, not divisible by "
                     f"{n_local} local devices"
                 )
+        return n_local
+
+    def put_batch(self, local_batch: dict[str, np.ndarray]) -> dict:
+        """This host's share of the global batch (leading axis `B / process_count`) onto devices."""
+        n_local = self._check_rows(local_batch, axis=0)
         if self.mode == "jit":
             return {
                 name: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v))
@@ -129,13 +134,7 @@ class DataParallel:
         """K of this host's batches, stacked `[K, B_host, ...]`, onto the devices for
         `multi_step` (the step axis first, the batch axis sharded as in `put_batch`)."""
         stacked = {k: np.stack([b[k] for b in local_batches]) for k in local_batches[0]}
-        n_local = len(self.local_devices)
-        for name, value in stacked.items():
-            if value.shape[1] % n_local:
-                raise ValueError(
-                    f"batch '{name}' has {value.shape[1]} rows per host, not divisible by "
-                    f"{n_local} local devices"
-                )
+        n_local = self._check_rows(stacked, axis=1)
         if self.mode == "jit":
             return {
                 name: jax.make_array_from_process_local_data(self.stacked_sharding, v)

@@ -59,14 +59,15 @@ class StepMetrics:
 
     def add(self, first_step: int, count: int, metrics: PyTree) -> None:
         """The metrics of steps `first_step .. first_step + count - 1` (one call)."""
-        self._pending.append((first_step, count, self._dp.local_metrics(metrics)))
+        self._pending.append((first_step, count, metrics))
 
     def start(self) -> None:
         """Ends the current interval: its metrics start their copy to the host."""
         if not self._pending:
             return
         steps = [s for first, k, _ in self._pending for s in range(first, first + k)]
-        stacked = _stack([m for _, _, m in self._pending])
+        # One copy of pmap's per-device metrics, taken here (once per interval), not per step.
+        stacked = _stack([self._dp.local_metrics(m) for _, _, m in self._pending])
         for leaf in jax.tree_util.tree_leaves(stacked):
             leaf.copy_to_host_async()
         now = time.perf_counter()
