@@ -8,6 +8,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Subprocesses the tests start (v2f commands, multi-host workers) inherit these.
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
+# XLA:CPU aborts the process when one of the fake devices reaches a collective 60 s after the
+# others (20 s warning + 40 s). On a loaded 2-core machine one device's thread can be starved that
+# long; a slow collective is not an error here. Read when the backend starts, so set first.
+_FLAGS = "--xla_cpu_collective_call_terminate_timeout_seconds=1800"
+if _FLAGS.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAGS}".strip()
 
 import jax
 import pytest
