@@ -23,6 +23,15 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.data.image_size = 64
     cfg.data.face_flip = True
     cfg.data.shuffle_buffer = 10_000
+    # Batches copied to the devices ahead of the step, by a background thread (0: on the loop's
+    # thread, for debugging).
+    cfg.data.prefetch_to_device = 2
+    # Hold the training split in device memory and gather each batch there from indices the
+    # host sends (one host; the split must fit every device's memory). Same batches as streaming.
+    cfg.data.on_device = False
+    # "grpc://host:port" of a tf.data service dispatcher: its workers read and parse the records
+    # (`v2f data-service`); "" reads on this host.
+    cfg.data.service_address = ""
 
     cfg.model = ml_collections.ConfigDict()
     cfg.model.arch = "wen2019"  # or "paper"

@@ -7,7 +7,9 @@ one of those is a requirement. The records stay readable by plain `tf.data` (see
 
 Output in OUT: `{voices,faces}-{train,test}-NNNNN-of-MMMMM.tfrecord` (schema in `records.py`),
 one `<shard>.done` JSON per finished shard (its input key, record count, size, sha256, rejects),
-`manifest.json` and `rejects.jsonl`. Same inputs -> byte-identical shards for any worker count.
+`manifest.json`, `rejects.jsonl`, and `tfds/`: TFDS metadata naming the same shards, so
+`tfds.builder_from_directory` reads them in place (`tfds_metadata.py`). Same inputs ->
+byte-identical shards and metadata for any worker count.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 import v2f_jax
-from v2f_jax.input_pipeline import audio, constants, errors, faces
+from v2f_jax.input_pipeline import audio, constants, errors, faces, tfds_metadata
 from v2f_jax.input_pipeline import manifest as manifest_lib
 from v2f_jax.input_pipeline.constants import META_COLUMNS, TEST_INITIALS
 
@@ -611,6 +613,7 @@ def prepare(
         os.path.join(out_dir, manifest_lib.FILENAME),
         json.dumps(manifest, indent=1).encode() + b"\n",
     )
+    tfds_metadata.write(out_dir, manifest)
     return {
         "manifest": manifest,
         "rejects": all_rejects,

@@ -18,11 +18,12 @@ TensorFlow is kept off accelerators: JAX owns them.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from v2f_jax.input_pipeline import data_service
 from v2f_jax.input_pipeline import manifest as manifest_lib
 from v2f_jax.input_pipeline import records as records_lib
 
@@ -60,28 +61,34 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] >> 1)
 
 
-def _epochs_of_records(
-    shards: Sequence[dict], batch: int, seed: int, shuffle_buffer: int, start_batch: int
+def _epochs(
+    counts: Sequence[int],
+    read: Callable[[tf.Tensor], tf.data.Dataset],
+    batch: int,
+    seed: int,
+    shuffle_buffer: int,
+    start_batch: int,
 ) -> tf.data.Dataset:
-    """Serialized records of this host from batch `start_batch` on: an endless chain of epochs,
-    each cut to whole batches."""
-    total = sum(e["records"] for e in shards)
+    """This host's elements from batch `start_batch` on: an endless chain of epochs, each cut to
+    whole batches. `read(f)` is the dataset of file `f` (0 <= f < len(counts)), holding
+    `counts[f]` elements. The order depends only on the counts and the seed, not on what is
+    read: records and their indices come out in the same order."""
+    total = sum(counts)
     per_epoch = total // batch
     if per_epoch == 0:
         raise ValueError(
             f"this host's shards hold {total} records, fewer than one batch of {batch}: "
             f"lower the batch size or use fewer hosts"
         )
-    files = tf.constant([e["file"] for e in shards])
-    n_files = len(shards)
+    n_files = len(counts)
     file_seed, shuffle_seed = _seed(seed, 1), _seed(seed, 2)
 
     def epoch(e):
         key = tf.stack([tf.constant(file_seed, tf.int64), e])
         order = tf.argsort(tf.random.stateless_uniform([n_files], seed=key))
-        ds = tf.data.Dataset.from_tensor_slices(tf.gather(files, order))
+        ds = tf.data.Dataset.from_tensor_slices(tf.cast(order, tf.int64))
         ds = ds.interleave(
-            tf.data.TFRecordDataset,
+            read,
             cycle_length=min(n_files, 16),
             block_length=1,
             num_parallel_calls=tf.data.AUTOTUNE,
@@ -97,49 +104,73 @@ def _epochs_of_records(
     return ds.skip(offset * batch)
 
 
-def crop_voices(mels: tf.RaggedTensor, length: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
-    """Random crops of a ragged batch of log-mels to one length, tiling short ones cyclically.
-
-    Args:
-      mels: `[B, (T_i), 64]` ragged.
-      length: int scalar, the crop length L.
-      key: int64 `[2]` stateless seed.
-
-    Returns:
-      float32 `[B, L, 64]`: rows `s_i, s_i+1, ... (mod T_i)` of utterance i, with `s_i` uniform
-      in `[0, T_i - L]` when `T_i >= L`, else 0 (the utterance repeated, as the reference tiles).
-    """
-    lengths = tf.cast(mels.row_lengths(), tf.int64)
-    max_start = tf.maximum(lengths - tf.cast(length, tf.int64), 0)
-    u = tf.random.stateless_uniform(tf.shape(lengths), seed=key, dtype=tf.float64)
-    start = tf.cast(tf.floor(u * tf.cast(max_start + 1, tf.float64)), tf.int64)
-    start = tf.minimum(start, max_start)
-    frame = tf.range(tf.cast(length, tf.int64), dtype=tf.int64)
-    idx = (start[:, None] + frame[None, :]) % lengths[:, None]
-    flat = mels.row_starts()[:, None] + idx
-    return tf.cast(tf.gather(mels.flat_values, flat), tf.float32)
+def _records_of(shards: Sequence[dict]) -> Callable[[tf.Tensor], tf.data.Dataset]:
+    files = tf.constant([e["file"] for e in shards])
+    return lambda f: tf.data.TFRecordDataset(tf.gather(files, f))
 
 
-def flip_faces(images: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
-    """Each uint8 `[B, 64, 64, 3]` face mirrored left-right with probability 1/2 (stateless)."""
-    flip = tf.random.stateless_uniform(tf.shape(images)[:1], seed=key) < 0.5
-    return tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
-
-
-def normalize_faces(images: tf.Tensor) -> tf.Tensor:
-    """uint8 `[..., 3]` -> float32 in [-1, 1] as the reference: (x - 127.5) / 127.5."""
-    return (tf.cast(images, tf.float32) - 127.5) / 127.5
+def _indices_of(shards: Sequence[dict]) -> Callable[[tf.Tensor], tf.data.Dataset]:
+    """File f's records as their indices in the concatenation of `shards` (in list order)."""
+    counts = [int(e["records"]) for e in shards]
+    starts = tf.constant(np.cumsum([0] + counts[:-1]), tf.int64)
+    ends = tf.constant(np.cumsum(counts), tf.int64)
+    return lambda f: tf.data.Dataset.range(tf.gather(starts, f), tf.gather(ends, f))
 
 
 def _key(base: int, batch_index: tf.Tensor) -> tf.Tensor:
     return tf.stack([tf.constant(base, tf.int64), tf.cast(batch_index, tf.int64)])
 
 
+class _Randomness:
+    """Everything random about batch i, a stateless function of (seed, i, host): the crop
+    length (the same on every host: one global batch shape), crop starts and face flips."""
+
+    def __init__(self, seed: int, process_index: int, crop_lengths: Sequence[int], face_flip):
+        self.lengths = tf.constant([int(x) for x in crop_lengths], tf.int64)
+        self.longest = max(int(x) for x in crop_lengths)
+        self.face_flip = face_flip
+        self._length_seed = _seed(seed, 10)
+        self._crop_seed = _seed(seed, 11, process_index)
+        self._flip_seed = _seed(seed, 12, process_index)
+
+    def crops(self, i: tf.Tensor, frames: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Crops of utterances of `frames` int64 `[B]` frames: `start` (uniform in
+        `[0, T_i - L]`, 0 if `T_i < L`), `count` = min(T_i, L) frames read, and `length` L."""
+        n = tf.shape(self.lengths, out_type=tf.int32)[0]
+        pick = tf.random.stateless_uniform(
+            [], seed=_key(self._length_seed, i), maxval=n, dtype=tf.int32
+        )
+        length = self.lengths[pick]
+        max_start = tf.maximum(frames - length, 0)
+        u = tf.random.stateless_uniform(
+            tf.shape(frames), seed=_key(self._crop_seed, i), dtype=tf.float64
+        )
+        start = tf.cast(tf.floor(u * tf.cast(max_start + 1, tf.float64)), tf.int64)
+        return {
+            "start": tf.minimum(start, max_start),
+            "count": tf.minimum(frames, length),
+            "length": length,
+        }
+
+    def flips(self, i: tf.Tensor, b: int) -> tf.Tensor:
+        """bool `[b]`: mirror face k (probability 1/2; never without `face_flip`)."""
+        if not self.face_flip:
+            return tf.zeros([b], tf.bool)
+        return tf.random.stateless_uniform([b], seed=_key(self._flip_seed, i)) < 0.5
+
+
 class TrainIterator:
     """Host-local numpy batches; `state()` is the index of the next batch (for `start_batch`)."""
 
-    def __init__(self, dataset: tf.data.Dataset, shards: Sequence[dict], start_batch: int):
-        self._iterator = dataset.as_numpy_iterator()
+    def __init__(
+        self,
+        batches: tf.data.Dataset | Iterator[dict],
+        shards: Sequence[dict],
+        start_batch: int,
+    ):
+        if isinstance(batches, tf.data.Dataset):
+            batches = batches.as_numpy_iterator()
+        self._iterator = batches
         self._shards = list(shards)
         self.next_batch = start_batch
 
@@ -152,11 +183,30 @@ class TrainIterator:
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
             raise _diagnose(self._shards, err) from err
         self.next_batch += 1
+        batch.pop("batch_index", None)  # the service's ordering key; the step has no use for it
         return batch
 
     def state(self) -> dict:
         """`{"next_batch": N}`: pass N as `start_batch` to resume exactly here."""
         return {"next_batch": self.next_batch}
+
+
+def _check_batching(batch_size: int, process_count: int, crop_lengths: Sequence[int]) -> int:
+    """This host's rows per batch."""
+    if batch_size % process_count:
+        raise ValueError(
+            f"batch_size {batch_size} is not divisible by process_count {process_count}"
+        )
+    lengths = [int(x) for x in crop_lengths]
+    if not lengths or min(lengths) <= 0:
+        raise ValueError(f"crop_lengths must be positive, got {crop_lengths}")
+    return batch_size // process_count
+
+
+def _finish(ds: tf.data.Dataset) -> tf.data.Dataset:
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options).prefetch(2)
 
 
 def make_train_iterator(
@@ -171,8 +221,14 @@ def make_train_iterator(
     shuffle_buffer: int = 10_000,
     split: str = "train",
     start_batch: int = 0,
+    service_address: str = "",
 ) -> TrainIterator:
     """The endless training stream of this host's share of each global batch.
+
+    Records are read and shuffled serialized; each batch is then parsed at once, keeping only
+    what a step uses, and a voice crop is a byte slice of the stored float16 log-mel. Voices
+    stay float16 and faces uint8 up to the device, where the step expands them
+    (v2f_jax/device_inputs.py).
 
     Args:
       records: the output of `v2f prepare` (`manifest.Records.open(dir)`).
@@ -185,12 +241,13 @@ def make_train_iterator(
       shuffle_buffer: records in each stream's shuffle buffer.
       split: records split to read.
       start_batch: index of the first batch to yield (exact resume).
+      service_address: a tf.data service dispatcher (`grpc://host:port`, `v2f data-service`)
+        whose workers parse the batches; the same batches in the same order. "": parse here.
 
     Returns:
-      An iterator of `{"voice": float32 [B, L_max, 64], "voice_len": int32 [B], "voice_id":
-      int32 [B], "face": float32 [B, 64, 64, 3] in [-1, 1], "face_id": int32 [B]}`: each batch's
-      voices are crops of one length L drawn from `crop_lengths` (`voice_len` = L), zero-padded
-      to L_max = max(crop_lengths) so that every batch has one shape.
+      An iterator of wire batches (device_inputs.py): `{"voice": float16 [B, L_max, 64],
+      "voice_len": int32 [B], "voice_frames": int32 [B], "voice_id": int32 [B], "face": uint8
+      [B, 64, 64, 3], "face_flip": bool [B], "face_id": int32 [B]}`, L_max = max(crop_lengths).
 
     Raises:
       ValueError: batch_size not divisible by process_count, fewer shard files than hosts, or a
@@ -199,79 +256,178 @@ def make_train_iterator(
         (on the `next` that meets it); the error names the file.
     """
     _hide_accelerators()
-    if batch_size % process_count:
-        raise ValueError(
-            f"batch_size {batch_size} is not divisible by process_count {process_count}"
-        )
-    lengths = [int(x) for x in crop_lengths]
-    if not lengths or min(lengths) <= 0:
-        raise ValueError(f"crop_lengths must be positive, got {crop_lengths}")
-    b = batch_size // process_count
+    b = _check_batching(batch_size, process_count, crop_lengths)
     voice_shards = records.shards(split, "voices", process_index, process_count)
     face_shards = records.shards(split, "faces", process_index, process_count)
-    # The crop length must agree across hosts (one global batch shape): no process_index in it.
-    length_seed = _seed(seed, 10)
-    crop_seed, flip_seed = _seed(seed, 11, process_index), _seed(seed, 12, process_index)
-    lengths_t = tf.constant(lengths, tf.int32)
+    rand = _Randomness(seed, process_index, crop_lengths, face_flip)
+    longest = rand.longest
 
-    voices = _epochs_of_records(
-        voice_shards, b, _seed(seed, 20, process_index), shuffle_buffer, start_batch
-    )
-    voices = voices.map(
-        lambda r: (lambda v: (v["mel"], v["label"]))(records_lib.parse_voice(r)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
-    voices = voices.ragged_batch(b, drop_remainder=True).enumerate(start=start_batch)
-
-    longest = max(lengths)
-
-    def crop(i, batch):
-        mels, labels = batch
-        pick = tf.random.stateless_uniform(
-            [], seed=_key(length_seed, i), maxval=len(lengths), dtype=tf.int32
-        )
-        length = lengths_t[pick]
-        voices = crop_voices(mels, length, _key(crop_seed, i))
-        # Every batch has the longest crop's shape (one compiled step); `voice_len` says how
-        # much of it is voice, the rest is zeros that E masks out.
-        voices = tf.pad(voices, [[0, 0], [0, longest - length], [0, 0]])
-        voices = tf.ensure_shape(voices, [b, longest, None])
-        return voices, tf.fill([b], length), labels
-
-    voices = voices.map(crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-    faces = _epochs_of_records(
-        face_shards, b, _seed(seed, 21, process_index), shuffle_buffer, start_batch
-    )
-    faces = faces.map(
-        lambda r: (lambda f: (f["image"], f["label"]))(records_lib.parse_face(r)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
-    faces = faces.batch(b, drop_remainder=True).enumerate(start=start_batch)
-
-    def flip(i, batch):
-        images, labels = batch
-        if face_flip:
-            images = flip_faces(images, _key(flip_seed, i))
-        return normalize_faces(images), labels
-
-    faces = faces.map(flip, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-    ds = tf.data.Dataset.zip(voices, faces).map(
-        lambda v, f: {
-            "voice": v[0],
-            "voice_len": v[1],
-            "voice_id": v[2],
-            "face": f[0],
-            "face_id": f[1],
+    def voice_batch(i, serialized):
+        rec = records_lib.parse_voice_batch(serialized)
+        crop = rand.crops(i, rec["frames"])
+        voice = records_lib.mel_rows(rec["mel"], crop["start"], crop["count"], longest)
+        return {
+            "voice": tf.ensure_shape(voice, [b, longest, records_lib.N_MELS]),
+            "voice_len": tf.fill([b], tf.cast(crop["length"], tf.int32)),
+            "voice_frames": tf.cast(crop["count"], tf.int32),
+            "voice_id": rec["label"],
         }
+
+    def face_batch(i, serialized):
+        rec = records_lib.parse_face_batch(serialized)
+        size = records_lib.IMAGE_SIZE
+        return {
+            "face": tf.ensure_shape(rec["image"], [b, size, size, 3]),
+            "face_flip": rand.flips(i, b),
+            "face_id": rec["label"],
+        }
+
+    voices = _epochs(
+        [e["records"] for e in voice_shards],
+        _records_of(voice_shards),
+        b,
+        _seed(seed, 20, process_index),
+        shuffle_buffer,
+        start_batch,
+    )
+    faces = _epochs(
+        [e["records"] for e in face_shards],
+        _records_of(face_shards),
+        b,
+        _seed(seed, 21, process_index),
+        shuffle_buffer,
+        start_batch,
+    )
+    # Serialized records cut to batches (cheap), then the parsing (the work), which the
+    # tf.data service's workers split between them where there are some.
+    source = tf.data.Dataset.zip(
+        voices.batch(b, drop_remainder=True), faces.batch(b, drop_remainder=True)
+    )
+    source = source.enumerate(start=start_batch).map(
+        lambda i, pair: {"batch_index": i, "voices": pair[0], "faces": pair[1]}
     )
     options = tf.data.Options()
     options.deterministic = True
-    ds = ds.with_options(options).prefetch(2)
-    return TrainIterator(ds, voice_shards + face_shards, start_batch)
+    source = source.with_options(options)
+
+    def parse(element):
+        i = element["batch_index"]
+        return {**voice_batch(i, element["voices"]), **face_batch(i, element["faces"])}
+
+    shards = voice_shards + face_shards
+    if service_address:
+        job = data_service.unique_job_name("train", process_index, start_batch)
+        batches = data_service.distribute(
+            source, service_address, job_name=job, start=start_batch, transform=parse
+        )
+        return TrainIterator(batches, shards, start_batch)
+    return TrainIterator(_finish(data_service.local_dataset(source, parse)), shards, start_batch)
+
+
+def make_train_index_iterator(
+    arrays: dict[str, np.ndarray],
+    records: manifest_lib.Records,
+    *,
+    batch_size: int,
+    crop_lengths: Sequence[int],
+    seed: int,
+    face_flip: bool = True,
+    shuffle_buffer: int = 10_000,
+    split: str = "train",
+    start_batch: int = 0,
+) -> TrainIterator:
+    """`make_train_iterator`'s stream as record indices into `arrays` (`load_train_arrays`):
+    the same records, crops and flips in the same order, for a corpus held in device memory.
+
+    Returns:
+      An iterator of `{"voice_index": int64 [B], "voice_start": int32 [B], "voice_frames":
+      int32 [B], "voice_len": int32 [B], "voice_id": int32 [B], "face_index": int64 [B],
+      "face_flip": bool [B], "face_id": int32 [B]}` (one host: B = batch_size).
+    """
+    _hide_accelerators()
+    b = _check_batching(batch_size, 1, crop_lengths)
+    voice_shards = records.shards(split, "voices")
+    face_shards = records.shards(split, "faces")
+    rand = _Randomness(seed, 0, crop_lengths, face_flip)
+    frames = tf.constant(arrays["voice_frames"], tf.int64)
+    voice_labels = tf.constant(arrays["voice_label"], tf.int32)
+    face_labels = tf.constant(arrays["face_label"], tf.int32)
+
+    def voice_batch(i, index):
+        crop = rand.crops(i, tf.gather(frames, index))
+        return {
+            "voice_index": index,
+            "voice_start": tf.cast(crop["start"], tf.int32),
+            "voice_frames": tf.cast(crop["count"], tf.int32),
+            "voice_len": tf.fill([b], tf.cast(crop["length"], tf.int32)),
+            "voice_id": tf.gather(voice_labels, index),
+        }
+
+    def face_batch(i, index):
+        return {
+            "face_index": index,
+            "face_flip": rand.flips(i, b),
+            "face_id": tf.gather(face_labels, index),
+        }
+
+    voices = _epochs(
+        [e["records"] for e in voice_shards],
+        _indices_of(voice_shards),
+        b,
+        _seed(seed, 20, 0),
+        shuffle_buffer,
+        start_batch,
+    )
+    voices = voices.batch(b, drop_remainder=True).enumerate(start=start_batch).map(voice_batch)
+    faces = _epochs(
+        [e["records"] for e in face_shards],
+        _indices_of(face_shards),
+        b,
+        _seed(seed, 21, 0),
+        shuffle_buffer,
+        start_batch,
+    )
+    faces = faces.batch(b, drop_remainder=True).enumerate(start=start_batch).map(face_batch)
+    ds = tf.data.Dataset.zip(voices, faces).map(lambda v, f: {**v, **f})
+    return TrainIterator(_finish(ds), voice_shards + face_shards, start_batch)
+
+
+def load_train_arrays(records: manifest_lib.Records, split: str = "train") -> dict[str, np.ndarray]:
+    """A split's training data as flat host arrays, records in shard order (what
+    `make_train_index_iterator`'s indices point into).
+
+    Returns:
+      `{"mel": float16 [sum T_i, 64] (every utterance, end to end), "voice_offset": int64 [N]
+      (first row of utterance i), "voice_frames": int64 [N], "voice_label": int32 [N], "face":
+      uint8 [M, 64, 64, 3], "face_label": int32 [M]}`.
+
+    Raises:
+      CorruptRecordsError: as `make_eval_voices`.
+    """
+    _hide_accelerators()
+    mels, labels = [], []
+    for e in records.shards(split, "voices"):
+        n = 0
+        try:
+            ds = tf.data.TFRecordDataset(e["file"]).map(records_lib.parse_voice)
+            for rec in ds.as_numpy_iterator():
+                mels.append(rec["mel"])
+                labels.append(rec["label"])
+                n += 1
+        except tf.errors.OpError as err:
+            raise _diagnose([e], err) from err
+        if n != e["records"]:
+            raise CorruptRecordsError(e["file"], f"{n} records, the manifest says {e['records']}")
+    frames = np.array([m.shape[0] for m in mels], np.int64)
+    faces, face_labels, _ = load_faces(records, split)
+    return {
+        "mel": np.concatenate(mels) if mels else np.zeros([0, records_lib.N_MELS], np.float16),
+        "voice_offset": np.concatenate([[0], np.cumsum(frames)[:-1]]).astype(np.int64),
+        "voice_frames": frames,
+        "voice_label": np.asarray(labels, np.int32),
+        "face": faces,
+        "face_label": face_labels,
+    }
 
 
 def make_eval_voices(

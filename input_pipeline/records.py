@@ -175,6 +175,68 @@ def parse_face(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     }
 
 
+# Training reads only what a step uses, a batch at a time (`tf.io.parse_example`).
+_VOICE_TRAIN_FEATURES = {k: _VOICE_FEATURES[k] for k in ("mel", "frames", "label")}
+_FACE_TRAIN_FEATURES = {k: _FACE_FEATURES[k] for k in ("image", "label")}
+MEL_ROW_BYTES = N_MELS * 2  # one float16 frame
+FACE_BYTES = IMAGE_SIZE * IMAGE_SIZE * 3
+
+
+def parse_voice_batch(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Parses a batch of voice records, leaving the log-mels as bytes (a crop is then a slice).
+
+    Args:
+      serialized: string `[B]`.
+
+    Returns:
+      `mel` string `[B]` (float16 `[T_i, 64]` each, see `mel_rows`), `frames` int64 `[B]` (T_i),
+      `label` int32 `[B]`. Fails (InvalidArgumentError) where a mel's size is not frames x 64.
+    """
+    ex = tf.io.parse_example(serialized, _VOICE_TRAIN_FEATURES)
+    check = tf.debugging.assert_equal(
+        tf.cast(tf.strings.length(ex["mel"]), tf.int64),
+        ex["frames"] * MEL_ROW_BYTES,
+        message="mel size != frames*64",
+    )
+    with tf.control_dependencies([check]):
+        return {
+            "mel": tf.identity(ex["mel"]),
+            "frames": ex["frames"],
+            "label": tf.cast(ex["label"], tf.int32),
+        }
+
+
+def mel_rows(mel: tf.Tensor, start: tf.Tensor, count: tf.Tensor, rows: int) -> tf.Tensor:
+    """Frames `start_i .. start_i + count_i - 1` of each stored log-mel, zero rows after them.
+
+    Args:
+      mel: string `[B]`, `parse_voice_batch`'s `mel`.
+      start, count: int64 `[B]`; frames past an utterance's end are not read (zeros instead).
+      rows: static row count of the result (>= every count).
+
+    Returns:
+      float16 `[B, rows, 64]`. Only the requested bytes are decoded: a byte slice, then one copy.
+    """
+    piece = tf.strings.substr(mel, start * MEL_ROW_BYTES, count * MEL_ROW_BYTES)
+    # Padded decoding has no float16 kernel: decode the bits as uint16, then reinterpret them.
+    bits = tf.io.decode_raw(piece, tf.uint16, little_endian=True, fixed_length=rows * MEL_ROW_BYTES)
+    return tf.reshape(tf.bitcast(bits, tf.float16), [-1, rows, N_MELS])
+
+
+def parse_face_batch(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Parses a batch of face records: `image` uint8 `[B, 64, 64, 3]`, `label` int32 `[B]`."""
+    ex = tf.io.parse_example(serialized, _FACE_TRAIN_FEATURES)
+    check = tf.debugging.assert_equal(
+        tf.strings.length(ex["image"]), FACE_BYTES, message="image size != 64*64*3"
+    )
+    with tf.control_dependencies([check]):
+        image = tf.io.decode_raw(ex["image"], tf.uint8)
+    return {
+        "image": tf.reshape(image, [-1, IMAGE_SIZE, IMAGE_SIZE, 3]),
+        "label": tf.cast(ex["label"], tf.int32),
+    }
+
+
 def shard_name(kind: str, split: str, index: int, count: int) -> str:
     """`voices-train-00000-of-00004.tfrecord`."""
     return f"{kind}-{split}-{index:05d}-of-{count:05d}.tfrecord"

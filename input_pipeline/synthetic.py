@@ -1,6 +1,7 @@
 """A built-in voice/face corpus in the real VoxCeleb1 / VGGFace layouts, so everything runs offline.
 
-    OUT/voices/id10001/<11-char video id>/00001.wav   16 kHz mono 16-bit PCM, 2.5-4.5 s
+    OUT/voices/id10001/<11-char video id>/00001.wav   16 kHz mono 16-bit PCM, 2.5-4.5 s (or
+                                                       VoxCeleb1's lengths: `durations`)
     OUT/faces/Fiona_Hale/00001.png                     aligned RGB crops (VGG_ALL_FRONTAL style)
     OUT/vox1_meta.csv                                  the real table's tab-separated columns
     OUT/identities.json                                each identity's latent attributes
@@ -34,6 +35,7 @@ import math
 import os
 import pathlib
 import shutil
+import statistics
 import wave
 
 import cv2
@@ -42,8 +44,23 @@ import numpy as np
 from v2f_jax.input_pipeline import faces as facelib
 from v2f_jax.input_pipeline.constants import IMAGE_SIZE, META_COLUMNS, SAMPLE_RATE, TEST_INITIALS
 
-MIN_SECONDS, MAX_SECONDS = 2.5, 4.5
+MIN_SECONDS, MAX_SECONDS = 2.5, 4.5  # a file's length with durations="short"
 FACE_SIZE = 96
+
+# Utterance lengths: "short" (the default: quick to make and to prepare) or "voxceleb", like
+# VoxCeleb1's (at least 4 s, mean 8.2 s, a long right tail; Nagrani et al. 2017), for benchmarks
+# that need realistic lengths.
+DURATIONS = ("short", "voxceleb")
+# "voxceleb" draws the speech, what the VAD of `v2f prepare` keeps (`_plan`), not the file: 4 s
+# plus a lognormal excess (median 2.7 s, sigma 1.0), truncated at 30 s in all: mean 8.0 s, median
+# 6.7 s, 99th percentile 24 s. The last syllable runs past the draw, so the VAD keeps about 0.2 s
+# more (-0.3 to +0.6 s): mean ~8.2 s, median ~6.9 s. Files add the leading and trailing silence
+# and the pauses: mean ~11 s. (VoxCeleb1's longest is 145 s; the cap keeps one file from taking
+# over a small corpus.)
+VOX_MIN_SECONDS, VOX_MAX_SECONDS = 4.0, 30.0
+_VOX_EXCESS_MEDIAN, _VOX_EXCESS_SIGMA = 2.7, 1.0
+# What the VAD of `v2f prepare` keeps of the pause after a phrase, measured (webrtcvad's hangover).
+_VAD_KEEPS_AFTER_PHRASE = 0.08
 
 _FEMALE_NAMES = {
     "test": "Abigail Ada Alice Amara Anna Beatrice Bella Bianca Carla Chloe Clara Daisy Dana Daria "
@@ -419,15 +436,41 @@ def _formant_envelope(formants: np.ndarray, bandwidths: np.ndarray) -> np.ndarra
     return np.sqrt(power)
 
 
-def _plan(identity: Identity, rng: np.random.Generator) -> tuple[int, list]:
-    """Timing: `[(start, end, label, info)]` in samples, labels silence/pause/consonant/vowel."""
-    duration = rng.uniform(MIN_SECONDS, MAX_SECONDS)
+def voxceleb_speech_seconds(rng: np.random.Generator) -> float:
+    """One draw of the "voxceleb" speech length, in [VOX_MIN_SECONDS, VOX_MAX_SECONDS] s.
+
+    One uniform draw through the inverse CDF, so the truncation needs no rejection loop.
+    """
+    normal = statistics.NormalDist()
+    mu, sigma = math.log(_VOX_EXCESS_MEDIAN), _VOX_EXCESS_SIGMA
+    top = normal.cdf((math.log(VOX_MAX_SECONDS - VOX_MIN_SECONDS) - mu) / sigma)
+    u = top * (1.0 - rng.random())  # in (0, top]: inv_cdf(0) is -inf
+    return VOX_MIN_SECONDS + math.exp(mu + sigma * normal.inv_cdf(u))
+
+
+def _plan(
+    identity: Identity, rng: np.random.Generator, durations: str = "short"
+) -> tuple[int, list]:
+    """Timing: `[(start, end, label, info)]` in samples, labels silence/pause/consonant/vowel.
+
+    "short" draws the file's length and fits phrases into it. "voxceleb" draws the length of the
+    speech instead (`voxceleb_speech_seconds`: syllables, which the VAD of `v2f prepare` keeps,
+    not the leading and trailing silence or the pauses, which it drops), adds syllables until it
+    is reached, and the file ends after the trailing silence.
+    """
+    if durations == "short":
+        duration, speech = rng.uniform(MIN_SECONDS, MAX_SECONDS), math.inf
+    elif durations == "voxceleb":
+        duration, speech = math.inf, voxceleb_speech_seconds(rng)
+    else:
+        raise ValueError(f"durations must be one of {DURATIONS}, got {durations!r}")
     lead, trail = rng.uniform(0.15, 0.45), rng.uniform(0.15, 0.45)
     region = REGIONS[identity.region]  # the accent
     kinds = list(_ONSETS)
     probs = np.array([_ONSETS[k][0] * region.onset_weights.get(k, 1.0) for k in kinds])
     vowel_p = np.asarray(region.vowel_weights) / np.sum(region.vowel_weights)
     events, t, end = [(0.0, lead, "silence", {})], lead, duration - trail
+    spoken = 0.0
     while True:
         n_syllables = int(rng.integers(2, 7))
         accent = int(rng.integers(n_syllables))
@@ -435,7 +478,7 @@ def _plan(identity: Identity, rng: np.random.Generator) -> tuple[int, list]:
         phrase_start, syllables = t, []
         for k in range(n_syllables):
             length = rng.uniform(0.75, 1.3) / identity.speaking_rate
-            if t + length > end:
+            if t + length > end or spoken >= speech:
                 break
             onset = kinds[rng.choice(len(kinds), p=probs / probs.sum())]
             split = t + (0.0 if onset == "none" else length * rng.uniform(0.25, 0.4))
@@ -447,14 +490,19 @@ def _plan(identity: Identity, rng: np.random.Generator) -> tuple[int, list]:
                 syllables.append((t, split, "consonant", info))
             syllables.append((split, t + length, "vowel", info))
             t += length
+            spoken += length
         for *_, info in syllables:
             info["phrase_span"] = (phrase_start, t)
         events += syllables
+        if syllables:
+            spoken += _VAD_KEEPS_AFTER_PHRASE
         pause = rng.uniform(0.25, 0.55)
-        if not syllables or t + pause + 1.0 / identity.speaking_rate > end:
+        if not syllables or t + pause + 1.0 / identity.speaking_rate > end or spoken >= speech:
             break
         events.append((t, t + pause, "pause", dict(inhale=bool(rng.random() < 0.4))))
         t += pause
+    if durations != "short":
+        duration = t + trail
     events.append((t, duration, "silence", {}))
     n = int(round(duration * SAMPLE_RATE))
     to_samples = lambda s: min(n, int(round(s * SAMPLE_RATE)))
@@ -462,16 +510,17 @@ def _plan(identity: Identity, rng: np.random.Generator) -> tuple[int, list]:
 
 
 def synthesize_voice(
-    identity: Identity, rng: np.random.Generator
+    identity: Identity, rng: np.random.Generator, durations: str = "short"
 ) -> tuple[np.ndarray, list[tuple[int, int, str]]]:
-    """One utterance of `identity`.
+    """One utterance of `identity`, its length drawn as `durations` (one of `DURATIONS`) says.
 
     Returns:
-      `(samples, segments)`: int16 `[N]` at 16 kHz, N/16000 in [2.5, 4.5] s; and the timing,
-      `(start, end, label)` in samples with label "silence" (leading/trailing), "pause",
+      `(samples, segments)`: int16 `[N]` at 16 kHz, N/16000 in [2.5, 4.5] s ("short"), or at
+      least 4 s of syllables plus leading and trailing silence and pauses ("voxceleb"); and the
+      timing, `(start, end, label)` in samples with label "silence" (leading/trailing), "pause",
       "consonant" or "vowel".
     """
-    n, events = _plan(identity, rng)
+    n, events = _plan(identity, rng, durations)
     # Formant frequencies scale with 1/vocal-tract length; the accent moves F1 and F2.
     region = REGIONS[identity.region]
     vtl_scale = 17.0 / identity.vtl_cm * np.array([*region.formant_scale, 1.0])
@@ -940,6 +989,7 @@ def make_corpus(
     seed: int = 0,
     face_size: int = FACE_SIZE,
     overwrite: bool = False,
+    durations: str = "short",
 ) -> dict:
     """Writes the corpus (layout in the module docstring) and returns a summary.
 
@@ -950,12 +1000,17 @@ def make_corpus(
       seed: everything follows from it.
       face_size: side of the face PNGs, at least `faces.MIN_SIDE` (loading resizes them).
       overwrite: replace an existing voices/, faces/, vox1_meta.csv and identities.json.
+      durations: utterance lengths, one of `DURATIONS`: "short" (2.5-4.5 s) or "voxceleb" (like
+        VoxCeleb1's after VAD: at least 4 s, mean about 8.2 s, up to 30 s).
 
     Returns:
-      A JSON-able dict: counts, splits, genders, seconds of audio, and the paths written.
+      A JSON-able dict: counts, splits, genders, durations, seconds of audio, and the paths
+      written.
     """
     if utterances < 1 or faces < 1:
         raise ValueError("need at least one utterance and one face per identity")
+    if durations not in DURATIONS:
+        raise ValueError(f"durations must be one of {DURATIONS}, got {durations!r}")
     if face_size < facelib.MIN_SIDE:
         raise ValueError(f"face_size must be at least {facelib.MIN_SIDE}")
     people = make_identities(identities, seed)
@@ -978,7 +1033,7 @@ def make_corpus(
             # Each utterance picks its video with its own generator: adding utterances renames none.
             video = videos[_identity_rng(person, 1, u + 1).integers(len(videos))]
             counters[video] += 1
-            samples, _ = synthesize_voice(person, _identity_rng(person, 2, u))
+            samples, _ = synthesize_voice(person, _identity_rng(person, 2, u), durations)
             path = out / "voices" / person.voxceleb_id / video / f"{counters[video]:05d}.wav"
             path.parent.mkdir(parents=True, exist_ok=True)
             write_wav(path, samples)
@@ -1006,6 +1061,7 @@ def make_corpus(
         "utterances": len(people) * utterances,
         "faces": len(people) * faces,
         "face_size": face_size,
+        "durations": durations,
         "audio_seconds": round(total_samples / SAMPLE_RATE, 2),
         "seed": seed,
         "voices_dir": str(out / "voices"),

@@ -15,8 +15,8 @@ _FLAGS = "--xla_cpu_collective_call_terminate_timeout_seconds=1800"
 if _FLAGS.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAGS}".strip()
 
-import jax
-import pytest
+import jax  # noqa: E402 - after the XLA flags above
+import pytest  # noqa: E402
 
 jax.config.update("jax_platforms", "cpu")
 jax.config.update("jax_num_cpu_devices", 4)

@@ -141,10 +141,21 @@ def test_input_mode_reads_real_shards_against_a_demand(capsys, tmp_path):
         "100",
         "--config.data.shuffle_buffer=8",
     )
-    assert out["batches_per_s"] > 0 and out["records_per_s"] == pytest.approx(
-        2 * 4 * out["batches_per_s"]
-    )
+    assert out["feed"] == "streaming"
+    assert out["samples_per_s"] == pytest.approx(4 * out["batches_per_s"])
+    assert out["samples_per_cpu_s"] > 0
+    # float16 voices of the longest crop (96 frames x 64), uint8 faces, five int32/bool per row.
+    assert out["bytes_per_sample_to_device"] == 96 * 64 * 2 + 64 * 64 * 3 + 4 * 4 + 1
     assert out["step_demand_samples_per_s"] == 100 and out["supply_over_demand"] > 0
+    resident = _bench(
+        capsys,
+        *("--config", "configs/tiny.py", "--mode", "input", "--records", str(records)),
+        *("--batch", "4", "--steps", "3", "--demand", "100", "--on-device"),
+        "--config.data.shuffle_buffer=8",
+    )
+    # The host sends indices, starts and flags: 8-byte indices, 4-byte ints, a bool, per row.
+    assert resident["feed"] == "on_device" and resident["bytes_per_sample_to_device"] < 64
+    assert resident["device_gather_samples_per_s"] > 0 and resident["resident_bytes_per_device"] > 0
 
 
 def test_bad_impl_is_a_usage_error(capsys):

@@ -4,10 +4,12 @@ import os
 import shutil
 
 import cv2
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from v2f_jax import device_inputs, parallel, resident_data
 from v2f_jax.input_pipeline import manifest as manifest_lib
 from v2f_jax.input_pipeline import prepare, reader
 
@@ -53,9 +55,19 @@ def _take(it, n):
     return [next(it) for _ in range(n)]
 
 
+TRAIN = dict(batch_size=8, crop_lengths=(16, 48, 300), seed=0, shuffle_buffer=64)
+
+
 def _train(records, **kw):
-    args = dict(batch_size=8, crop_lengths=(16, 48, 300), seed=0, shuffle_buffer=64)
-    return reader.make_train_iterator(records, **(args | kw))
+    return reader.make_train_iterator(records, **(TRAIN | kw))
+
+
+_expand = jax.jit(device_inputs.to_model_inputs)
+
+
+def _model(batch):
+    """What the step sees: the wire batch expanded as on the device."""
+    return jax.device_get(_expand(batch))
 
 
 def test_batches_are_crops_of_real_utterances_and_faces(records):
@@ -67,7 +79,11 @@ def test_batches_are_crops_of_real_utterances_and_faces(records):
         utts.setdefault(label, []).append(voice)
     faces, face_labels, _ = reader.load_faces(records, "train")
     seen_lengths = set()
-    for batch in _take(_train(records), 12):
+    for wire in _take(_train(records), 12):
+        # What crosses to the device: the stored dtypes.
+        assert wire["voice"].dtype == np.float16 and wire["face"].dtype == np.uint8
+        assert wire["face_flip"].dtype == bool and wire["voice_frames"].dtype == np.int32
+        batch = _model(wire)
         assert batch["voice"].dtype == np.float32 and batch["face"].dtype == np.float32
         assert batch["voice_id"].dtype == np.int32 and batch["face_id"].dtype == np.int32
         # One shape for every batch: the longest crop, with the crop's length in voice_len.
@@ -100,7 +116,8 @@ def _is_cyclic_window(row, utt):
 def test_no_flip_gives_unflipped_faces(records):
     faces, labels, _ = reader.load_faces(records, "train")
     batch = next(_train(records, face_flip=False))
-    for face in batch["face"]:
+    assert not batch["face_flip"].any()
+    for face in _model(batch)["face"]:
         raw = np.round(face * 127.5 + 127.5).astype(np.uint8)
         assert any(np.array_equal(raw, f) for f in faces)
 
@@ -198,22 +215,115 @@ def test_eval_sets_match_the_manifest(records):
     assert all(v[0].dtype == np.float32 and v[0].shape[1] == 64 for v in voices)
 
 
-def test_crop_and_flip_eager_equal_tf_data():
-    rng = np.random.default_rng(0)
-    mels = tf.ragged.constant([rng.standard_normal([t, 64]) for t in (5, 30, 12)], ragged_rank=1)
-    mels = tf.cast(mels, tf.float16)
-    key = tf.constant([3, 4], tf.int64)
-    eager = reader.crop_voices(mels, tf.constant(10), key).numpy()
-    (mapped,) = list(
-        tf.data.Dataset.from_tensors(mels).map(lambda m: reader.crop_voices(m, 10, key))
+# The host pipeline that on-device preprocessing replaced: crops of a ragged batch of whole
+# utterances, flipped and normalised faces, in float32 on the host.
+def _host_crop_voices(mels, length, key):
+    lengths = tf.cast(mels.row_lengths(), tf.int64)
+    max_start = tf.maximum(lengths - tf.cast(length, tf.int64), 0)
+    u = tf.random.stateless_uniform(tf.shape(lengths), seed=key, dtype=tf.float64)
+    start = tf.minimum(
+        tf.cast(tf.floor(u * tf.cast(max_start + 1, tf.float64)), tf.int64), max_start
     )
-    np.testing.assert_array_equal(eager, mapped.numpy())
-    assert eager.shape == (3, 10, 64)
-    short = mels[0].numpy().astype(np.float32)
-    np.testing.assert_array_equal(eager[0], short[np.arange(10) % 5])  # tiled from 0
-    faces = tf.constant(rng.integers(0, 256, [6, 64, 64, 3]), tf.uint8)
-    eager_f = reader.flip_faces(faces, key).numpy()
-    (mapped_f,) = list(tf.data.Dataset.from_tensors(faces).map(lambda f: reader.flip_faces(f, key)))
-    np.testing.assert_array_equal(eager_f, mapped_f.numpy())
-    norm = reader.normalize_faces(tf.constant([0, 255], tf.uint8)).numpy()
-    np.testing.assert_array_equal(norm, [-1.0, 1.0])
+    idx = (start[:, None] + tf.range(tf.cast(length, tf.int64))[None, :]) % lengths[:, None]
+    return tf.cast(tf.gather(mels.flat_values, mels.row_starts()[:, None] + idx), tf.float32)
+
+
+def _host_flip_faces(images, key):
+    flip = tf.random.stateless_uniform(tf.shape(images)[:1], seed=key) < 0.5
+    return tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+
+
+def _host_normalize_faces(images):
+    return (tf.cast(images, tf.float32) - 127.5) / 127.5
+
+
+def _host_batch(arrays, index_batch, i, seed=0):
+    """The old host pipeline's batch i from the same records (`index_batch` says which)."""
+    key = lambda *parts: tf.constant([reader._seed(*parts), i], tf.int64)
+    utts = [
+        arrays["mel"][o : o + t]
+        for o, t in zip(
+            arrays["voice_offset"][index_batch["voice_index"]],
+            arrays["voice_frames"][index_batch["voice_index"]],
+        )
+    ]
+    length = int(index_batch["voice_len"][0])
+    voice = _host_crop_voices(tf.ragged.constant(utts, ragged_rank=1), length, key(seed, 11, 0))
+    voice = np.pad(voice.numpy(), [(0, 0), (0, 300 - length), (0, 0)])
+    faces = tf.constant(arrays["face"][index_batch["face_index"]])
+    face = _host_normalize_faces(_host_flip_faces(faces, key(seed, 12, 0))).numpy()
+    return {"voice": voice, "face": face}
+
+
+@pytest.fixture(scope="module")
+def arrays(records):
+    return reader.load_train_arrays(records)
+
+
+@pytest.mark.parametrize("start", [0, 9])
+def test_device_inputs_equal_the_host_pipeline_they_replace(records, arrays, start):
+    """Streaming wire batches, expanded by the step's code, equal the float32 batches the host
+    used to build from the same records: crops (short utterances repeated), zero padding,
+    flips, normalisation, bit for bit."""
+    stream = _train(records, start_batch=start)
+    indices = reader.make_train_index_iterator(arrays, records, **TRAIN, start_batch=start)
+    lengths = set()
+    for i in range(start, start + 8):
+        wire, index_batch = next(stream), next(indices)
+        want = _host_batch(arrays, index_batch, i)
+        got = _model(wire)
+        np.testing.assert_array_equal(got["voice"], want["voice"])
+        np.testing.assert_array_equal(got["face"], want["face"])
+        np.testing.assert_array_equal(wire["voice_id"], index_batch["voice_id"])
+        np.testing.assert_array_equal(wire["face_id"], index_batch["face_id"])
+        lengths.add(int(wire["voice_len"][0]))
+        assert (wire["voice_frames"] <= wire["voice_len"]).all()
+    assert len(lengths) >= 2
+
+
+def test_device_resident_batches_equal_the_stream(records, arrays):
+    """`data.on_device`: the split in (four fake) devices' memory, gathered there from indices,
+    gives the streaming reader's wire batches exactly, one at a time and stacked."""
+    dp = parallel.DataParallel(lambda axis: lambda s, b: (s, {}), "jit")
+    resident = resident_data.ResidentData(arrays, dp, rows=300)
+    stream = _train(records, start_batch=5)
+    indices = reader.make_train_index_iterator(arrays, records, **TRAIN, start_batch=5)
+    for k in (1, 1, 3):
+        want = [next(stream) for _ in range(k)]
+        got = jax.device_get(resident([next(indices) for _ in range(k)]))
+        assert got.keys() == want[0].keys()
+        for key in want[0]:
+            expected = np.stack([w[key] for w in want]) if k > 1 else want[0][key]
+            np.testing.assert_array_equal(got[key], expected, err_msg=key)
+    assert indices.state() == {"next_batch": 10}
+
+
+def test_the_tf_data_service_gives_the_same_batches(records):
+    """`data.service_address`: two loopback workers parse the batches; the trainer gets the
+    local stream's batches in its order, from a resume point too."""
+    service = tf.data.experimental.service
+    dispatcher = service.DispatchServer(
+        service.DispatcherConfig(worker_addresses=["127.0.0.1:%port%"] * 2)
+    )
+    address = f"grpc://127.0.0.1:{dispatcher.target.rsplit(':', 1)[1]}"
+    workers = [
+        service.WorkerServer(
+            service.WorkerConfig(
+                dispatcher_address=address.split("://")[1],
+                worker_address="127.0.0.1:%port%",
+                heartbeat_interval_ms=100,
+            )
+        )
+        for _ in range(2)
+    ]
+    try:
+        want = _take(_train(records, start_batch=4), 6)
+        got = _take(_train(records, start_batch=4, service_address=address), 6)
+        for x, y in zip(want, got):
+            assert x.keys() == y.keys()
+            for key in x:
+                np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+    finally:
+        for w in workers:
+            w.stop()
+        dispatcher.stop()

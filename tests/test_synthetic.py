@@ -272,3 +272,93 @@ def test_region_sets_nationality_skin_and_accent():
         return float(np.mean(power))
 
     assert tilt_db("east_asian") > tilt_db("west_african") + 3
+
+
+def _speech_seconds(events) -> float:
+    """What the VAD keeps of a plan, as `_plan` counts it: syllables, and a little after each
+    phrase."""
+    syllables = sum(e - s for s, e, label, _ in events if label in ("consonant", "vowel"))
+    phrases = len({info["phrase_span"] for *_, label, info in events if label == "vowel"})
+    return syllables / 16000 + phrases * synthetic._VAD_KEEPS_AFTER_PHRASE
+
+
+def test_voxceleb_durations_are_like_voxceleb1s():
+    draws = np.array(
+        [synthetic.voxceleb_speech_seconds(np.random.default_rng(i)) for i in range(4000)]
+    )
+    assert draws.min() >= 4.0 and draws.max() <= 30.0
+    assert 7.6 < draws.mean() < 8.5 and 6.2 < np.median(draws) < 7.2
+    assert (draws > 15).mean() > 0.03  # a long right tail
+
+    # Planned utterances (no audio): at least the drawn speech, the file longer by the silences.
+    people = synthetic.make_identities(8, seed=0)
+    speech, seconds = [], []
+    for person in people:
+        for u in range(25):
+            target = synthetic.voxceleb_speech_seconds(synthetic._identity_rng(person, 2, u))
+            n, events = synthetic._plan(person, synthetic._identity_rng(person, 2, u), "voxceleb")
+            assert events[0][2] == events[-1][2] == "silence" and events[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(events, events[1:]))  # contiguous
+            speech.append(_speech_seconds(events))
+            seconds.append(n / 16000)
+            assert target <= speech[-1] < target + 0.5
+            assert seconds[-1] > speech[-1] + 0.3  # leading and trailing silence at least
+    speech = np.array(speech)
+    assert speech.min() >= 4.0 and 7.3 < speech.mean() < 9.3 and speech.max() < 31
+    # Deterministic per seed.
+    again = synthetic._plan(people[0], synthetic._identity_rng(people[0], 2, 0), "voxceleb")
+    first = synthetic._plan(people[0], synthetic._identity_rng(people[0], 2, 0), "voxceleb")
+    assert again[0] == first[0] and [e[:3] for e in again[1]] == [e[:3] for e in first[1]]
+    other = synthetic.make_identities(8, seed=1)[0]
+    assert synthetic._plan(other, synthetic._identity_rng(other, 2, 0), "voxceleb")[0] != first[0]
+    with pytest.raises(ValueError, match="durations"):
+        synthetic._plan(people[0], np.random.default_rng(0), "long")
+
+
+def test_default_durations_plan_as_before():
+    """The default ("short") plans exactly what it planned before `durations` existed (the same
+    seed gives the same wavs)."""
+    people = synthetic.make_identities(4, seed=0)
+    plans = [synthetic._plan(p, synthetic._identity_rng(p, 2, u)) for p in people for u in range(3)]
+    assert [n for n, _ in plans] == [
+        43581, 59559, 44354, 53498, 52895, 54041, 66125, 41271, 59666, 52224, 43767, 49846,
+    ]  # fmt: skip
+    key = repr([(n, [(s, e, label) for s, e, label, _ in events]) for n, events in plans])
+    assert hashlib.sha256(key.encode()).hexdigest() == (
+        "683bc80d77354d73af2651cf401b65ca4582a2e57b04622054b83362e59b2e5c"
+    )
+    p = people[0]
+    short = synthetic._plan(p, np.random.default_rng(5), "short")
+    assert synthetic._plan(p, np.random.default_rng(5))[0] == short[0]
+
+
+def test_voxceleb_speech_is_what_the_vad_keeps():
+    audio = pytest.importorskip("v2f_jax.input_pipeline.audio")
+    people = synthetic.make_identities(4, seed=2)
+    for i, person in enumerate(people):
+        target = synthetic.voxceleb_speech_seconds(np.random.default_rng(i))
+        samples, _ = synthetic.synthesize_voice(person, np.random.default_rng(i), "voxceleb")
+        kept = audio.vad(samples).size / 16000
+        assert target - 0.4 < kept < target + 0.8, (target, kept)
+        assert samples.size / 16000 > kept + 0.3
+
+
+def test_voxceleb_corpus_changes_only_the_voices(tmp_path, capsys):
+    kwargs = dict(identities=4, utterances=1, faces=1, face_size=64, seed=3)
+    short = synthetic.make_corpus(tmp_path / "short", **kwargs)
+    assert short["durations"] == "short"
+    argv = ["synth", "--out", str(tmp_path / "vox"), "--identities", "4", "--utterances", "1"]
+    argv += ["--faces", "1", "--face-size", "64", "--seed", "3", "--durations", "voxceleb"]
+    assert cli.main(argv) == 0
+    assert "voxceleb durations" in capsys.readouterr().out
+    a, b = _files(tmp_path / "short"), _files(tmp_path / "vox")
+    assert a.keys() == b.keys()
+    assert all((a[k] == b[k]) != k.endswith(".wav") for k in a)
+    for path in (tmp_path / "vox" / "voices").rglob("*.wav"):
+        with wave.open(str(path)) as f:
+            assert f.getnframes() / 16000 > synthetic.VOX_MIN_SECONDS + 0.3
+    with pytest.raises(ValueError, match="durations"):
+        synthetic.make_corpus(tmp_path / "bad", durations="long", **kwargs)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv[:-1] + ["long"])
+    assert exit_.value.code == 2

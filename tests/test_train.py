@@ -199,7 +199,9 @@ def _poisoned(config, records_dir, poison: dict[int, str], drop: tuple[int, ...]
             if i in drop:
                 continue
             if i in poison:
-                batch = dict(batch, **{poison[i]: np.full_like(batch[poison[i]], np.nan)})
+                # A NaN face can only be a float one (the model form; uint8 is the wire form).
+                dtype = np.float32 if batch[poison[i]].dtype == np.uint8 else None
+                batch = dict(batch, **{poison[i]: np.full_like(batch[poison[i]], np.nan, dtype)})
             yield batch
 
     return batches
@@ -263,9 +265,10 @@ def test_skip_leaves_no_trace_of_the_bad_update_and_has_a_limit(records_dir, tmp
     assert err.value.step == 6 and err.value.names[0] == "e_loss"
 
 
-def test_several_steps_per_call_give_the_same_parameters(records_dir, tmp_path):
+def test_several_steps_per_call_and_every_feed_give_the_same_parameters(records_dir, tmp_path):
     """K=4 steps per dispatch (lax.scan), with a remainder run one step at a time, log and
-    checkpoint intervals that K does not divide: bitwise the parameters of K=1 on CPU."""
+    checkpoint intervals that K does not divide: bitwise the parameters of K=1 on CPU. So does
+    the split held in device memory (`data.on_device`), fed on the loop's thread."""
     common = [
         "--config.train.batch_size=8",
         "--config.train.steps=10",
@@ -274,17 +277,23 @@ def test_several_steps_per_call_give_the_same_parameters(records_dir, tmp_path):
         "--config.train.sample_every=0",
         "--config.train.embedder_init=",
     ]
-    for k in (1, 4):
+    runs_ = {
         # The K=4 run also writes a profile of steps 5-8 (tracing changes no number).
-        profile = "(5, 8)" if k == 4 else "()"
-        config = _config(
-            "configs/tiny.py",
-            *common,
-            f"--config.train.steps_per_call={k}",
-            f"--config.train.profile_steps={profile}",
-        )
-        result = train.train(config, tmp_path / f"k{k}", records_dir)
+        "k1": ["--config.train.steps_per_call=1"],
+        "k4": ["--config.train.steps_per_call=4", "--config.train.profile_steps=(5, 8)"],
+        "resident": [
+            "--config.train.steps_per_call=4",
+            "--config.data.on_device=True",
+            "--config.data.prefetch_to_device=0",
+        ],
+    }
+    for name, overrides in runs_.items():
+        config = _config("configs/tiny.py", *common, *overrides)
+        result = train.train(config, tmp_path / name, records_dir)
         assert result["step"] == 10 and np.isfinite(result["train/g_loss"])
+    runs.assert_bitwise_equal(
+        runs.final_state(tmp_path / "k1"), runs.final_state(tmp_path / "resident")
+    )
     assert runs.saved_steps(tmp_path / "k4") == [8, 10]  # after the calls that crossed 5, 10
     runs.assert_bitwise_equal(runs.final_state(tmp_path / "k1"), runs.final_state(tmp_path / "k4"))
     logged = [json.loads(line)["step"] for line in open(tmp_path / "k4" / "metrics.jsonl")]

@@ -160,15 +160,25 @@ def _dots_inside_library_fusions(text: str) -> int:
 def synthetic_batch(
     batch_size: int, frames: int, num_ids: int, n_mels: int = 64, image_size: int = 64, seed=0
 ) -> dict[str, np.ndarray]:
-    """A training batch of the right shapes and ranges (voices N(0,1), faces in [-1, 1])."""
+    """A training batch as the reader sends it (device_inputs.py: float16 voices N(0, 1) of
+    `frames` frames, uint8 faces), so the step timed is the step trained."""
     rng = np.random.default_rng(seed)
+    size = (batch_size, image_size, image_size, 3)
     return {
-        "voice": rng.normal(size=(batch_size, frames, n_mels)).astype(np.float32),
+        "voice": rng.normal(size=(batch_size, frames, n_mels)).astype(np.float16),
         "voice_len": np.full((batch_size,), frames, np.int32),
+        "voice_frames": np.full((batch_size,), frames, np.int32),
         "voice_id": rng.integers(0, num_ids, batch_size).astype(np.int32),
-        "face": rng.uniform(-1, 1, size=(batch_size, image_size, image_size, 3)).astype(np.float32),
+        "face": rng.integers(0, 256, size=size, dtype=np.uint8),
+        "face_flip": rng.random(batch_size) < 0.5,
         "face_id": rng.integers(0, num_ids, batch_size).astype(np.int32),
     }
+
+
+def bytes_per_sample(batch: dict[str, np.ndarray]) -> float:
+    """Host-to-device bytes of one sample of a (host) batch, every array counted."""
+    rows = len(next(iter(batch.values())))
+    return sum(np.asarray(v).nbytes for v in batch.values()) / rows
 
 
 def apply_step_overrides(
@@ -237,6 +247,7 @@ class StepRunner:
         host_batch = synthetic_batch(
             batch_size, frames, num_ids, config.data.n_mels, config.data.image_size, seed
         )
+        self.bytes_per_sample = bytes_per_sample(host_batch)
         if steps_per_call > 1:
             self.batch = self.dp.put_batches([host_batch] * steps_per_call)
             self._jitted = self.dp.multi_step
@@ -336,6 +347,7 @@ def bench_step(
     out = {
         "mode": "step",
         "batch": runner.batch_size,
+        "bytes_per_sample_to_device": runner.bytes_per_sample,
         "frames": frames,
         "dtype": config.model.dtype,
         "matmul_precision": config.model.get("matmul_precision", "default"),
@@ -460,7 +472,7 @@ def bench_generate(
     }
     f = jax.jit(generate)
     for b in batch_sizes:
-        voice = jnp.asarray(synthetic_batch(b, frames, 1, config.data.n_mels)["voice"])
+        voice = jnp.asarray(synthetic_batch(b, frames, 1, config.data.n_mels)["voice"], jnp.float32)
         start = time.perf_counter()
         jax.block_until_ready(f(state.embedder, state.generator, voice))
         compile_s = time.perf_counter() - start
@@ -479,6 +491,21 @@ def bench_generate(
 # ------------------------------------------------------------------------------ input pipeline
 
 
+def _time_batches(it, batches: int, warmup: int, fetch=lambda b: b) -> dict:
+    """Wall and process-CPU seconds of `batches` calls of `next(it)` after `warmup` ones."""
+    start = time.perf_counter()
+    for _ in range(warmup):
+        fetch(next(it))
+    first_s = time.perf_counter() - start
+    times = []
+    cpu0 = time.process_time()
+    for _ in range(batches):
+        t0 = time.perf_counter()
+        last = fetch(next(it))
+        times.append(time.perf_counter() - t0)
+    return {"warmup_s": first_s, "times": times, "cpu_s": time.process_time() - cpu0, "last": last}
+
+
 def bench_input(
     config: ml_collections.ConfigDict,
     records_dir: str | os.PathLike,
@@ -487,43 +514,69 @@ def bench_input(
     batches: int = 50,
     warmup: int = 5,
     demand_samples_per_s: float | None = None,
+    on_device: bool = False,
 ) -> dict:
-    """Batches/s and records/s of the training reader over real shards, against the step."""
+    """The training input of one host against the step's demand.
+
+    Streaming (`on_device=False`): the tf.data reader's batches; `samples_per_cpu_s` is samples
+    over this process's CPU time while they were read (every tf.data thread counts), the figure
+    that says how many cores feed a device. `bytes_per_sample_to_device`: what one sample costs
+    the host-to-device link. Device-resident (`on_device=True`, `data.on_device`): the host's
+    index stream alone (its per-step work), and the gather on the devices timed apart.
+    """
     from v2f_jax.input_pipeline import manifest, reader
 
-    it = reader.make_train_iterator(
-        manifest.Records.open(records_dir),
+    records = manifest.Records.open(records_dir)
+    common = dict(
         batch_size=batch_size,
         crop_lengths=tuple(config.data.crop_lengths),
         seed=config.seed,
         face_flip=config.data.face_flip,
         shuffle_buffer=config.data.shuffle_buffer,
     )
-    start = time.perf_counter()
-    for _ in range(warmup):
-        next(it)
-    first_s = time.perf_counter() - start
-    times = []
-    for _ in range(batches):
-        t0 = time.perf_counter()
-        next(it)
-        times.append(time.perf_counter() - t0)
-    total = sum(times)
     out = {
         "mode": "input",
+        "feed": "on_device" if on_device else "streaming",
         "records_dir": str(records_dir),
         "batch": batch_size,
         "crop_lengths": list(config.data.crop_lengths),
-        "warmup_s": first_s,
-        "batch_s": spread(times),
-        "batches_per_s": batches / total,
-        # A batch is batch_size voices and batch_size faces.
-        "records_per_s": 2 * batch_size * batches / total,
-        "samples_per_s": batch_size * batches / total,
     }
+    if on_device:
+        from v2f_jax import resident_data
+
+        arrays = reader.load_train_arrays(records)
+        it = reader.make_train_index_iterator(arrays, records, **common)
+        timed = _time_batches(it, batches, warmup)
+        dp = parallel.DataParallel(lambda axis: lambda s, b: (s, {}), "jit")
+        resident = resident_data.ResidentData(arrays, dp, max(config.data.crop_lengths))
+        index_batch = timed["last"]
+        jax.block_until_ready(resident([index_batch]))  # compiles
+        gather_s = spread(time_calls(lambda: resident([index_batch]), 10))
+        out["resident_bytes_per_device"] = resident.nbytes
+        out["device_gather_s"] = gather_s
+        out["device_gather_samples_per_s"] = batch_size / gather_s["median"]
+    else:
+        it = reader.make_train_iterator(records, **common)
+        timed = _time_batches(it, batches, warmup)
+    total = sum(timed["times"])
+    out.update(
+        {
+            "warmup_s": timed["warmup_s"],
+            "batch_s": spread(timed["times"]),
+            "batches_per_s": batches / total,
+            "samples_per_s": batch_size * batches / total,
+            "samples_per_cpu_s": batch_size * batches / max(timed["cpu_s"], 1e-9),
+            "bytes_per_sample_to_device": bytes_per_sample(timed["last"]),
+            # Streaming sends the longest crop's frames; the resident mode sends none.
+            "voice_frames_per_sample_to_device": (
+                int(timed["last"]["voice"].shape[1]) if "voice" in timed["last"] else 0
+            ),
+        }
+    )
     if demand_samples_per_s:
         out["step_demand_samples_per_s"] = demand_samples_per_s
         out["supply_over_demand"] = out["samples_per_s"] / demand_samples_per_s
+        out["cpu_cores_to_meet_demand"] = demand_samples_per_s / out["samples_per_cpu_s"]
     out["machine"] = machine()
     return out
 

@@ -8,7 +8,7 @@ import sys
 
 from v2f_jax import host_memory
 
-# name -> one-line help; the module v2f_jax.commands.<name> does the work.
+# name -> one-line help; the module v2f_jax.commands.<name, - as _> does the work.
 COMMANDS = {
     "synth": "generate a built-in voice/face corpus in VoxCeleb/VGGFace layout",
     "prepare": "turn voices, faces and metadata into pre-sharded TFRecords",
@@ -19,6 +19,7 @@ COMMANDS = {
     "generate": "draw a face PNG for each voice",
     "bench": "measure step, input-pipeline, prepare and generate throughput",
     "demo": "synthesise, prepare, train, evaluate and generate, end to end",
+    "data-service": "run the tf.data service dispatcher or a worker on an input machine",
 }
 
 
@@ -27,9 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         try:
-            module = importlib.import_module(f"v2f_jax.commands.{name}")
+            module_name = f"v2f_jax.commands.{name.replace('-', '_')}"
+            module = importlib.import_module(module_name)
         except ModuleNotFoundError as err:
-            if err.name != f"v2f_jax.commands.{name}":
+            if err.name != module_name:
                 raise
             continue  # tests/test_cli.py insists every command exists in a release
         sub = subparsers.add_parser(name, help=help_text, description=module.__doc__)

@@ -76,6 +76,14 @@ def check(config: ml_collections.ConfigDict) -> None:
     check_networks(config)
     _positive_ints(config, "data.crop_lengths")
     _int_at_least(config, "data.shuffle_buffer", 1)
+    # Feeding settings (absent from configs saved before they existed: the defaults then).
+    prefetch = config.data.get("prefetch_to_device", 2)
+    if not _is_int(prefetch) or prefetch < 0:
+        raise ConfigError(f"config.data.prefetch_to_device={prefetch!r}: must be an integer >= 0")
+    if not isinstance(config.data.get("on_device", False), bool):
+        raise ConfigError("config.data.on_device: must be true or false")
+    if not isinstance(config.data.get("service_address", ""), str):
+        raise ConfigError("config.data.service_address: must be a string (grpc://host:port or '')")
     _one_of(config, "data.frontend", ("", *audio.FRONTENDS))
     _positive_ints(config, "model.trunk_channels")
     for key in ("optim.lr", "optim.b1", "optim.b2"):

@@ -117,6 +117,12 @@ class DataParallel:
                 )
         return n_local
 
+    def put(self, local_batches: list[dict[str, np.ndarray]]) -> dict:
+        """One batch for `__call__` (a list of one) or K stacked for `multi_step`."""
+        if len(local_batches) == 1:
+            return self.put_batch(local_batches[0])
+        return self.put_batches(local_batches)
+
     def put_batch(self, local_batch: dict[str, np.ndarray]) -> dict:
         """This host's share of the global batch (leading axis `B / process_count`) onto devices."""
         n_local = self._check_rows(local_batch, axis=0)

@@ -19,7 +19,10 @@ state and `next_batch`, so a restarted run (same command) continues with the sam
 and parameters as a run never stopped: bitwise equal on CPU.
 
 The device never waits for the host: batches of every crop length share one padded shape (one
-compiled step); `train.steps_per_call=K` runs K steps per dispatch; metrics stay on the device
+compiled step); a background thread puts the next batches on the devices ahead of the step
+(`data.prefetch_to_device`, device_prefetch.py), in the reader's compact form (device_inputs.py),
+or gathers them there from a split held in device memory (`data.on_device`, resident_data.py);
+`train.steps_per_call=K` runs K steps per dispatch; metrics stay on the device
 and reach the log one log interval late, in one transfer (step_metrics.py), with each step's
 non-finite flag (nonfinite.py). The host blocks only at sample and checkpoint steps (a checkpoint
 is written only after its steps' flags were read).
@@ -44,6 +47,7 @@ from v2f_jax import (
     compilation,
     config_checks,
     config_lib,
+    device_prefetch,
     distributed,
     embedder_init,
     metric_writers,
@@ -161,9 +165,50 @@ def default_batches(config, records: manifest_lib.Records) -> BatchFactory:
             face_flip=config.data.face_flip,
             shuffle_buffer=config.data.shuffle_buffer,
             start_batch=start_batch,
+            service_address=config.data.get("service_address", ""),
         )
 
     return make
+
+
+def resident_batches(
+    config, records: manifest_lib.Records, dp: parallel.DataParallel
+) -> tuple[BatchFactory, Callable[[list[Batch]], Any]]:
+    """`config.data.on_device`: the training split loaded into device memory once; the host
+    stream is indices, which the devices turn into the same batches as `default_batches`."""
+    from v2f_jax import resident_data
+    from v2f_jax.input_pipeline import reader
+
+    arrays = reader.load_train_arrays(records)
+    resident = resident_data.ResidentData(arrays, dp, max(config.data.crop_lengths))
+    logger.info(
+        "training split in device memory: %.2f GB on each of %d devices",
+        resident.nbytes / 1e9,
+        dp.num_devices,
+    )
+
+    def make(start_batch: int) -> Iterator[Batch]:
+        return reader.make_train_index_iterator(
+            arrays,
+            records,
+            batch_size=config.train.batch_size,
+            crop_lengths=tuple(config.data.crop_lengths),
+            seed=config.seed,
+            face_flip=config.data.face_flip,
+            shuffle_buffer=config.data.shuffle_buffer,
+            start_batch=start_batch,
+        )
+
+    return make, resident
+
+
+def chunk_sizes(start: int, total: int, steps_per_call: int) -> Iterator[int]:
+    """Steps per dispatch from step `start` to `total`: `steps_per_call`, then single steps."""
+    n = start
+    while n < total:
+        k = steps_per_call if total - n >= steps_per_call else 1
+        yield k
+        n += k
 
 
 def train(
@@ -218,6 +263,7 @@ def train(
     writers = None
     stop = None
     profile = None
+    feed = None
     try:
         found = ckpt.restore_latest(checkpointing.state_template(config, nets))
         if found is not None:
@@ -230,6 +276,9 @@ def train(
             state = dp.put_state(create_state(config, nets))
         writers = metric_writers.MetricWriters(workdir, start, is_chief)
         sampler = _make_sampler(config, records, is_chief)
+        to_device = dp.put
+        if make_batches is None and config.data.get("on_device", False):
+            make_batches, to_device = resident_batches(config, records, dp)
         make_batches = make_batches or default_batches(config, records)
         stop = distributed.StopRequest()
         logger.info(
@@ -249,7 +298,12 @@ def train(
             logger.info("nothing to do: the checkpoint is at step %d of %d", start, total)
             return result | metric_writers.last_logged(workdir) | {"nonfinite_skips": skips}
 
-        batches = make_batches(start)
+        feed = device_prefetch.DevicePrefetch(
+            make_batches(start),
+            to_device,
+            chunk_sizes(start, total, steps_per_call),
+            depth=int(config.data.get("prefetch_to_device", 2)),
+        )
         ckpt_every = max(1, int(config.checkpoint.every))
         log_every = max(1, int(config.train.log_every))
         sample_every = int(config.train.sample_every) if sampler is not None else 0
@@ -285,14 +339,13 @@ def train(
 
         n = start
         while n < total:
-            k = steps_per_call if total - n >= steps_per_call else 1
+            k, batch = next(feed)
             profile.before(n + 1, n + k)
             with jax.profiler.StepTraceAnnotation("train", step_num=n + 1):
                 if k == 1:
-                    state, metrics = dp(state, dp.put_batch(next(batches)))
+                    state, metrics = dp(state, batch)
                 else:
-                    local = [next(batches) for _ in range(k)]
-                    state, metrics = dp.multi_step(state, dp.put_batches(local))
+                    state, metrics = dp.multi_step(state, batch)
             before, n = n, n + k
             fetch.add(before + 1, k, metrics)
             profile.after(n, state)
@@ -332,6 +385,8 @@ def train(
         result["nonfinite_skips"] = check.skips
         return result
     finally:
+        if feed is not None:
+            feed.close()
         if profile is not None:
             profile.close()
         if stop is not None:

@@ -8,6 +8,8 @@ A batch is `{"voice": [B, T, n_mels] float, "voice_len": [B] int32 (optional), "
 int32, "face": [B, 64, 64, 3] float in [-1, 1], "face_id": [B] int32}`; voices and faces are
 unpaired, as the reference samples them. With `voice_len`, only the first `voice_len[b]` frames of
 `voice[b]` are voice (the reader pads every crop to the longest crop length: one compiled shape).
+The reader's compact form (float16 voices, uint8 faces; device_inputs.py) is accepted too and
+expanded first, inside the step.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from v2f_jax import losses, models
+from v2f_jax import device_inputs, losses, models
 from v2f_jax import state as state_lib
 
 Metrics = dict[str, jax.Array]
@@ -102,6 +104,7 @@ def make_gan_step(
         return adv[:b], adv[b:], ids
 
     def step(state: state_lib.GanState, batch) -> tuple[state_lib.GanState, Metrics]:
+        batch = device_inputs.to_model_inputs(batch)
         key = jax.random.fold_in(state.key, state.step)
         voice = batch["voice"]
         if not train_embedder:
@@ -203,6 +206,8 @@ def make_embedder_step(
     head = models.SpeakerHead(num_speakers)
 
     def step(state: state_lib.EmbedderState, batch):
+        batch = device_inputs.to_model_inputs(batch)
+
         def loss_fn(params):
             raw, updates = embedder.apply(
                 {"params": params["embedder"], "batch_stats": state.embedder["batch_stats"]},

@@ -52,6 +52,10 @@ RESUMABLE = (
     "checkpoint.keep",
     "model.impl",
     "eval.",
+    # How batches reach the devices, not which: the same batches either way.
+    "data.prefetch_to_device",
+    "data.on_device",
+    "data.service_address",
 )
 
 logger = logging.getLogger("v2f.workdir")

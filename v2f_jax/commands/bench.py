@@ -4,8 +4,10 @@ Modes:
   step      (default) the full GAN training step on synthetic data: compile time, median step
             time and its spread, samples/s and steps/s (total and per device), FLOPs/step from
             XLA's cost analysis, GFLOP/s, and the share of a matmul peak measured in the same run.
-  input     the training reader over real shards (`--records`, from `v2f prepare`): batches/s and
-            records/s against the step's demand (measured here unless `--demand` is given).
+  input     the training reader over real shards (`--records`, from `v2f prepare`): samples/s,
+            samples per CPU-second and bytes per sample sent to the device, against the step's
+            demand (measured here unless `--demand` is given); `--on-device` for the
+            device-resident feed.
   prepare   the feature front end (decode + VAD + log-mel) over audio files: audio seconds per
             CPU-second.
   generate  E + G forward latency at batch 1 and 64.
@@ -78,6 +80,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-peak", action="store_true", help="skip the matmul peak")
     parser.add_argument("--records", type=pathlib.Path, help="input mode: v2f prepare --out")
+    parser.add_argument(
+        "--on-device",
+        action="store_true",
+        help="input mode: the device-resident feed (config.data.on_device): the host's index "
+        "stream, and the gather on the devices",
+    )
     parser.add_argument(
         "--demand",
         type=float,
@@ -153,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
                 batch_size=config.train.batch_size,
                 batches=args.steps,
                 demand_samples_per_s=demand,
+                on_device=args.on_device,
             )
         except (OSError, ValueError) as err:
             print(f"v2f bench: {args.records}: {err}", file=sys.stderr)

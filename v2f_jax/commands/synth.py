@@ -2,7 +2,8 @@
 VoxCeleb1 / VGGFace layouts (`voices/`, `faces/`, `vox1_meta.csv`), so the whole pipeline runs
 with no download. Same seed, same bytes.
 
-Example: `v2f synth --out data/synth --identities 24 --utterances 4 --faces 4`.
+Example: `v2f synth --out data/synth --identities 24 --utterances 4 --faces 4`; with
+`--durations voxceleb`, utterances as long as VoxCeleb1's (for input-pipeline benchmarks).
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="side of the face PNGs in pixels (default 96)",
     )
     parser.add_argument(
+        "--durations",
+        choices=("short", "voxceleb"),
+        default="short",
+        help="utterance lengths: short, 2.5-4.5 s files (default); voxceleb, like VoxCeleb1's "
+        "after VAD: at least 4 s of speech, mean ~8.2 s, median ~6.9 s, up to 30 s",
+    )
+    parser.add_argument(
         "--overwrite", action="store_true", help="replace a corpus already in --out"
     )
 
@@ -56,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             face_size=args.face_size,
             overwrite=args.overwrite,
+            durations=args.durations,
         )
     except (ValueError, FileExistsError) as err:
         print(f"v2f synth: error: {err}", file=sys.stderr)
@@ -65,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"wrote {s['identities']} identities ({s['train_identities']} train F-Z, "
         f"{s['test_identities']} test A-E; {s['male']} m, {s['female']} f) to {s['out_dir']}\n"
-        f"  voices: {s['utterances']} wavs, {s['audio_seconds']:.1f} s of 16 kHz audio "
-        f"in {s['voices_dir']}\n"
+        f"  voices: {s['utterances']} wavs ({s['durations']} durations), "
+        f"{s['audio_seconds']:.1f} s of 16 kHz audio in {s['voices_dir']}\n"
         f"  faces:  {s['faces']} PNGs, {s['face_size']}x{s['face_size']}, in {s['faces_dir']}\n"
         f"  meta:   {s['meta']}\n"
         f"  seed {s['seed']}, {seconds:.1f} s"
