@@ -16,6 +16,8 @@
 #   bench_bf16_small_spc  v2f bench, bf16, B=128, `--steps-per-call 8` (the error is recorded
 #                         where v2f bench has no such flag)
 #   bench_bf16_large      v2f bench, bf16, B=1024
+#   gather_resident       v2f bench --mode gather, B=128: the device-resident feed's gather
+#                         (config.data.on_device) on a synthetic split, against the step's demand
 #   compare_fp32          the same comparison in float32 (PyTorch with TF32 allowed)
 #   bench_fp32_large      v2f bench, fp32, B=1024
 #   profile_bf16          a jax.profiler trace of a few bf16 B=128 steps: the kernels that take the
@@ -447,6 +449,12 @@ def assemble(args):
             ours(name, what, res, res["samples_per_s"], "; ".join(n for n in notes if n))
             if res.get("samples_per_s_pipelined"):
                 ours(name, what + ", pipelined", res, res["samples_per_s_pipelined"])
+        elif name == "gather_resident" and res.get("samples_per_s"):
+            # Not a step: the device-resident feed alone (data.on_device), against the steps above.
+            what = f"device-resident feed's gather alone, B={res.get('batch')}"
+            rows.append((name, what, res["samples_per_s"], None,
+                         f"pipelined {res.get('samples_per_s_pipelined', 0):.0f}/s; "
+                         f"{res.get('bytes_per_sample_to_device', 0):.0f} bytes/sample from the host"))
         elif name.startswith("compare") and res:
             j = res.get("jax") or {}
             b = res.get("batch")
@@ -692,6 +700,11 @@ compare compare_bf16 bfloat16 "$VARIANTS_BF16"
 bench bench_fp32_small float32 "$B_SMALL" "${BENCH_SMALL[@]}"
 bench bench_bf16_small_spc bfloat16 "$B_SMALL" "${BENCH_SMALL[@]}" --steps-per-call "$SPC"
 bench bench_bf16_large bfloat16 "$B_LARGE" "${BENCH_LARGE[@]}"
+if [[ -n $WHY_NOT_OURS ]]; then
+    skip_step gather_resident "$WHY_NOT_OURS"
+else
+    run_step gather_resident "$LIMIT_BENCH" "${V2F[@]}" --mode gather --batch "$B_SMALL" --steps 20
+fi
 compare compare_fp32 float32 "$VARIANTS_FP32"
 bench bench_fp32_large float32 "$B_LARGE" "${BENCH_LARGE[@]}"
 if [[ -n $WHY_NOT_OURS ]]; then

@@ -8,6 +8,8 @@ Modes:
             samples per CPU-second and bytes per sample sent to the device, against the step's
             demand (measured here unless `--demand` is given); `--on-device` for the
             device-resident feed.
+  gather    the device-resident feed's device side alone, on a synthetic split, no TensorFlow
+            needed: batches gathered on the devices from index batches (`--batch`).
   prepare   the feature front end (decode + VAD + log-mel) over audio files: audio seconds per
             CPU-second.
   generate  E + G forward latency at batch 1 and 64.
@@ -26,7 +28,7 @@ import json
 import pathlib
 import sys
 
-MODES = ("step", "input", "prepare", "generate")
+MODES = ("step", "input", "gather", "prepare", "generate")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -138,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
         )
     elif args.mode == "generate":
         result = bench.bench_generate(config, frames=frames, repeats=args.steps, num_ids=num_ids)
+    elif args.mode == "gather":
+        result = bench.bench_gather(config, batch_size=config.train.batch_size, calls=args.steps)
     elif args.mode == "input":
         if args.records is None:
             print("v2f bench: --mode input needs --records DIR (from v2f prepare)", file=sys.stderr)
