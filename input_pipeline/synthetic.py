@@ -23,6 +23,10 @@ separated by pauses, with leading and trailing silence over a low noise floor (s
 Faces are drawn with OpenCV in the canonical frame of `faces.LEFT_EYE` / `faces.RIGHT_EYE`,
 supersampled 4x, and shrunk with INTER_AREA.
 
+This is corpus "a". `make_corpus(..., corpus="b")` writes corpus "b" in the same layout, made
+otherwise (`synthetic_b`: FOF voices, shaded per-pixel faces, other voice-face links), to tune a
+recipe on one and confirm it on the other.
+
 The same arguments give byte-identical files; a file depends only on the seed, the number of
 identities, its identity and its index, so more utterances or faces add files and change none.
 """
@@ -51,6 +55,8 @@ FACE_SIZE = 96
 # VoxCeleb1's (at least 4 s, mean 8.2 s, a long right tail; Nagrani et al. 2017), for benchmarks
 # that need realistic lengths.
 DURATIONS = ("short", "voxceleb")
+# Corpus kinds: "a", made here; "b", made otherwise by `synthetic_b` (same layout).
+CORPORA = ("a", "b")
 # "voxceleb" draws the speech, what the VAD of `v2f prepare` keeps (`_plan`), not the file: 4 s
 # plus a lognormal excess (median 2.7 s, sigma 1.0), truncated at 30 s in all: mean 8.0 s, median
 # 6.7 s, 99th percentile 24 s. The last syllable runs past the draw, so the VAD keeps about 0.2 s
@@ -990,6 +996,7 @@ def make_corpus(
     face_size: int = FACE_SIZE,
     overwrite: bool = False,
     durations: str = "short",
+    corpus: str = "a",
 ) -> dict:
     """Writes the corpus (layout in the module docstring) and returns a summary.
 
@@ -1002,10 +1009,14 @@ def make_corpus(
       overwrite: replace an existing voices/, faces/, vox1_meta.csv and identities.json.
       durations: utterance lengths, one of `DURATIONS`: "short" (2.5-4.5 s) or "voxceleb" (like
         VoxCeleb1's after VAD: at least 4 s, mean about 8.2 s, up to 30 s).
+      corpus: one of `CORPORA`: "a", this module's people, voices and faces, or "b", made
+        otherwise (`synthetic_b`: other generators and other voice-face links), to tune on one
+        and confirm on the other. Same layout; "b"'s identities.json records "corpus": "b" per
+        identity ("a"'s is unchanged, so old seeds keep their bytes).
 
     Returns:
-      A JSON-able dict: counts, splits, genders, durations, seconds of audio, and the paths
-      written.
+      A JSON-able dict: the corpus kind, counts, splits, genders, durations, seconds of audio,
+      and the paths written.
     """
     if utterances < 1 or faces < 1:
         raise ValueError("need at least one utterance and one face per identity")
@@ -1013,7 +1024,15 @@ def make_corpus(
         raise ValueError(f"durations must be one of {DURATIONS}, got {durations!r}")
     if face_size < facelib.MIN_SIDE:
         raise ValueError(f"face_size must be at least {facelib.MIN_SIDE}")
-    people = make_identities(identities, seed)
+    if corpus not in CORPORA:
+        raise ValueError(f"corpus must be one of {CORPORA}, got {corpus!r}")
+    people_of, voice_of, face_of = make_identities, synthesize_voice, render_face
+    if corpus == "b":
+        from v2f_jax.input_pipeline import synthetic_b
+
+        people_of = synthetic_b.make_identities
+        voice_of, face_of = synthetic_b.synthesize_voice, synthetic_b.render_face
+    people = people_of(identities, seed)
     out = pathlib.Path(out_dir)
     outputs = [out / "voices", out / "faces", out / "vox1_meta.csv", out / "identities.json"]
     existing = [p for p in outputs if p.exists()]
@@ -1033,7 +1052,7 @@ def make_corpus(
             # Each utterance picks its video with its own generator: adding utterances renames none.
             video = videos[_identity_rng(person, 1, u + 1).integers(len(videos))]
             counters[video] += 1
-            samples, _ = synthesize_voice(person, _identity_rng(person, 2, u), durations)
+            samples, _ = voice_of(person, _identity_rng(person, 2, u), durations)
             path = out / "voices" / person.voxceleb_id / video / f"{counters[video]:05d}.wav"
             path.parent.mkdir(parents=True, exist_ok=True)
             write_wav(path, samples)
@@ -1041,7 +1060,7 @@ def make_corpus(
         face_dir = out / "faces" / person.name
         face_dir.mkdir(parents=True, exist_ok=True)
         for f in range(faces):
-            image, _ = render_face(person, _identity_rng(person, 3, f), face_size)
+            image, _ = face_of(person, _identity_rng(person, 3, f), face_size)
             write_png(face_dir / f"{f + 1:05d}.png", image)
     rows = ["\t".join(META_COLUMNS)] + [
         "\t".join((p.voxceleb_id, p.name, p.gender, p.nationality, p.split)) for p in people
@@ -1052,6 +1071,7 @@ def make_corpus(
     )
     test = [p for p in people if p.name.startswith(tuple(TEST_INITIALS))]
     return {
+        "corpus": corpus,
         "out_dir": str(out),
         "identities": len(people),
         "train_identities": len(people) - len(test),

@@ -1,6 +1,7 @@
 """`v2f eval`: the metrics on rigged embeddings, the face embedder, and the pipeline on records."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -203,6 +204,14 @@ def test_eval_command_writes_the_report(records, untrained_model_file, tmp_path,
     assert abs(result["matching_1v2"] - 0.5) < 0.1
     md = (out / "eval.md").read_text()
     assert "| 1:2 matching |" in md and "![generated and real faces](eval.png)" in md
+    # The nearest-identity baseline, on the same voices and faces, in both reports.
+    nearest = result["baselines"]["nearest_identity"]
+    for key in metrics.METRICS:
+        assert 0.0 <= nearest[key] <= 1.0, key
+    assert set(nearest["stderr"]) == {"matching_1v2", "matching_1v2_gender"}
+    assert nearest["counts"]["candidate_identities"] == c["train_identities"]
+    assert "| metric | model | nearest-identity baseline | chance | on |" in md
+    assert f"| {100 * nearest['id_top1']:.1f}% | {100 / c['train_identities']:.1f}% |" in md
     assert (out / "eval.png").stat().st_size > 0
     fe = face_embedder.load(out / "face_embedder.safetensors")
     assert fe.settings["steps"] == 20 and fe.settings["num_ids"] == c["train_identities"]
@@ -213,6 +222,10 @@ def test_eval_command_writes_the_report(records, untrained_model_file, tmp_path,
     again = json.loads((tmp_path / "again" / "eval.json").read_text())
     assert {k: again[k] for k in result if k.startswith(("matching", "recall", "id_"))} == {
         k: result[k] for k in result if k.startswith(("matching", "recall", "id_"))
+    }
+    again_nearest = again["baselines"]["nearest_identity"]
+    assert {k: again_nearest[k] for k in metrics.METRICS} == {
+        k: nearest[k] for k in metrics.METRICS
     }
 
 
@@ -226,3 +239,134 @@ def test_eval_refuses_records_of_another_front_end(records, untrained_model_file
         evaluate.evaluate(
             model, manifest.Records.open(records), tmp_path / "eval", face_embedder_steps=20
         )
+
+
+# ------------------------------------------------------------- the nearest-identity baseline
+
+
+def test_nearest_identity_faces_on_a_hand_made_case():
+    from v2f_jax.evaluation import baselines
+
+    # Three training identities; dimension 1 is constant (standardising must not divide by 0).
+    train_voices = np.array([[0.0, 5.0, 0.0], [10.0, 5.0, 0.0], [0.0, 5.0, 10.0]])
+    train_faces = np.arange(3 * 2 * 2 * 3, dtype=np.float32).reshape(3, 2, 2, 3)
+    # Standardised by the training identities' means (10/3, 5, 10/3) and deviations (4.7, none,
+    # 4.7), the identities point along (-1, 0, -1), (2, 0, -1) and (-1, 0, 2); cosine compares
+    # directions only, so the last voice, far out along dimension 0, is identity 1's.
+    voices = np.array([[9.0, 5.0, 1.0], [1.0, 7.0, 30.0], [-5.0, 5.0, -5.0], [100.0, 0.0, 0.0]])
+    picks = baselines.nearest_identity(voices, train_voices)
+    np.testing.assert_array_equal(picks, [1, 2, 0, 1])
+    faces = baselines.nearest_identity_faces(voices, train_voices, train_faces)
+    assert faces.shape == (4, 2, 2, 3) and faces.dtype == np.float32
+    np.testing.assert_array_equal(faces, train_faces[[1, 2, 0, 1]])
+    # An identity's own mean is always its nearest.
+    np.testing.assert_array_equal(baselines.nearest_identity(train_voices, train_voices), [0, 1, 2])
+
+
+def test_identity_means_of_uint8_faces_and_missing_identities():
+    from v2f_jax.evaluation import baselines
+
+    faces = np.array([[250], [255], [0], [7]], np.uint8)[:, :, None]  # [4, 1, 1]
+    means, present = baselines.identity_means(faces, np.array([2, 2, 0, 2]), 4)
+    assert means.shape == (4, 1, 1) and means.dtype == np.float64
+    np.testing.assert_allclose(means[:, 0, 0], [0.0, 0.0, (250 + 255 + 7) / 3, 0.0])
+    np.testing.assert_array_equal(present, [True, False, True, False])
+
+
+def test_the_baseline_scores_high_when_voices_point_at_look_alikes_and_chance_when_not():
+    """Scored by the metrics as `v2f eval` scores it: a test voice that sounds like a training
+    identity whose faces look like the speaker's scores high; shuffled links score no better than
+    chance."""
+    from v2f_jax.evaluation import baselines
+
+    rng = np.random.default_rng(0)
+    k, dim = 10, 8
+    looks = rng.normal(size=(k, dim))  # face "embeddings" of ten look-alike families
+    sounds = rng.normal(size=(k, 64))  # and their voices' mean log-mel
+    train_voices = sounds + 0.1 * rng.normal(size=(k, 64))
+    train_faces = looks + 0.1 * rng.normal(size=(k, dim))
+    test_labels = np.repeat(np.arange(k), 3)
+    real, real_labels = looks[np.repeat(np.arange(k), 4)], np.repeat(np.arange(k), 4)
+    real = real + 0.2 * rng.normal(size=real.shape)
+    for links, low, high in ((np.arange(k), 0.95, 1.0), (np.roll(np.arange(k), 3), 0.35, 0.65)):
+        voices = sounds[links[test_labels]] + 0.3 * rng.normal(size=(3 * k, 64))
+        faces = baselines.nearest_identity_faces(voices, train_voices, train_faces)
+        score = metrics.matching_1v2(faces, test_labels, real, real_labels)["accuracy"]
+        assert low <= score <= high, (links, score)
+
+
+_COLOURS = np.array(
+    [[220, 40, 40], [40, 200, 40], [40, 40, 220], [230, 220, 40], [40, 210, 220], [200, 40, 210]]
+)
+
+
+def _look_alike_records(root, sounds_like):
+    """Six training people (`Mo_i`: flat faces of colour i, voices of mean log-mel i) and six test
+    people (`Al_i`: faces of colour i, voices of mean log-mel `sounds_like[i]`), as records."""
+    import cv2
+
+    from v2f_jax.input_pipeline import manifest, prepare
+
+    rng = np.random.default_rng(0)
+    sounds = 3.0 * rng.normal(size=(len(_COLOURS), 64))
+    meta = ["VoxCeleb1 ID\tVGGFace1 ID\tGender\tNationality\tSet"]
+    people = [(f"Mo_{i}", i, i) for i in range(len(_COLOURS))]
+    people += [(f"Al_{i}", i, s) for i, s in enumerate(sounds_like)]
+    for n, (name, look, sound) in enumerate(people):
+        vid = f"id{10001 + n}"
+        meta.append(f"{vid}\t{name}\t{'mf'[look % 2]}\tUK\tdev")
+        (root / "fbank" / vid / "v").mkdir(parents=True)
+        (root / "faces" / name).mkdir(parents=True)
+        for u in range(2):
+            mel = sounds[sound] + rng.normal(size=(60, 64))
+            np.save(root / "fbank" / vid / "v" / f"{u}.npy", mel.astype(np.float32))
+            img = np.clip(_COLOURS[look] + rng.normal(0, 15, (72, 72, 3)), 0, 255)
+            cv2.imwrite(str(root / "faces" / name / f"{u}.png"), img.astype(np.uint8))
+    (root / "meta.csv").write_text("\n".join(meta) + "\n")
+    prepare.prepare(
+        root / "fbank",
+        root / "faces",
+        root / "meta.csv",
+        root / "records",
+        workers=1,
+        progress=False,
+    )
+    return manifest.Records.open(root / "records")
+
+
+def test_eval_scores_the_nearest_identity_baseline_on_the_same_voices_and_faces(
+    untrained_model_file, tmp_path
+):
+    """Through `evaluate`: the baseline's faces come from the right training people, and are
+    scored against the right test people, only if voices, faces and labels are wired right."""
+    from v2f_jax.inference import model_files
+
+    model = model_files.load_model(untrained_model_file)  # E and G only: any records will do
+    linked = _look_alike_records(tmp_path / "linked", range(6))
+    r = evaluate.evaluate(
+        model, linked, tmp_path / "linked" / "eval", face_embedder_steps=30, log=lambda _: None
+    )
+    nearest = r["baselines"]["nearest_identity"]
+    # Each test voice sounds like the training person who looks like the speaker.
+    for key in metrics.METRICS:
+        assert nearest[key] == 1.0, (key, nearest)
+    assert nearest["counts"] == {
+        "candidate_identities": 6,
+        "identities_drawn_for_test_voices": 6,
+        "train_voices_nearest_own": 1.0,
+    }
+    assert abs(r["matching_1v2"] - 0.5) < 0.1  # the untrained generator, beside it: chance
+    md = (tmp_path / "linked" / "eval" / "eval.md").read_text()
+    assert "| metric | model | nearest-identity baseline | chance | on |" in md
+    assert re.search(r"\| 1:2 matching \| [\d.]+%( ± [\d.]+)? \| 100\.0% ± 0\.0 \| 50\.0% \|", md)
+
+    # The same people, each test voice now sounding like another's look-alike: no better than
+    # chance, and never first in retrieval (the face it draws is an impostor's).
+    shuffled = _look_alike_records(tmp_path / "shuffled", np.roll(np.arange(6), 1))
+    fe = tmp_path / "linked" / "eval" / "face_embedder.safetensors"  # same training people
+    r = evaluate.evaluate(
+        model, shuffled, tmp_path / "shuffled" / "eval", face_embedder_path=fe, log=lambda _: None
+    )
+    nearest = r["baselines"]["nearest_identity"]
+    assert nearest["matching_1v2"] < 0.5 and nearest["recall_at_1"] == 0.0, nearest
+    assert nearest["id_top1"] == 1.0  # training voices still find their own people

@@ -1,8 +1,9 @@
-"""The built-in corpus: layout, determinism, audio format, VAD, and the voice-face link."""
+"""The built-in corpora: layout, determinism, audio format, VAD, and the voice-face links."""
 
 import csv
 import dataclasses
 import hashlib
+import json
 import pathlib
 import wave
 
@@ -11,7 +12,7 @@ import pytest
 import webrtcvad
 
 from v2f_jax import cli
-from v2f_jax.input_pipeline import faces, synthetic
+from v2f_jax.input_pipeline import faces, synthetic, synthetic_b
 
 N_IDS, N_UTTS, N_FACES = 8, 3, 2
 
@@ -362,3 +363,192 @@ def test_voxceleb_corpus_changes_only_the_voices(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(argv[:-1] + ["long"])
     assert exit_.value.code == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Corpus "b": built otherwise, same layout.
+
+B_IDS, B_UTTS, B_FACES = 16, 2, 2
+
+
+@pytest.fixture(scope="module")
+def corpus_b(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth_b") / "corpus"
+    summary = synthetic.make_corpus(
+        out, identities=B_IDS, utterances=B_UTTS, faces=B_FACES, seed=0, face_size=64, corpus="b"
+    )
+    return out, summary
+
+
+def _read_wav(path) -> np.ndarray:
+    with wave.open(str(path)) as f:
+        assert (f.getnchannels(), f.getsampwidth(), f.getframerate()) == (1, 2, 16000)
+        return np.frombuffer(f.readframes(f.getnframes()), "<i2").astype(float)
+
+
+def test_corpus_b_layout_meta_and_identities(corpus_b):
+    out, summary = corpus_b
+    assert summary["corpus"] == "b" and summary["identities"] == B_IDS
+    rows = _meta(out)
+    ids, names = [r["VoxCeleb1 ID"] for r in rows], [r["VGGFace1 ID"] for r in rows]
+    assert ids == [f"id{10001 + i}" for i in range(B_IDS)]
+    assert names == sorted(names) and len(set(names)) == B_IDS
+    assert sorted(p.name for p in (out / "voices").iterdir()) == ids
+    assert sorted(p.name for p in (out / "faces").iterdir()) == names
+    test = [r for r in rows if r["VGGFace1 ID"][0] in synthetic.TEST_INITIALS]
+    assert {r["Gender"] for r in test} == {r["Gender"] for r in rows if r not in test} == {"m", "f"}
+    assert all(r["Set"] == ("test" if r in test else "dev") and r["Nationality"] for r in rows)
+    assert summary["test_identities"] == len(test)
+    for voice_id in ids:
+        wavs = sorted((out / "voices" / voice_id).glob("*/*.wav"))
+        assert len(wavs) == B_UTTS and all(len(w.parent.name) == 11 for w in wavs)
+    for name in names:
+        pngs = sorted(p.name for p in (out / "faces" / name).iterdir())
+        assert pngs == [f"{i:05d}.png" for i in range(1, B_FACES + 1)]
+    people = json.loads((out / "identities.json").read_text())
+    assert [p["corpus"] for p in people] == ["b"] * B_IDS
+    assert [p["name"] for p in people] == names
+
+
+def test_corpus_b_is_deterministic_and_not_corpus_a(tmp_path, capsys):
+    kwargs = dict(identities=4, utterances=1, faces=1, face_size=64, seed=7)
+    synthetic.make_corpus(tmp_path / "b1", corpus="b", **kwargs)
+    argv = ["synth", "--out", str(tmp_path / "b2"), "--identities", "4", "--utterances", "1"]
+    argv += ["--faces", "1", "--face-size", "64", "--seed", "7", "--corpus", "b"]
+    assert cli.main(argv) == 0
+    assert "of corpus b" in capsys.readouterr().out
+    synthetic.make_corpus(tmp_path / "a", **kwargs)
+    b1, b2, a = (_files(tmp_path / d) for d in ("b1", "b2", "a"))
+    assert b1 == b2
+    assert set(a.values()).isdisjoint(b1.values())  # other people, voices and faces
+    # Audio statistics: "a"'s noise floor is white, "b"'s pink (the first 0.1 s is silence).
+    for root, low, high in (("a", -3, 3), ("b1", -20, -6)):
+        for path in (tmp_path / root / "voices").rglob("*.wav"):
+            lead = _read_wav(path)[:1600]
+            power = np.abs(np.fft.rfft(lead * np.hanning(lead.size))) ** 2
+            freqs = np.fft.rfftfreq(lead.size, 1 / 16000)
+            tilt = power[freqs > 4000].mean() / power[(freqs > 100) & (freqs < 1000)].mean()
+            assert low < 10 * np.log10(tilt) < high, (root, path)
+    # Face pixels: another renderer; the eyes are still where the aligned crops put them.
+    pngs = {d: sorted((tmp_path / d / "faces").rglob("*.png")) for d in ("a", "b1")}
+    mean_a, mean_b = (np.mean([faces.load_aligned_face(p) for p in pngs[d]], 0) for d in pngs)
+    assert np.abs(mean_a - mean_b).mean() > 10
+    with pytest.raises(ValueError, match="corpus"):
+        synthetic.make_corpus(tmp_path / "c", corpus="c", **kwargs)
+
+
+def test_corpus_b_voices_are_speech_for_the_vad():
+    from v2f_jax.input_pipeline import audio
+
+    people = synthetic_b.make_identities(6, seed=1)
+    kept_vowels, kept_quiet = [], []
+    for i, person in enumerate(people):
+        samples, segments = synthetic_b.synthesize_voice(person, np.random.default_rng(i))
+        assert synthetic.MIN_SECONDS <= samples.size / 16000 <= synthetic.MAX_SECONDS
+        assert 2000 < np.abs(samples).max() < 32767
+        assert segments[0][2] == segments[-1][2] == "silence"
+        n_frames = samples.size // 320
+        kept = np.zeros(n_frames + 1, bool)
+        kept[audio.vad_frames(samples)] = True
+        kept_vowels.append(kept[_frames(segments, ("vowel",), n_frames)])
+        kept_quiet.append(kept[_frames(segments, ("silence", "pause"), n_frames, after=6)])
+        assert _f0(samples, segments) == pytest.approx(person.f0_hz, rel=0.15)
+    assert np.concatenate(kept_vowels).mean() > 0.95
+    assert np.concatenate(kept_quiet).mean() < 0.1
+
+
+def _cheek_lightness(image: np.ndarray) -> float:
+    """Mean grey level of two patches below the eyes of a 64x64 aligned face."""
+    (lx, ey), (rx, _) = (tuple(int(v) for v in e) for e in faces.canonical_eyes())
+    return float(np.mean([image[ey + 6 : ey + 10, x - 2 : x + 3].mean() for x in (lx, rx)]))
+
+
+def _syllable_rate(x: np.ndarray) -> float:
+    """Peaks of the 0.3-2 kHz energy (dB, 10 ms frames), 3 dB apart, per second above the floor."""
+    frames = np.lib.stride_tricks.sliding_window_view(x, 400)[::160] * np.hanning(400)
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    freqs = np.fft.rfftfreq(400, 1 / 16000)
+    env = 10 * np.log10(power[:, (freqs > 300) & (freqs < 2000)].sum(1) + 1e-9)
+    env = np.convolve(env, np.ones(5) / 5, "same")
+    active = env > env.max() - 30
+    peaks = []
+    for i in np.nonzero((env[1:-1] >= env[:-2]) & (env[1:-1] > env[2:]) & active[1:-1])[0] + 1:
+        if not peaks or env[peaks[-1] : i].min() < min(env[peaks[-1]], env[i]) - 3:
+            peaks.append(i)
+        elif env[i] > env[peaks[-1]]:
+            peaks[-1] = i
+    return len(peaks) / (active.sum() / 100)
+
+
+def _voiced_f0(x: np.ndarray) -> float:
+    """Median autocorrelation pitch of the loud 40 ms frames (within 10 dB of the loudest)."""
+    frames = np.lib.stride_tricks.sliding_window_view(x, 640)[::160]
+    energy = (frames**2).mean(1)
+    lo, hi = 16000 // 400, 16000 // 60
+    estimates = []
+    for frame in frames[energy > 0.1 * energy.max()]:
+        ac = np.correlate(frame - frame.mean(), frame - frame.mean(), "full")[639:]
+        estimates.append(16000 / (lo + np.argmax(ac[lo:hi])))
+    return float(np.median(estimates))
+
+
+def _within_gender_z(values, genders) -> np.ndarray:
+    values, genders = np.asarray(values, float), np.asarray(genders)
+    out = np.empty_like(values)
+    for g in set(genders):
+        v = values[genders == g]
+        out[genders == g] = (v - v.mean()) / v.std()
+    return out
+
+
+def test_corpus_b_declared_links_hold_in_the_files(corpus_b):
+    """Measured from the wavs and pngs: skin tone follows speaking rate (complexion), and face
+    width follows F0 within gender (build)."""
+    out, _ = corpus_b
+    people = json.loads((out / "identities.json").read_text())
+    rate, f0, cheek = [], [], []
+    for p in people:
+        voices = [_read_wav(w) for w in sorted((out / "voices" / p["voxceleb_id"]).rglob("*.wav"))]
+        rate.append(np.mean([_syllable_rate(x) for x in voices]))
+        f0.append(np.median([_voiced_f0(x) for x in voices]))
+        images = [faces.load_aligned_face(f) for f in sorted((out / "faces" / p["name"]).iterdir())]
+        cheek.append(np.mean([_cheek_lightness(im) for im in images]))
+    assert _rank_correlation(cheek, rate) < -0.5  # darker skin, faster speech
+    assert _rank_correlation(cheek, [p["complexion"] for p in people]) < -0.8
+    # Face width from the renderer's face mask at the cheeks, in the same photos.
+    widths = []
+    for p in synthetic_b.make_identities(B_IDS, seed=0):
+        rngs = [synthetic._identity_rng(p, 3, k) for k in range(B_FACES)]
+        masks = [synthetic_b.render_face(p, rng, 64)[1] for rng in rngs]
+        widths.append(np.mean([m[29 + 2 : 29 + 5].sum(1).mean() for m in masks]))
+    genders = [p["gender"] for p in people]
+    z_f0, z_width = _within_gender_z(np.log(f0), genders), _within_gender_z(widths, genders)
+    assert np.corrcoef(z_f0, z_width)[0, 1] < -0.5  # lower voice, wider face
+
+
+def test_corpus_b_prepares_with_no_rejects(corpus_b, tmp_path):
+    from v2f_jax.input_pipeline import prepare
+
+    out, summary = corpus_b
+    result = prepare.prepare(
+        out / "voices", out / "faces", out / "vox1_meta.csv", tmp_path / "records",
+        workers=1, progress=False, require_test_split=True,
+    )  # fmt: skip
+    assert result["rejects"] == []
+    splits = json.loads((tmp_path / "records" / "manifest.json").read_text())["splits"]
+    assert sum(s["num_voices"] for s in splits.values()) == B_IDS * B_UTTS
+    assert sum(s["num_faces"] for s in splits.values()) == B_IDS * B_FACES
+    assert len(splits["test"]["label_map"]) == summary["test_identities"]
+
+
+def test_corpus_b_eyes_are_drawn_at_the_canonical_spots():
+    size = 128
+    for i, person in enumerate(synthetic_b.make_identities(4, seed=0)):
+        image, mask = synthetic_b.render_face(person, np.random.default_rng(i), size, jitter=False)
+        assert image.shape == (size, size, 3) and image.dtype == np.uint8 and mask.any()
+        for eye in faces.canonical_eyes(size):
+            x, y = (int(round(v)) for v in eye)
+            patch = image[y - 2 : y + 3, x - 14 : x + 15].astype(int)
+            white = (patch.min(axis=2) > 170) & (np.ptp(patch, axis=2) < 40)
+            cols = np.nonzero(white.any(axis=0))[0]
+            assert cols.size and abs((cols.min() + cols.max()) / 2 - 14) <= 2, (i, eye)

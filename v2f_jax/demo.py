@@ -65,6 +65,7 @@ def run_demo(
     config_overrides: tuple[str, ...] | list[str] = (),
     baseline: bool = True,
     seed: int = 0,
+    corpus_kind: str = "a",
     log: Callable[[str], None] = print,
 ) -> DemoResult:
     """Runs every stage into `out_dir`; returns the figures and the paths of the report."""
@@ -93,6 +94,7 @@ def run_demo(
             utterances=utterances,
             faces=faces,
             seed=seed,
+            corpus=corpus_kind,
             overwrite=True,
         )
         log(
@@ -158,6 +160,7 @@ def run_demo(
             records,
             out / "eval_untrained",
             face_embedder_path=eval_dir / "face_embedder.safetensors",
+            baseline=False,  # the trained model's report has it
             log=log,
         )
         stage("eval_untrained", start)
@@ -173,7 +176,14 @@ def run_demo(
                 "seconds": seconds,
                 "eval": {k: result[k] for k in metrics.METRICS},
                 "untrained_eval": {k: untrained[k] for k in metrics.METRICS} if untrained else None,
+                "nearest_identity_baseline": {
+                    k: v
+                    for k, v in result.get("baselines", {}).get("nearest_identity", {}).items()
+                    if k in metrics.METRICS
+                }
+                or None,
                 "settings": {
+                    "corpus": corpus_kind,
                     "identities": identities,
                     "utterances": utterances,
                     "faces": faces,
@@ -220,6 +230,9 @@ def summary(r: DemoResult) -> str:
     e, u = r.eval, r.untrained_eval
     pct = lambda x: f"{100 * x:.1f}%"
     base = f", untrained generator {pct(u['matching_1v2'])}" if u else ""
+    nearest = e.get("baselines", {}).get("nearest_identity")
+    if nearest:
+        base += f", nearest training identity's mean face {pct(nearest['matching_1v2'])}"
     c = e["counts"]
     lines = [
         f"1:2 matching {pct(e['matching_1v2'])} (chance 50%{base}) on "

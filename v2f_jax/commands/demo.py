@@ -66,6 +66,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=arguments.non_negative_int, default=0, help="corpus and training seed"
     )
+    parser.add_argument(
+        "--corpus",
+        choices=("a", "b"),
+        default="a",
+        help="the built-in corpus (v2f synth --corpus): a (default) or b, built differently "
+        "with other voice-to-face links",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         config_overrides=[o[len("--config.") :] for o in args.config_overrides],
         baseline=not args.no_baseline,
         seed=args.seed,
+        corpus_kind=args.corpus,
         log=say,
     )
     print(demo.summary(result))

@@ -3,7 +3,9 @@ VoxCeleb1 / VGGFace layouts (`voices/`, `faces/`, `vox1_meta.csv`), so the whole
 with no download. Same seed, same bytes.
 
 Example: `v2f synth --out data/synth --identities 24 --utterances 4 --faces 4`; with
-`--durations voxceleb`, utterances as long as VoxCeleb1's (for input-pipeline benchmarks).
+`--durations voxceleb`, utterances as long as VoxCeleb1's (for input-pipeline benchmarks); with
+`--corpus b`, a second corpus built otherwise (other voice and face generators, other voice-face
+links: `input_pipeline/synthetic_b.py`), to tune a recipe on one and confirm it on the other.
 """
 
 from __future__ import annotations
@@ -44,6 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "after VAD: at least 4 s of speech, mean ~8.2 s, median ~6.9 s, up to 30 s",
     )
     parser.add_argument(
+        "--corpus",
+        choices=("a", "b"),
+        default="a",
+        help="a: the built-in corpus (default); b: built otherwise (FOF voices, shaded faces, "
+        "other voice-face links), to confirm on what was tuned on a",
+    )
+    parser.add_argument(
         "--overwrite", action="store_true", help="replace a corpus already in --out"
     )
 
@@ -65,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
             face_size=args.face_size,
             overwrite=args.overwrite,
             durations=args.durations,
+            corpus=args.corpus,
         )
     except (ValueError, FileExistsError) as err:
         print(f"v2f synth: error: {err}", file=sys.stderr)
@@ -72,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     s = summary
     print(
-        f"wrote {s['identities']} identities ({s['train_identities']} train F-Z, "
+        f"wrote {s['identities']} identities of corpus {s['corpus']} ({s['train_identities']} "
+        f"train F-Z, "
         f"{s['test_identities']} test A-E; {s['male']} m, {s['female']} f) to {s['out_dir']}\n"
         f"  voices: {s['utterances']} wavs ({s['durations']} durations), "
         f"{s['audio_seconds']:.1f} s of 16 kHz audio in {s['voices_dir']}\n"

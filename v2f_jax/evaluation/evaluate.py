@@ -5,24 +5,43 @@ split's real faces only (`face_embedder.py`). Faces generated from TEST voices a
 TEST faces (1:2 matching, retrieval recall over galleries of `config.eval.gallery_size` test
 identities, <= 0: all); faces generated from TRAIN voices are classified over the training
 identities (identity accuracy). `metrics.py` defines the figures, `report.py` writes them up.
+The same voices, faces and scorer also score a trivial model (`baselines.py`: the nearest training
+identity's mean face), so the report shows how far the model is above one.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime
 import json
 import math
 import os
+import time
 from collections.abc import Callable
 
 import numpy as np
 
 from v2f_jax import config_checks
-from v2f_jax.evaluation import face_embedder, metrics, report
+from v2f_jax.evaluation import baselines, face_embedder, metrics, report
 from v2f_jax.inference import generate, images
 from v2f_jax.inference.model import Model
+from v2f_jax.input_pipeline import constants
 from v2f_jax.input_pipeline import manifest as manifest_lib
+
+
+@dataclasses.dataclass
+class _Generated:
+    """What `_generated_embeddings` streamed: the generated faces' embeddings, and the voices'
+    mean log-mels (the nearest-identity baseline's features), read in the same pass."""
+
+    emb: np.ndarray  # [N, D] face embeddings of the N voices generated from
+    labels: np.ndarray  # [N]
+    genders: np.ndarray  # [N]
+    faces: dict  # {label: [faces]} the kept generated faces
+    mel_means: np.ndarray  # [N, 64] mean log-mel over frames of each voice generated from
+    all_mel_means: np.ndarray  # [M, 64] the same of every utterance read (M >= N)
+    all_labels: np.ndarray  # [M]
 
 
 def _generated_embeddings(
@@ -32,21 +51,20 @@ def _generated_embeddings(
     per_identity: int | None = None,
     keep_faces: int = 0,
     chunk: int = 256,
-):
+) -> _Generated:
     """Streams a split's utterances through E, G and the face embedder, `chunk` at a time, so
     memory holds embeddings, not log-mels.
 
     Args:
       embed: `list of [T, 64] log-mels -> (faces [N, 64, 64, 3], face embeddings [N, D])`.
-      per_identity: use at most this many utterances of each identity (the first ones).
+      per_identity: use at most this many utterances of each identity (the first ones); the
+        mean log-mel of every utterance is kept all the same.
       keep_faces: keep the generated faces of each identity's first `keep_faces` utterances.
-
-    Returns:
-      `(embeddings [N, D], labels [N], genders [N], {label: [faces]})`.
     """
     from v2f_jax.input_pipeline import reader  # imports TensorFlow
 
-    mels, labels, genders, embs = [], [], [], []
+    mels, labels, genders, embs, used = [], [], [], [], []
+    all_means, all_labels = [], []
     counts: collections.Counter = collections.Counter()
     kept: dict[int, list] = collections.defaultdict(list)
 
@@ -61,17 +79,74 @@ def _generated_embeddings(
         mels.clear()
 
     for mel, label, gender in reader.make_eval_voices(records, split):
+        all_means.append(mel.mean(0))
+        all_labels.append(label)
         if per_identity is not None and counts[label] >= per_identity:
             continue
         counts[label] += 1
+        used.append(len(all_means) - 1)
         mels.append(mel)
         labels.append(label)
         genders.append(gender)
         if len(mels) == chunk:
             flush()
     flush()
-    emb = np.concatenate(embs) if embs else np.zeros([0, 0], np.float32)
-    return emb, np.asarray(labels, np.int64), np.asarray(genders, np.int64), dict(kept)
+    n_mels = constants.N_MELS
+    all_means = np.stack(all_means) if all_means else np.zeros([0, n_mels], np.float32)
+    return _Generated(
+        emb=np.concatenate(embs) if embs else np.zeros([0, 0], np.float32),
+        labels=np.asarray(labels, np.int64),
+        genders=np.asarray(genders, np.int64),
+        faces=dict(kept),
+        mel_means=all_means[np.asarray(used, np.int64)],
+        all_mel_means=all_means,
+        all_labels=np.asarray(all_labels, np.int64),
+    )
+
+
+def _nearest_identity_baseline(
+    fe: face_embedder.FaceEmbedder,
+    test: _Generated,
+    train: _Generated,
+    face_means: tuple[np.ndarray, np.ndarray],
+    score: Callable[[np.ndarray, np.ndarray], tuple[dict, dict]],
+) -> dict | None:
+    """`baselines.NEAREST_IDENTITY` on the voices the model was evaluated on, scored by `score`
+    (`(test embeddings, train embeddings) -> (figures, counts)`, the model's own scoring).
+
+    Args:
+      face_means: `(mean faces float [K, 64, 64, 3] in [-1, 1], present bool [K])` of the
+        training identities.
+
+    Each candidate identity's mean face is embedded once; a voice's face embedding is its
+    nearest identity's, exactly what embedding `baselines.nearest_identity_faces` would give.
+
+    Returns:
+      Its figures, or None when no training identity has both voices and faces.
+    """
+    faces, has_face = face_means
+    voice_means, has_voice = baselines.identity_means(
+        train.all_mel_means, train.all_labels, len(has_face)
+    )
+    candidates = np.flatnonzero(has_voice & has_face)
+    if not candidates.size:
+        return None
+    cand_emb = fe.embed(faces[candidates])
+    keys = voice_means[candidates]
+    test_pick = baselines.nearest_identity(test.mel_means, keys)
+    train_pick = baselines.nearest_identity(train.mel_means, keys)
+    out, _ = score(cand_emb[test_pick], cand_emb[train_pick])  # counts: the model's
+    out["counts"] = {
+        "candidate_identities": int(candidates.size),
+        "identities_drawn_for_test_voices": int(np.unique(test_pick).size),
+        # How often a training voice's nearest identity is its own (the lookup's accuracy on
+        # voices it has seen): a ceiling on its id_top1.
+        "train_voices_nearest_own": float(np.mean(candidates[train_pick] == train.labels))
+        if train.labels.size
+        else float("nan"),
+    }
+    out["definition"] = baselines.DEFINITIONS[baselines.NEAREST_IDENTITY]
+    return out
 
 
 def evaluate(
@@ -83,6 +158,7 @@ def evaluate(
     gallery_size: int | None = None,
     max_train_voices: int = 2000,
     face_embedder_path: str | os.PathLike | None = None,
+    baseline: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Scores `model` on the records' TEST split (and TRAIN voices for identity accuracy).
@@ -100,6 +176,8 @@ def evaluate(
         number of each) are generated for identity accuracy; <= 0: all.
       face_embedder_path: score with this embedder file instead of the cached/trained one (it
         must have been trained on these records' TRAIN identities for `id_top*`).
+      baseline: also score the nearest-identity baseline (`baselines.py`) on the same voices,
+        faces and scorer: `result["baselines"]["nearest_identity"]`, a column of `eval.md`.
 
     Returns:
       The `eval.json` dict.
@@ -128,6 +206,15 @@ def evaluate(
         gallery_size if gallery_size is not None else eval_cfg.get("gallery_size", 0)
     )
 
+    # The training faces are read once, for the nearest-identity baseline's mean faces and,
+    # when it is not cached, the face embedder's training; only the means are kept.
+    start = time.perf_counter()
+    train_faces = face_means = None
+    if baseline:
+        train_faces = reader.load_faces(records, "train")[:2]
+        means, present = baselines.identity_means(*train_faces, records.num_train_ids)
+        face_means = (face_embedder.to_float(means), present)
+    baseline_seconds = time.perf_counter() - start
     if face_embedder_path is not None:
         fe, fe_path = face_embedder.load(face_embedder_path), os.fspath(face_embedder_path)
         fe_copy = os.path.join(out_dir, "face_embedder.safetensors")
@@ -135,7 +222,10 @@ def evaluate(
             face_embedder.save(fe, fe_copy)
         fe_path = fe_copy
     else:
-        fe, fe_path = face_embedder.get_or_train(records, steps, out_dir, log=log)
+        fe, fe_path = face_embedder.get_or_train(
+            records, steps, out_dir, log=log, train_faces=train_faces
+        )
+    del train_faces
 
     def embed(mels):
         voices = generate.embed_voices(model.config, model.embedder, mels)
@@ -144,38 +234,79 @@ def evaluate(
 
     # Test split: generated faces of unseen speakers against their real faces.
     log("eval: test split")
-    t_emb, t_labels, t_genders, t_faces = _generated_embeddings(
-        records, "test", embed, keep_faces=2
-    )
+    test = _generated_embeddings(records, "test", embed, keep_faces=2)
+    t_labels, t_genders = test.labels, test.genders
     f_imgs, f_labels, f_genders = reader.load_faces(records, "test")
     if not len(t_labels) or not len(f_imgs):
         raise ValueError(f"{records.root}: the test split has no voices or no faces to evaluate")
     f_emb = fe.embed(face_embedder.to_float(f_imgs))
-    m_all = metrics.matching_1v2(t_emb, t_labels, f_emb, f_labels)
-    m_gender = metrics.matching_1v2(
-        t_emb, t_labels, f_emb, f_labels, t_genders, f_genders, same_gender=True
-    )
-    recall = metrics.retrieval_recall(t_emb, t_labels, f_emb, f_labels, gallery_size)
 
     # Train split: is the generated face recognisably the (seen) speaker?
     log("eval: identity accuracy on training voices")
     num_train_ids = records.num_train_ids
     quota = -(-max_train_voices // max(1, num_train_ids)) if max_train_voices > 0 else None
-    tr_emb, tr_labels, _, _ = _generated_embeddings(records, "train", embed, quota)
-    ident = metrics.identity_accuracy(fe.logits(tr_emb), tr_labels)
+    train = _generated_embeddings(records, "train", embed, quota)
+    tr_labels = train.labels
+
+    def score(t_emb, tr_emb) -> tuple[dict, dict]:
+        """The figures of faces drawn for the test voices (`t_emb`) and the training voices
+        (`tr_emb`), and what they were computed on: the model's, and every baseline's, on the
+        same voices and faces."""
+        m_all = metrics.matching_1v2(t_emb, t_labels, f_emb, f_labels)
+        m_gender = metrics.matching_1v2(
+            t_emb, t_labels, f_emb, f_labels, t_genders, f_genders, same_gender=True
+        )
+        recall = metrics.retrieval_recall(t_emb, t_labels, f_emb, f_labels, gallery_size)
+        ident = metrics.identity_accuracy(fe.logits(tr_emb), tr_labels)
+        return {
+            "matching_1v2": m_all["accuracy"],
+            "matching_1v2_gender": m_gender["accuracy"],
+            **{f"recall_at_{k}": recall[f"recall_at_{k}"] for k in metrics.RECALL_KS},
+            "id_top1": ident["top1"],
+            "id_top5": ident["top5"],
+            "stderr": {
+                "matching_1v2": m_all["stderr"],
+                "matching_1v2_gender": m_gender["stderr"],
+            },
+            "per_utterance": {
+                "matching_1v2": m_all["accuracy_per_utterance"],
+                "matching_1v2_gender": m_gender["accuracy_per_utterance"],
+            },
+        }, {
+            "matching_voices": m_all["voices"],
+            "matching_gender_voices": m_gender["voices"],
+            "matching_gender_identities": m_gender["identities"],
+            "gallery_size": recall["gallery_size"],
+        }
+
+    figures, counts = score(test.emb, train.emb)
+    baseline_results = {}
+    if baseline:
+        start = time.perf_counter()
+        nearest = _nearest_identity_baseline(fe, test, train, face_means, score)
+        # Reading the training faces counts: a cached face embedder does not need them.
+        baseline_seconds += time.perf_counter() - start
+        if nearest is None:
+            log(
+                "eval: no training identity has both voices and faces: no nearest-identity baseline"
+            )
+        else:
+            nearest["seconds"] = round(baseline_seconds, 2)
+            baseline_results[baselines.NEAREST_IDENTITY] = nearest
+            log(
+                "eval: nearest-identity baseline: 1:2 matching "
+                f"{100 * nearest['matching_1v2']:.1f}% (model {100 * figures['matching_1v2']:.1f}%)"
+                f", {baseline_seconds:.1f} s"
+            )
 
     names = {v["label"]: k for k, v in records.identities("test").items()}
     result = {
-        "matching_1v2": m_all["accuracy"],
-        "matching_1v2_gender": m_gender["accuracy"],
-        **{f"recall_at_{k}": recall[f"recall_at_{k}"] for k in metrics.RECALL_KS},
-        "id_top1": ident["top1"],
-        "id_top5": ident["top5"],
+        **{k: figures[k] for k in metrics.METRICS},
         "chance": {
             "matching_1v2": metrics.CHANCE_1V2,
             "matching_1v2_gender": metrics.CHANCE_1V2,
             **{
-                f"recall_at_{k}": min(1.0, k / max(1, recall["gallery_size"]))
+                f"recall_at_{k}": min(1.0, k / max(1, counts["gallery_size"]))
                 for k in metrics.RECALL_KS
             },
             "id_top1": min(1.0, 1 / num_train_ids),
@@ -185,21 +316,13 @@ def evaluate(
             "test_identities": int(np.unique(t_labels).size),
             "test_voices": int(len(t_labels)),
             "test_faces": int(len(f_imgs)),
-            "matching_voices": m_all["voices"],
-            "matching_gender_voices": m_gender["voices"],
-            "matching_gender_identities": m_gender["identities"],
-            "gallery_size": recall["gallery_size"],
+            **counts,
             "train_identities": num_train_ids,
             "train_voices": int(len(tr_labels)),
         },
-        "stderr": {
-            "matching_1v2": m_all["stderr"],
-            "matching_1v2_gender": m_gender["stderr"],
-        },
-        "per_utterance": {
-            "matching_1v2": m_all["accuracy_per_utterance"],
-            "matching_1v2_gender": m_gender["accuracy_per_utterance"],
-        },
+        "stderr": figures["stderr"],
+        "per_utterance": figures["per_utterance"],
+        "baselines": baseline_results,
         "model": {
             "source": model.source,
             "frontend": model.frontend_name,
@@ -217,7 +340,7 @@ def evaluate(
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     images.write_png(
-        os.path.join(out_dir, "eval.png"), report.picture(t_faces, f_imgs, f_labels, names)
+        os.path.join(out_dir, "eval.png"), report.picture(test.faces, f_imgs, f_labels, names)
     )
     with open(os.path.join(out_dir, "eval.json"), "w") as f:
         json.dump(json_safe(result), f, indent=2, allow_nan=False)

@@ -55,10 +55,15 @@ class FaceEmbedder:
         self._embed = _embed_fn(self.settings)
 
     def embed(self, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Unit embeddings float32 `[N, out_dim]` of faces float `[N, 64, 64, 3]` in [-1, 1]."""
+        """Unit embeddings float32 `[N, out_dim]` of faces float `[N, 64, 64, 3]` in [-1, 1].
+
+        Every call runs `batch_size` faces at a time, the last batch padded, even when N is
+        smaller: one compiled shape serves an evaluation's every call (generated chunks, real
+        faces, a baseline's few faces) instead of a compilation per distinct N.
+        """
         faces = np.asarray(faces, np.float32)
         out = np.zeros([faces.shape[0], self.settings["out_dim"]], np.float32)
-        batch_size = max(1, min(batch_size, faces.shape[0]))
+        batch_size = max(1, batch_size)
         for start in range(0, faces.shape[0], batch_size):
             chunk = faces[start : start + batch_size]
             padded = np.zeros((batch_size,) + faces.shape[1:], np.float32)
@@ -244,12 +249,15 @@ def get_or_train(
     steps: int,
     out_dir: str | os.PathLike | None = None,
     log=print,
+    train_faces: tuple[np.ndarray, np.ndarray] | None = None,
     **overrides,
 ) -> tuple[FaceEmbedder, str]:
     """The face embedder of these records: from the cache, else trained on the TRAIN split.
 
     The cache is `RECORDS/face_embedder/<key>.safetensors` (or `OUT/` when the records directory
     is read-only). A copy goes to `OUT/face_embedder.safetensors` when `out_dir` is given.
+    `train_faces`: the TRAIN split's `(faces uint8 [N, 64, 64, 3], labels [N])` when the caller
+    has read them already (else they are read here, if needed).
 
     Returns:
       `(embedder, path of the copy in out_dir, or the cached file)`.
@@ -267,7 +275,9 @@ def get_or_train(
             log(f"face embedder: cached {path}")
             break
     if fe is None:
-        faces, labels, _ = reader.load_faces(records, "train")
+        if train_faces is None:
+            train_faces = reader.load_faces(records, "train")[:2]
+        faces, labels = train_faces
         num_ids = records.num_train_ids
         log(
             f"face embedder: training on {len(faces)} real faces of {num_ids} identities, "

@@ -1,4 +1,4 @@
-"""The report of `v2f eval`: `eval.md` (the figures against chance) and its picture."""
+"""The report of `v2f eval`: `eval.md` (the figures beside a baseline and chance), its picture."""
 
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ def _pm(stderr) -> str:
 
 
 def report_markdown(r: dict) -> str:
-    """`eval.md`: the figures against chance, what they were computed on, and the picture.
+    """`eval.md`: the figures against the nearest-identity baseline (when `r` has it) and chance,
+    what they were computed on, and the picture.
 
     Args:
       r: the `eval.json` dict (`evaluate.evaluate`'s result).
@@ -90,6 +91,36 @@ def report_markdown(r: dict) -> str:
         ),
         ("identity top-5 (training identities)", "id_top5", ""),
     ]
+    nearest = r.get("baselines", {}).get("nearest_identity")
+
+    def cells(key: str) -> str:
+        model = f"{_pct(r[key])}{_pm(stderr.get(key))}"
+        if nearest is None:
+            return f"{model} | {_pct(ch[key])}"
+        base = f"{_pct(nearest.get(key))}{_pm(nearest.get('stderr', {}).get(key))}"
+        return f"{model} | {base} | {_pct(ch[key])}"
+
+    header = ["| metric | value | chance | on |", "|---|---:|---:|---|"]
+    about_baseline = []
+    if nearest is not None:
+        header = [
+            "| metric | model | nearest-identity baseline | chance | on |",
+            "|---|---:|---:|---:|---|",
+        ]
+        nc = nearest.get("counts", {})
+        about_baseline = [
+            "",
+            "The nearest-identity baseline has no generator: "
+            f"{nearest.get('definition', 'the nearest training identity of each voice')}. "
+            "It is scored on the same voices and faces by the same scorer; a model that does "
+            "not beat it has learnt no more than a lookup of the most similar-sounding person "
+            f"seen in training. It drew {nc.get('identities_drawn_for_test_voices', '?')} "
+            f"distinct faces for the test voices, from {nc.get('candidate_identities', '?')} "
+            "training identities. Its identity accuracy is a lookup of voices it has seen (a "
+            "training voice's nearest identity is its own for "
+            f"{_pct(nc.get('train_voices_nearest_own'))} of them), so only the test-split rows "
+            "compare it with the model fairly.",
+        ]
     lines = [
         "# v2f eval",
         "",
@@ -99,18 +130,15 @@ def report_markdown(r: dict) -> str:
         f"Test split (identities never seen in training): {c['test_identities']} identities, "
         f"{c['test_voices']} voices, {c['test_faces']} faces.",
         "",
-        "| metric | value | chance | on |",
-        "|---|---:|---:|---|",
-        *[
-            f"| {name} | {_pct(r[key])}{_pm(stderr.get(key))} | {_pct(ch[key])} | {on} |"
-            for name, key, on in rows
-        ],
+        *header,
+        *[f"| {name} | {cells(key)} | {on} |" for name, key, on in rows],
         "",
         "Scores are cosine similarities of a face embedder trained on the training split's real "
         f"faces only (`{fe['file']}`, {fe['steps']} steps, top-1 {_pct(fe.get('train_top1'))} on "
         "its training faces), never the GAN's critics. Each figure is a mean over identities of "
         "the mean over their utterances (± one standard error over identities). 1:2 matching and "
         "recall are exact expectations over all impostor faces / galleries, not samples.",
+        *about_baseline,
         "",
         "![generated and real faces](eval.png)",
         "",
