@@ -58,6 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.train.batch_size = 128  # global, over all devices and hosts
     cfg.train.steps = 30_000  # the reference's gan_train.py
     cfg.train.embed_noise = 0.05
+    # > 0: keep an exponential moving average of G's weights (StyleGAN's "G_ema"), decay per
+    # step; evaluation, export and `v2f generate` use it. 0: G as trained (the reference).
+    cfg.train.ema_decay = 0.0
     cfg.train.train_embedder = False  # the reference keeps E frozen
     # Where a GAN's E starts: the workdir of an `embedder` run, or an exported model; a GAN with
     # a frozen E needs one ("random": an untrained E, on purpose).

@@ -95,6 +95,9 @@ def check(config: ml_collections.ConfigDict) -> None:
     _one_of(config, "train.task", TASKS)
     _int_at_least(config, "train.batch_size", 1)
     _int_at_least(config, "train.steps", 1)
+    ema = config.train.get("ema_decay", 0.0)
+    if not _is_number(ema) or not 0 <= ema < 1:
+        raise ConfigError(f"config.train.ema_decay={ema!r}: must be a number in [0, 1)")
     noise = _get(config, "train.embed_noise")
     if not _is_number(noise) or noise < 0:
         raise ConfigError(f"config.train.embed_noise={noise!r}: must be a number >= 0")

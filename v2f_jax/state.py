@@ -32,6 +32,8 @@ class GanState:
       critics: F, D and C parameters (one tree; one Adam).
       g_opt, c_opt: Adam states of G and of the critics.
       e_opt: Adam state of E when it trains jointly (`train.train_embedder`), else None.
+      generator_ema: an exponential moving average of G's parameters (`train.ema_decay` > 0),
+        what evaluation and export use; else None.
     """
 
     step: jax.Array
@@ -42,6 +44,7 @@ class GanState:
     g_opt: PyTree
     c_opt: PyTree
     e_opt: PyTree = None
+    generator_ema: PyTree = None
 
 
 @flax.struct.dataclass
@@ -83,6 +86,12 @@ def create_gan_state(config: ml_collections.ConfigDict, nets: models.Networks) -
         g_opt=optimizer.init(generator),
         c_opt=optimizer.init(critics),
         e_opt=optimizer.init(embedder["params"]) if config.train.train_embedder else None,
+        # A copy, not the same arrays: a donated state must not hold one buffer twice.
+        generator_ema=(
+            jax.tree_util.tree_map(jnp.copy, generator)
+            if config.train.get("ema_decay", 0.0) > 0
+            else None
+        ),
     )
 
 

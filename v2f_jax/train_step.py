@@ -71,6 +71,7 @@ def make_gan_step(
     optimizer = state_lib.make_optimizer(config.optim)
     embedder = nets.embedder.clone(axis_name=axis_name)
     noise_std = config.train.embed_noise
+    ema_decay = float(config.train.get("ema_decay", 0.0))
     train_embedder = config.train.train_embedder
     shared_trunk = nets.critics.shared_trunk
 
@@ -172,10 +173,15 @@ def make_gan_step(
                 "batch_stats": new_stats,
             }
 
+        generator_ema = state.generator_ema
+        if generator_ema is not None:
+            generator_ema = optax.incremental_update(generator, generator_ema, 1.0 - ema_decay)
+
         new_state = state.replace(
             step=state.step + 1,
             embedder=embedder,
             generator=generator,
+            generator_ema=generator_ema,
             critics=critics,
             g_opt=g_opt,
             c_opt=c_opt,

@@ -78,12 +78,18 @@ def model_from_state(
             "generator to export; train a GAN with --config.train.embedder_init=<its workdir>"
         )
     to_np = lambda tree: jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
+    source = dict(source or {}, step=int(np.asarray(gan_state.step)))
+    generator = gan_state.generator
+    # A run that averages G's weights (`train.ema_decay`) is evaluated and exported by them.
+    if getattr(gan_state, "generator_ema", None) is not None:
+        generator = gan_state.generator_ema
+        source["generator"] = f"ema {config.train.ema_decay}"
     return Model(
         config=config,
         embedder=to_np(gan_state.embedder),
-        generator=to_np(gan_state.generator),
+        generator=to_np(generator),
         frontend=frontend_of(config),
-        source=dict(source or {}, step=int(np.asarray(gan_state.step))),
+        source=source,
     )
 
 
