@@ -1,6 +1,12 @@
 """benchmarks/gpu_check.sh (the prepared GPU throughput check) in its tiny CPU dry run, and the
 PyTorch variants of benchmarks/compare_pytorch.py. No timing assertions: only that every step that
-can run on a CPU ran and reported, and that what needs CUDA is reported as skipped."""
+ran reported, that what needs CUDA is reported as skipped, and that the steps left out with
+`--steps` are reported as such.
+
+The dry run runs the bf16 steps only (`--steps`): they share one compiled step through the
+script's compilation cache, and each kind of step (bench, steps per call, comparison, gather,
+profile) is among them. The fp32 and "large" steps run the same commands with another dtype or
+batch (v2f bench's fp32 step mode is tested in test_bench.py)."""
 
 import argparse
 import importlib.util
@@ -14,7 +20,16 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
-OURS = ("env", "bench_bf16_small", "bench_fp32_small", "bench_bf16_large", "bench_fp32_large")
+OURS = ("env", "bench_bf16_small")
+# The steps the dry run runs (env always runs), and those it leaves out.
+RUN = (
+    "bench_bf16_small",
+    "compare_bf16",
+    "bench_bf16_small_spc",
+    "gather_resident",
+    "profile_bf16",
+)
+LEFT_OUT = ("bench_fp32_small", "bench_bf16_large", "compare_fp32", "bench_fp32_large")
 
 
 def _compare_module():
@@ -76,7 +91,7 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
         V2F_GPU_CHECK_TINY="1",
     )
     proc = subprocess.run(
-        ["bash", str(REPO / "benchmarks" / "gpu_check.sh")],
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--steps", ",".join(RUN)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -102,15 +117,25 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
         assert r["mode"] == "step" and r["batch"] == 8 and r["losses_finite"], name
         assert r["samples_per_s"] > 0
     assert runs["profile_bf16"]["result"]["top"]
+    r = runs["gather_resident"]
+    assert r["status"] == "ok", r.get("stderr_tail")
+    assert r["result"]["mode"] == "gather" and r["result"]["samples_per_s"] > 0
+    # Every step is reported; those not asked for as skipped.
+    assert set(runs) == {"env", *RUN, *LEFT_OUT}
+    for name in LEFT_OUT:
+        assert runs[name]["status"] == "skipped", detail
+        assert runs[name]["reason"] == "not among --steps", detail
+        assert not (work / "runs" / f"{name}.json").exists()
 
     # --steps-per-call: a result where `v2f bench` has the flag, its error where it has not.
     spc = runs["bench_bf16_small_spc"]
     if spc["status"] == "ok":
         assert spc["result"]["steps_per_call"] == 2
+        assert spc["result"]["mode"] == "step" and spc["result"]["losses_finite"]
     else:
         assert spc["status"] == "error" and "steps-per-call" in spc["stderr_tail"], detail
 
-    for name in ("compare_bf16", "compare_fp32"):
+    for name in ("compare_bf16",):
         r = runs[name]
         if not HAVE_TORCH:
             assert r["status"] == "skipped" and "torch" in r["reason"]
@@ -120,6 +145,7 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
         assert res["device"] == "cpu" and res["jax"]["samples_per_s"] > 0
         variants = res["pytorch_variants"]
         assert list(variants) and set(variants) == set(res["torch_variants"])
+        assert any("compile" in var for var in variants)  # what needs CUDA is among them
         for var, v in variants.items():
             if "compile" in var:
                 assert v["status"] == "skipped" and "CUDA" in v["reason"], (var, v)
@@ -140,5 +166,9 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     assert "Fastest PyTorch variant" in summary
     for name in runs:
         assert f"| {name} |" in summary, name
-    rows = [line for line in summary.splitlines() if line.startswith("| bench_fp32_small |")]
-    assert rows and "%" in rows[0]  # its share of the bf16 peak
+    # Their share of the bf16 peak; the K-steps-per-call run's from the one-step run's FLOPs.
+    for name in ("bench_bf16_small", "bench_bf16_small_spc")[: 1 + (spc["status"] == "ok")]:
+        rows = [line for line in summary.splitlines() if line.startswith(f"| {name} |")]
+        assert rows and "%" in rows[0], name
+    for name in LEFT_OUT:
+        assert f"| {name} | skipped |" in summary, name

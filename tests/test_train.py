@@ -96,9 +96,15 @@ def embedder_run(records_dir, env, tmp_path_factory):
     return workdir, log
 
 
-def gan_cmd(records_dir, workdir, embedder_workdir):
+def gan_cmd(records_dir, workdir, embedder_workdir, env):
+    # The module's shared compilation cache (not each workdir's own): only the reference run
+    # compiles the GAN; the interrupted runs load it.
     return train_cmd(
-        records_dir, workdir, *COMMON, f"--config.train.embedder_init={embedder_workdir}"
+        records_dir,
+        workdir,
+        *COMMON,
+        f"--config.train.embedder_init={embedder_workdir}",
+        f"--config.train.compilation_cache={env['JAX_COMPILATION_CACHE_DIR']}",
     )
 
 
@@ -106,7 +112,8 @@ def gan_cmd(records_dir, workdir, embedder_workdir):
 def reference_run(records_dir, env, embedder_run, tmp_path_factory):
     """The uninterrupted GAN run every interrupted one must equal."""
     workdir = tmp_path_factory.mktemp("reference") / "run"
-    rc, log = run_cmd(gan_cmd(records_dir, workdir, embedder_run[0]), env, workdir.parent / "log")
+    cmd = gan_cmd(records_dir, workdir, embedder_run[0], env)
+    rc, log = run_cmd(cmd, env, workdir.parent / "log")
     assert rc == 0, log[-3000:]
     return workdir, log
 
@@ -145,7 +152,7 @@ def test_sigkill_mid_run_then_the_same_command_resumes_to_bitwise_equal_params(
     records_dir, env, embedder_run, reference_run, tmp_path
 ):
     workdir = tmp_path / "run"
-    cmd = gan_cmd(records_dir, workdir, embedder_run[0])
+    cmd = gan_cmd(records_dir, workdir, embedder_run[0], env)
     proc = start_cmd(cmd, env, tmp_path / "log")
     runs.wait_for(workdir / "checkpoints" / "10", proc)
     proc.send_signal(signal.SIGKILL)
@@ -166,7 +173,7 @@ def test_sigterm_saves_a_checkpoint_exits_zero_and_resumes_bitwise(
     records_dir, env, embedder_run, reference_run, tmp_path
 ):
     workdir = tmp_path / "run"
-    cmd = gan_cmd(records_dir, workdir, embedder_run[0])
+    cmd = gan_cmd(records_dir, workdir, embedder_run[0], env)
     proc = start_cmd(cmd, env, tmp_path / "log")
     runs.wait_for(workdir / "checkpoints" / "5", proc)
     proc.send_signal(signal.SIGTERM)
