@@ -136,12 +136,9 @@ def _write_if_changed(path: str, data: bytes) -> None:
                 return
     except OSError:
         pass
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from v2f_jax.input_pipeline import prepare  # imports this module: imported here, not above
+
+    prepare._write_atomic(path, data)
 
 
 def write(records_dir: str | os.PathLike, manifest: dict[str, Any]) -> dict[str, str]:
