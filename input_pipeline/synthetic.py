@@ -314,12 +314,18 @@ def make_identities(n: int, seed: int = 0) -> list[Identity]:
     Genders alternate and every third identity of each gender has an A-E name (the reference's
     test split); the Set column marks exactly those "test", so either split rule agrees.
     """
+    return draw_people(n, seed, _SURNAMES, _sample_attributes, Identity)
+
+
+def draw_people(n: int, entropy, surnames, sample_attributes, identity_type) -> list:
+    """`make_identities` for any corpus: its surnames, its `sample_attributes(rng, gender)` and
+    its identity type; `entropy` seeds everything (`np.random.SeedSequence`)."""
     if not 4 <= n <= MAX_IDENTITIES:
         raise ValueError(
             f"need 4 to {MAX_IDENTITIES} identities (4: both genders on both sides of the split), "
             f"got {n}"
         )
-    children = np.random.SeedSequence(seed).spawn(n + 1)
+    children = np.random.SeedSequence(entropy).spawn(n + 1)
     rng = np.random.default_rng(children[0])
     order = rng.permutation(n)
     names, people = set(), []
@@ -328,16 +334,16 @@ def make_identities(n: int, seed: int = 0) -> list[Identity]:
         side = "test" if (order[i] // 2) % 3 == 1 else "train"
         firsts = (_MALE_NAMES if gender == "m" else _FEMALE_NAMES)[side].split()
         while True:
-            name = f"{firsts[rng.integers(len(firsts))]}_{_SURNAMES[rng.integers(len(_SURNAMES))]}"
+            name = f"{firsts[rng.integers(len(firsts))]}_{surnames[rng.integers(len(surnames))]}"
             if name not in names:
                 break
         names.add(name)
         stream = int(child.generate_state(1, np.uint64)[0] >> np.uint64(1))
-        attrs = _sample_attributes(np.random.default_rng([stream, 0]), gender)
+        attrs = sample_attributes(np.random.default_rng([stream, 0]), gender)
         people.append((name, gender, side, stream, attrs))
     people.sort(key=lambda p: p[0])
     return [
-        Identity(
+        identity_type(
             voxceleb_id=f"id{10001 + i}",
             name=name,
             gender=gender,

@@ -247,41 +247,8 @@ def _sample_attributes(rng: np.random.Generator, gender: str) -> dict:
 def make_identities(n: int, seed: int = 0) -> list[Identity]:
     """`n` identities, sorted by name with ids id10001... in that order, as `synthetic`'s: genders
     alternate and every third identity of each gender has an A-E first name (the test split)."""
-    if not 4 <= n <= synthetic.MAX_IDENTITIES:
-        raise ValueError(
-            f"need 4 to {synthetic.MAX_IDENTITIES} identities (4: both genders on both sides of "
-            f"the split), got {n}"
-        )
     # Another entropy pool than "a"'s: the same seed gives other people.
-    children = np.random.SeedSequence([seed, 0xB]).spawn(n + 1)
-    rng = np.random.default_rng(children[0])
-    order = rng.permutation(n)
-    names, people = set(), []
-    for i, child in enumerate(children[1:]):
-        gender = "m" if order[i] % 2 == 0 else "f"
-        side = "test" if (order[i] // 2) % 3 == 1 else "train"
-        pool = synthetic._MALE_NAMES if gender == "m" else synthetic._FEMALE_NAMES
-        firsts = pool[side].split()
-        while True:
-            name = f"{firsts[rng.integers(len(firsts))]}_{_SURNAMES[rng.integers(len(_SURNAMES))]}"
-            if name not in names:
-                break
-        names.add(name)
-        stream = int(child.generate_state(1, np.uint64)[0] >> np.uint64(1))
-        attrs = _sample_attributes(np.random.default_rng([stream, 0]), gender)
-        people.append((name, gender, side, stream, attrs))
-    people.sort(key=lambda p: p[0])
-    return [
-        Identity(
-            voxceleb_id=f"id{10001 + i}",
-            name=name,
-            gender=gender,
-            split="test" if side == "test" else "dev",
-            stream=stream,
-            **attrs,
-        )  # fmt: skip
-        for i, (name, gender, side, stream, attrs) in enumerate(people)
-    ]
+    return synthetic.draw_people(n, [seed, 0xB], _SURNAMES, _sample_attributes, Identity)
 
 
 # ---------------------------------------------------------------------------------------------
