@@ -73,18 +73,26 @@ config = bench.apply_step_overrides(
 )
 runner = bench.StepRunner(config, frames=300, num_ids=16)
 runner.run(5)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-runner.run(6)
-print(json.dumps({"faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
+faults = []
+for _ in range(11):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    runner.run(1)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"faults": faults}))
 """
 
 
+def _median(values):
+    return sorted(values)[len(values) // 2]
+
+
 def test_the_training_step_stops_page_faulting_its_temporaries(tmp_path):
-    """glibc's default maps the step's temporaries afresh every step (a page fault per 4 KiB:
-    ~390k over these 6 steps); under the settings the steps reuse them (measured 0 to 65k: the
-    heap still grows now and then)."""
+    """glibc's default maps the step's temporaries afresh every step: ~75k page faults (one per
+    4 KiB) in each of these steps. Under the settings the typical step reuses them and faults
+    nothing; the heap still grows now and then (one step in a few here, more often when threads
+    interleave differently on a loaded machine), so the median step is what is compared."""
     script = _script(tmp_path, STEP_FAULTS)
     default = _run(script, CLEAN_ENV)[-1]["faults"]
     reused = _run(script, OPTED_IN)[-1]["faults"]
-    assert default > 50_000  # six steps' temporaries, > 200 MB
-    assert reused < default / 4
+    assert min(default) > 10_000, default  # every step maps its > 40 MB of temporaries afresh
+    assert _median(reused) < _median(default) / 4, (reused, default)
