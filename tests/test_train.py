@@ -137,6 +137,30 @@ def test_a_run_writes_config_metrics_tensorboard_samples_and_progress(reference_
     assert runs.saved_steps(workdir) == [STEPS - 10, STEPS - 5, STEPS]
 
 
+def test_sample_grids_show_the_state_of_their_step(reference_run, records_dir):
+    """Grids are drawn off the loop's thread while later steps reuse (donate) the state's
+    buffers: each must still be the grid of its own step's checkpoint, and not of a later one."""
+    from v2f_jax import samples
+
+    workdir, _ = reference_run
+    config = checkpointing.read_config(workdir)
+    writer = samples.SampleWriter(
+        config, samples.make_sample_set(manifest.Records.open(records_dir))
+    )
+
+    def grid_of(step):
+        _, state = checkpointing.restore_for_inference(workdir, step)
+        generator = state.generator if state.generator_ema is None else state.generator_ema
+        return writer.render(state.embedder, generator).astype(int)
+
+    def differs(step, grid):
+        written = cv2.imread(str(workdir / "samples" / f"step_{step:06d}.png"))[..., ::-1]
+        return np.mean(written != grid)
+
+    assert differs(10, grid_of(10)) == differs(20, grid_of(20)) == 0
+    assert differs(10, grid_of(15)) > 0.01  # one checkpoint later, the grid is another
+
+
 def test_embedder_pretraining_then_gan_starts_from_its_e(embedder_run, reference_run):
     e_workdir, e_log = embedder_run
     assert "e_loss" in e_log

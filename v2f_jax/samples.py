@@ -4,19 +4,31 @@ At start the run picks up to `count` identities of the held-out (test) split tha
 voice and a face, and one utterance and one face of each (the first in shard order: the same
 every run and every resume). Every `train.sample_every` steps `WORKDIR/samples/step_NNNNNN.png`
 gets two rows: the real faces on top, the generated ones below, one column per identity, captioned
-with its name. Voices are embedded whole, as `v2f generate` embeds them.
+with its name. Voices are embedded whole, as `v2f generate` embeds them. A run that averages G's
+weights draws with the average, as its exported model does.
+
+`BackgroundGrids` draws them off the training loop's thread: the loop only dispatches an
+on-device copy of E and G (the next step donates the state's buffers) and goes on.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
+import logging
 import os
+from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from v2f_jax.inference import generate, images
 from v2f_jax.input_pipeline import manifest as manifest_lib
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -97,3 +109,82 @@ class SampleWriter:
         os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
         images.write_png(path, grid)
         return grid
+
+
+def _local_copy(tree: Any) -> Any:
+    """A copy of `tree`'s arrays on this process's first device holding each, dispatched now.
+
+    Replicated arrays (also those spanning other hosts) are read through their local shard, so
+    the copy involves no other process. The copy is queued on the device before any later step,
+    so it reads the values of now even if that step donates the buffers.
+    """
+
+    def copy(x):
+        if isinstance(x, jax.Array):
+            x = jnp.copy(x.addressable_data(0))
+            x.copy_to_host_async()
+        return x
+
+    return jax.tree_util.tree_map(copy, tree)
+
+
+class BackgroundGrids:
+    """Sample grids drawn on one worker thread, so the training loop never waits for one.
+
+    The loop calls `submit` at a sample step, `finished` whenever it likes (for the grids to put
+    in TensorBoard from its own thread) and `close` at the end. At most `max_pending` grids are
+    in flight; a further `submit` waits for the oldest (each holds a copy of E and G).
+    """
+
+    def __init__(self, writer: SampleWriter, directory: str | os.PathLike, max_pending: int = 2):
+        self._writer = writer
+        self._directory = os.fspath(directory)
+        self._max_pending = max_pending
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sample-grid")
+        self._pending: collections.deque = collections.deque()
+
+    def path(self, step: int) -> str:
+        return os.path.join(self._directory, f"step_{step:06d}.png")
+
+    def submit(self, step: int, state) -> list[tuple[int, np.ndarray]]:
+        """Starts the grid of `state` (a device `GanState`) after `step`.
+
+        Returns the grids that had to be waited for to keep within `max_pending` (usually none).
+        """
+        generator = getattr(state, "generator_ema", None)
+        params = _local_copy((state.embedder, state.generator if generator is None else generator))
+        self._pending.append((step, self._pool.submit(self._draw, step, params)))
+        done = []
+        while len(self._pending) > self._max_pending:
+            done.append(self._pop())
+        return done
+
+    def _draw(self, step: int, params) -> np.ndarray:
+        embedder, generator = jax.device_get(params)
+        return self._writer.write(self.path(step), embedder, generator)
+
+    def _pop(self) -> tuple[int, np.ndarray]:
+        step, future = self._pending.popleft()
+        return step, future.result()  # a failed grid raises here, on the loop's thread
+
+    def finished(self) -> list[tuple[int, np.ndarray]]:
+        """`(step, grid)` of the grids done since the last call, oldest first; never waits."""
+        done = []
+        while self._pending and self._pending[0][1].done():
+            done.append(self._pop())
+        return done
+
+    def close(self) -> list[tuple[int, np.ndarray]]:
+        """Waits for every grid in flight; returns them as `finished` does."""
+        done = []
+        try:
+            while self._pending:
+                done.append(self._pop())
+        finally:
+            self.shutdown()
+        return done
+
+    def shutdown(self) -> None:
+        """Stops the worker after the grid it is drawing (a run ending on an error); idempotent."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()

@@ -24,8 +24,9 @@ compiled step); a background thread puts the next batches on the devices ahead o
 or gathers them there from a split held in device memory (`data.on_device`, resident_data.py);
 `train.steps_per_call=K` runs K steps per dispatch; metrics stay on the device
 and reach the log one log interval late, in one transfer (step_metrics.py), with each step's
-non-finite flag (nonfinite.py). The host blocks only at sample and checkpoint steps (a checkpoint
-is written only after its steps' flags were read).
+non-finite flag (nonfinite.py). The host blocks only at checkpoint steps (a checkpoint is written
+only after its steps' flags were read); sample grids are drawn on a worker thread from a copy the
+device makes of E and G (samples.BackgroundGrids).
 
 SIGTERM: the step in flight finishes, a checkpoint is saved, and the run returns with
 `preempted=True` (`v2f train` exits 0); several hosts agree on the step (distributed.py).
@@ -264,6 +265,7 @@ def train(
     stop = None
     profile = None
     feed = None
+    grids = None
     try:
         found = ckpt.restore_latest(checkpointing.state_template(config, nets))
         if found is not None:
@@ -275,7 +277,7 @@ def train(
             start, skips = 0, 0
             state = dp.put_state(create_state(config, nets))
         writers = metric_writers.MetricWriters(workdir, start, is_chief)
-        sampler = _make_sampler(config, records, is_chief)
+        grids = _make_grids(config, records, is_chief, workdir)
         to_device = dp.put
         if make_batches is None and config.data.get("on_device", False):
             make_batches, to_device = resident_batches(config, records, dp)
@@ -306,7 +308,7 @@ def train(
         )
         ckpt_every = max(1, int(config.checkpoint.every))
         log_every = max(1, int(config.train.log_every))
-        sample_every = int(config.train.sample_every) if sampler is not None else 0
+        sample_every = int(config.train.sample_every)
         check = nonfinite.MetricsCheck(
             config.train.on_nonfinite, config.train.max_nonfinite_skips, skips
         )
@@ -361,13 +363,13 @@ def train(
                 # A checkpoint is written only after its steps' flags were read.
                 for interval in fetch.drain():
                     log(interval)
-            if sample_every and crossed(sample_every, before, n):
-                current = dp.get_state(state)
-                embedder, generator = jax.device_get((current.embedder, current.generator))
-                grid = sampler.write(
-                    os.path.join(workdir, "samples", f"step_{n:06d}.png"), embedder, generator
-                )
-                writers.image(n, "samples", grid)
+            if grids is not None:
+                if sample_every and crossed(sample_every, before, n):
+                    # Drawn on the grids' thread from a copy made on the device now.
+                    for step, grid in grids.submit(n, dp.get_state(state)):
+                        writers.image(step, "samples", grid)
+                for step, grid in grids.finished():
+                    writers.image(step, "samples", grid)
             if checkpointing_now:
                 meta = {"next_batch": n, "nonfinite_skips": check.skips}
                 ckpt.save(n, dp.get_state(state), meta)
@@ -381,10 +383,15 @@ def train(
                 )
                 result["preempted"] = True
                 break
+        if grids is not None:
+            for step, grid in grids.close():
+                writers.image(step, "samples", grid)
         result["step"] = n
         result["nonfinite_skips"] = check.skips
         return result
     finally:
+        if grids is not None:
+            grids.shutdown()
         if feed is not None:
             feed.close()
         if profile is not None:
@@ -398,7 +405,7 @@ def train(
             lock.release()
 
 
-def _make_sampler(config, records: manifest_lib.Records | None, is_chief: bool):
+def _make_grids(config, records: manifest_lib.Records | None, is_chief: bool, workdir: str):
     if not is_chief or config.train.task != "gan" or records is None:
         return None
     if int(config.train.sample_every) <= 0:
@@ -409,4 +416,5 @@ def _make_sampler(config, records: manifest_lib.Records | None, is_chief: bool):
     if sample_set is None:
         logger.warning("no identity with both a voice and a face: no sample grid")
         return None
-    return samples.SampleWriter(config, sample_set)
+    writer = samples.SampleWriter(config, sample_set)
+    return samples.BackgroundGrids(writer, os.path.join(workdir, "samples"))
