@@ -8,7 +8,7 @@ reader's warm-up are left out). The records are read once beforehand, so they si
 cache. Prints a table on stderr and one JSON line.
 
     python benchmarks/loop_overhead.py [--config configs/tiny.py --batch 32 --steps-per-call 8
-        --steps 400 --records DIR]
+        --steps 400 --records DIR --sample-every N]
 
 Without `--records` a corpus is synthesised (`v2f synth`, 48 identities) and prepared in a
 temporary folder.
@@ -68,6 +68,9 @@ def main() -> None:
     parser.add_argument("--steps-per-call", type=int, default=8)
     parser.add_argument("--steps", type=int, default=400, help="training steps of the train run")
     parser.add_argument("--records", type=pathlib.Path, default=None)
+    parser.add_argument(
+        "--sample-every", type=int, default=0, help="steps between sample grids (0: none)"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="v2f-loop-") as tmp:
@@ -108,7 +111,7 @@ def main() -> None:
                 f"--config.train.steps={args.steps}",
                 f"--config.train.steps_per_call={k}",
                 f"--config.train.log_every={log_every}",
-                "--config.train.sample_every=0",
+                f"--config.train.sample_every={args.sample_every}",
                 f"--config.checkpoint.every={args.steps}",
                 "--config.train.embedder_init=random",
             ]
@@ -122,6 +125,7 @@ def main() -> None:
         "config": args.config,
         "batch": args.batch,
         "steps_per_call": k,
+        "sample_every": args.sample_every,
         "bench_samples_per_s_pipelined": bench["samples_per_s_pipelined"],
         "bench_samples_per_s_blocked": bench["samples_per_s"],
         "train_samples_per_s": train_rate,
