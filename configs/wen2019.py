@@ -29,6 +29,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Hold the training split in device memory and gather each batch there from indices the
     # host sends (one host; the split must fit every device's memory). Same batches as streaming.
     cfg.data.on_device = False
+    # Hold this host's share of the training split in host memory and gather each batch there
+    # (numpy, on the prefetch thread) instead of reading records: for corpora that fit in RAM,
+    # on any number of hosts. Same batches as streaming.
+    cfg.data.in_host_memory = False
     # "grpc://host:port" of a tf.data service dispatcher: its workers read and parse the records
     # (`v2f data-service`); "" reads on this host.
     cfg.data.service_address = ""

@@ -335,20 +335,25 @@ def make_train_index_iterator(
     shuffle_buffer: int = 10_000,
     split: str = "train",
     start_batch: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> TrainIterator:
-    """`make_train_iterator`'s stream as record indices into `arrays` (`load_train_arrays`):
-    the same records, crops and flips in the same order, for a corpus held in device memory.
+    """`make_train_iterator`'s stream as record indices into `arrays` (`load_train_arrays` of
+    the same host): the same records, crops and flips in the same order, for a corpus held in
+    memory (the host's or the devices').
 
     Returns:
       An iterator of `{"voice_index": int64 [B], "voice_start": int32 [B], "voice_frames":
       int32 [B], "voice_len": int32 [B], "voice_id": int32 [B], "face_index": int64 [B],
-      "face_flip": bool [B], "face_id": int32 [B]}` (one host: B = batch_size).
+      "face_flip": bool [B], "face_id": int32 [B]}`, B = batch_size // process_count.
     """
     _hide_accelerators()
-    b = _check_batching(batch_size, 1, crop_lengths)
-    voice_shards = records.shards(split, "voices")
-    face_shards = records.shards(split, "faces")
-    rand = _Randomness(seed, 0, crop_lengths, face_flip)
+    b = _check_batching(batch_size, process_count, crop_lengths)
+    voice_shards = records.shards(split, "voices", process_index, process_count)
+    face_shards = records.shards(split, "faces", process_index, process_count)
+    if len(arrays["voice_frames"]) != sum(e["records"] for e in voice_shards):
+        raise ValueError("arrays: not load_train_arrays of this split and host")
+    rand = _Randomness(seed, process_index, crop_lengths, face_flip)
     frames = tf.constant(arrays["voice_frames"], tf.int64)
     voice_labels = tf.constant(arrays["voice_label"], tf.int32)
     face_labels = tf.constant(arrays["face_label"], tf.int32)
@@ -374,7 +379,7 @@ def make_train_index_iterator(
         [e["records"] for e in voice_shards],
         _indices_of(voice_shards),
         b,
-        _seed(seed, 20, 0),
+        _seed(seed, 20, process_index),
         shuffle_buffer,
         start_batch,
     )
@@ -383,7 +388,7 @@ def make_train_index_iterator(
         [e["records"] for e in face_shards],
         _indices_of(face_shards),
         b,
-        _seed(seed, 21, 0),
+        _seed(seed, 21, process_index),
         shuffle_buffer,
         start_batch,
     )
@@ -392,9 +397,14 @@ def make_train_index_iterator(
     return TrainIterator(_finish(ds), voice_shards + face_shards, start_batch)
 
 
-def load_train_arrays(records: manifest_lib.Records, split: str = "train") -> dict[str, np.ndarray]:
-    """A split's training data as flat host arrays, records in shard order (what
-    `make_train_index_iterator`'s indices point into).
+def load_train_arrays(
+    records: manifest_lib.Records,
+    split: str = "train",
+    process_index: int = 0,
+    process_count: int = 1,
+) -> dict[str, np.ndarray]:
+    """A split's training data (this host's shards of it) as flat host arrays, records in shard
+    order (what `make_train_index_iterator`'s indices point into).
 
     Returns:
       `{"mel": float16 [sum T_i, 64] (every utterance, end to end), "voice_offset": int64 [N]
@@ -406,7 +416,7 @@ def load_train_arrays(records: manifest_lib.Records, split: str = "train") -> di
     """
     _hide_accelerators()
     mels, labels = [], []
-    for e in records.shards(split, "voices"):
+    for e in records.shards(split, "voices", process_index, process_count):
         n = 0
         try:
             ds = tf.data.TFRecordDataset(e["file"]).map(records_lib.parse_voice)
@@ -419,7 +429,7 @@ def load_train_arrays(records: manifest_lib.Records, split: str = "train") -> di
         if n != e["records"]:
             raise CorruptRecordsError(e["file"], f"{n} records, the manifest says {e['records']}")
     frames = np.array([m.shape[0] for m in mels], np.int64)
-    faces, face_labels, _ = load_faces(records, split)
+    faces, face_labels, _ = load_faces(records, split, process_index, process_count)
     return {
         "mel": np.concatenate(mels) if mels else np.zeros([0, records_lib.N_MELS], np.float16),
         "voice_offset": np.concatenate([[0], np.cumsum(frames)[:-1]]).astype(np.int64),
@@ -467,9 +477,12 @@ def make_eval_voices(
 
 
 def load_faces(
-    records: manifest_lib.Records, split: str = "test"
+    records: manifest_lib.Records,
+    split: str = "test",
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every face of a split, in shard order.
+    """Every face of a split (of host `process_index`'s shards of it), in shard order.
 
     Returns:
       `(faces uint8 [N, 64, 64, 3], labels int32 [N], genders int32 [N])`.
@@ -478,7 +491,7 @@ def load_faces(
       CorruptRecordsError: as `make_eval_voices`.
     """
     _hide_accelerators()
-    shards = records.shards(split, "faces")
+    shards = records.shards(split, "faces", process_index, process_count)
     images, labels, genders = [], [], []
     for e in shards:
         n = 0

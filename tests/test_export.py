@@ -13,6 +13,7 @@ from v2f_jax import cli, config_lib, models
 from v2f_jax import state as state_lib
 from v2f_jax.inference import model_files, sources, torch_state_dicts
 from v2f_jax.inference.model import model_from_state
+from v2f_jax.input_pipeline import constants
 
 
 def _model(arch="wen2019"):
@@ -140,7 +141,7 @@ def _reference_networks(e_channels, g_channels, embed_dim):
     """The reference's VoiceEmbedNet and Generator (needs torch)."""
     from v2f_jax.inference import torch_reference as ref
 
-    e_net = ref.VoiceEmbedNet(ref.N_MELS, e_channels, embed_dim)
+    e_net = ref.VoiceEmbedNet(constants.N_MELS, e_channels, embed_dim)
     return e_net, ref.Generator(embed_dim, g_channels, 3)
 
 

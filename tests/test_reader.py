@@ -298,6 +298,29 @@ def test_device_resident_batches_equal_the_stream(records, arrays):
     assert indices.state() == {"next_batch": 10}
 
 
+@pytest.mark.parametrize("process_index, process_count", [(0, 1), (1, 2)])
+def test_host_memory_batches_equal_the_stream(records, process_index, process_count):
+    """`data.in_host_memory`: each host's shards in its memory, batches gathered there from
+    indices, equal that host's streaming batches exactly (values and dtypes), from a resume
+    point; and a host's arrays are its own shards only."""
+    host = dict(process_index=process_index, process_count=process_count)
+    arrays = reader.load_train_arrays(records, **host)
+    voice_shards = records.shards("train", "voices", **host)
+    assert len(arrays["voice_frames"]) == sum(e["records"] for e in voice_shards)
+    stream = _train(records, start_batch=5, **host)
+    indices = reader.make_train_index_iterator(arrays, records, **TRAIN, start_batch=5, **host)
+    for _ in range(6):
+        want, got = next(stream), resident_data.gather_on_host(arrays, next(indices), rows=300)
+        assert got.keys() == want.keys()
+        for key in want:
+            assert got[key].dtype == want[key].dtype, key
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    other = reader.load_train_arrays(records)  # every shard: not this host's indices
+    if process_count > 1:
+        with pytest.raises(ValueError, match="not load_train_arrays of this split and host"):
+            reader.make_train_index_iterator(other, records, **TRAIN, **host)
+
+
 def test_the_tf_data_service_gives_the_same_batches(records):
     """`data.service_address`: two loopback workers parse the batches; the trainer gets the
     local stream's batches in its order, from a resume point too."""

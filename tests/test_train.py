@@ -299,7 +299,8 @@ def test_skip_leaves_no_trace_of_the_bad_update_and_has_a_limit(records_dir, tmp
 def test_several_steps_per_call_and_every_feed_give_the_same_parameters(records_dir, tmp_path):
     """K=4 steps per dispatch (lax.scan), with a remainder run one step at a time, log and
     checkpoint intervals that K does not divide: bitwise the parameters of K=1 on CPU. So does
-    the split held in device memory (`data.on_device`), fed on the loop's thread."""
+    the split held in device memory (`data.on_device`), fed on the loop's thread, and the split
+    held in host memory (`data.in_host_memory`)."""
     common = [
         "--config.train.batch_size=8",
         "--config.train.steps=10",
@@ -317,6 +318,7 @@ def test_several_steps_per_call_and_every_feed_give_the_same_parameters(records_
             "--config.data.on_device=True",
             "--config.data.prefetch_to_device=0",
         ],
+        "host_memory": ["--config.train.steps_per_call=4", "--config.data.in_host_memory=True"],
     }
     for name, overrides in runs_.items():
         config = _config("configs/tiny.py", *common, *overrides)
@@ -324,6 +326,9 @@ def test_several_steps_per_call_and_every_feed_give_the_same_parameters(records_
         assert result["step"] == 10 and np.isfinite(result["train/g_loss"])
     runs.assert_bitwise_equal(
         runs.final_state(tmp_path / "k1"), runs.final_state(tmp_path / "resident")
+    )
+    runs.assert_bitwise_equal(
+        runs.final_state(tmp_path / "k1"), runs.final_state(tmp_path / "host_memory")
     )
     assert runs.saved_steps(tmp_path / "k4") == [8, 10]  # after the calls that crossed 5, 10
     runs.assert_bitwise_equal(runs.final_state(tmp_path / "k1"), runs.final_state(tmp_path / "k4"))

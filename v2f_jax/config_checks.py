@@ -80,8 +80,13 @@ def check(config: ml_collections.ConfigDict) -> None:
     prefetch = config.data.get("prefetch_to_device", 2)
     if not _is_int(prefetch) or prefetch < 0:
         raise ConfigError(f"config.data.prefetch_to_device={prefetch!r}: must be an integer >= 0")
-    if not isinstance(config.data.get("on_device", False), bool):
-        raise ConfigError("config.data.on_device: must be true or false")
+    for key in ("on_device", "in_host_memory"):
+        if not isinstance(config.data.get(key, False), bool):
+            raise ConfigError(f"config.data.{key}: must be true or false")
+    if config.data.get("on_device", False) and config.data.get("in_host_memory", False):
+        raise ConfigError(
+            "config.data.on_device and config.data.in_host_memory: choose one place for the split"
+        )
     if not isinstance(config.data.get("service_address", ""), str):
         raise ConfigError("config.data.service_address: must be a string (grpc://host:port or '')")
     _one_of(config, "data.frontend", ("", *audio.FRONTENDS))

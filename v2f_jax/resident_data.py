@@ -1,15 +1,21 @@
-"""A training split held in device memory (`config.data.on_device`): batches gathered there.
+"""A training split held in memory, each batch gathered from it by index.
 
-For corpora that fit in accelerator memory (VoxCeleb1's training log-mels are ~12-16 GB as
-float16, its faces ~2 GB; an H200 has 141 GB) the host's per-step work drops to the batch's
-indices: `reader.make_train_index_iterator` gives, per batch, which records, where each crop
-starts and which faces flip, in the same order as the streaming reader; `ResidentData` turns them
-into the streaming reader's wire batch (device_inputs.py) with one gather on the devices.
+For corpora that fit in memory the records need not be read and parsed again every epoch:
+`reader.make_train_index_iterator` gives, per batch, which records, where each crop starts and
+which faces flip, in the same order as the streaming reader, and a gather turns them into the
+streaming reader's wire batch (device_inputs.py), bit for bit.
 
-Replicated, not sharded: every device holds the whole split, so each device gathers its rows
-from its own copy and no batch crosses devices (a sharded split would need an all-to-all per
-step). It costs one copy of the split per device, which is what bounds this mode. One host only:
-the hosts of a pod hold different files, which a replicated array cannot express; pods stream.
+Device memory (`data.on_device`, `ResidentData`): VoxCeleb1's training log-mels are ~12-16 GB as
+float16, its faces ~2 GB; an H200 has 141 GB. The host's per-step work drops to the indices;
+one gather runs on the devices. Replicated, not sharded: every device holds the whole split, so
+each device gathers its rows from its own copy and no batch crosses devices (a sharded split
+would need an all-to-all per step). It costs one copy of the split per device, which is what
+bounds this mode. One host only: the hosts of a pod hold different files, which a replicated
+array cannot express.
+
+Host memory (`data.in_host_memory`, `gather_on_host`): each host holds its own shards in RAM and
+gathers its batches with numpy on the prefetch thread, so pods work as with streaming; a sample
+costs a memory copy of its crop instead of a record's read, checksum, batching and parse.
 """
 
 from __future__ import annotations
@@ -42,6 +48,37 @@ def _gather(data: Batch, index: Batch, rows: int) -> Batch:
         "face": data["face"][index["face_index"]],
         "face_flip": index["face_flip"],
         "face_id": index["face_id"],
+    }
+
+
+def gather_on_host(arrays: dict[str, np.ndarray], index: Batch, rows: int) -> Batch:
+    """The wire batch of one index batch, from `reader.load_train_arrays`'s host arrays.
+
+    Args:
+      arrays: this host's split (`mel` float16 `[sum T_i, 64]`, `voice_offset`, `face`).
+      index: one batch of `reader.make_train_index_iterator` (arrays of `[B]`).
+      rows: L_max, the longest crop length.
+
+    Returns:
+      The streaming reader's batch: `voice` float16 `[B, rows, 64]` (rows past each crop's
+      frames zero), `voice_len`, `voice_frames`, `voice_id`, `face` uint8 `[B, 64, 64, 3]`,
+      `face_flip`, `face_id`.
+    """
+    mel = arrays["mel"]
+    first = arrays["voice_offset"][index["voice_index"]] + index["voice_start"]
+    frames = index["voice_frames"]
+    voice = np.empty([len(first), rows, mel.shape[1]], mel.dtype)
+    for row, (start, count) in enumerate(zip(first.tolist(), frames.tolist())):
+        voice[row, :count] = mel[start : start + count]  # one contiguous copy per crop
+        voice[row, count:] = 0
+    return {
+        "voice": voice,
+        "voice_len": np.asarray(index["voice_len"], np.int32),
+        "voice_frames": np.asarray(frames, np.int32),
+        "voice_id": np.asarray(index["voice_id"], np.int32),
+        "face": arrays["face"][index["face_index"]],
+        "face_flip": np.asarray(index["face_flip"], bool),
+        "face_id": np.asarray(index["face_id"], np.int32),
     }
 
 

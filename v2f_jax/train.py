@@ -21,7 +21,8 @@ and parameters as a run never stopped: bitwise equal on CPU.
 The device never waits for the host: batches of every crop length share one padded shape (one
 compiled step); a background thread puts the next batches on the devices ahead of the step
 (`data.prefetch_to_device`, device_prefetch.py), in the reader's compact form (device_inputs.py),
-or gathers them there from a split held in device memory (`data.on_device`, resident_data.py);
+or gathers them from a split held in device or host memory (`data.on_device`,
+`data.in_host_memory`, resident_data.py);
 `train.steps_per_call=K` runs K steps per dispatch; metrics stay on the device
 and reach the log one log interval late, in one transfer (step_metrics.py), with each step's
 non-finite flag (nonfinite.py). The host blocks only at checkpoint steps (a checkpoint is written
@@ -203,6 +204,40 @@ def resident_batches(
     return make, resident
 
 
+def host_memory_batches(config, records: manifest_lib.Records) -> BatchFactory:
+    """`config.data.in_host_memory`: this host's shards of the training split loaded into its
+    memory once; each batch is gathered there (numpy, on the prefetch thread) from the index
+    stream: the same batches as `default_batches`, on any number of hosts."""
+    from v2f_jax import resident_data
+    from v2f_jax.input_pipeline import reader
+
+    host = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    arrays = reader.load_train_arrays(records, **host)
+    logger.info(
+        "training split in host memory: %.2f GB (%d utterances, %d faces)",
+        (arrays["mel"].nbytes + arrays["face"].nbytes) / 1e9,
+        len(arrays["voice_frames"]),
+        len(arrays["face"]),
+    )
+    rows = max(config.data.crop_lengths)
+
+    def make(start_batch: int) -> Iterator[Batch]:
+        indices = reader.make_train_index_iterator(
+            arrays,
+            records,
+            batch_size=config.train.batch_size,
+            crop_lengths=tuple(config.data.crop_lengths),
+            seed=config.seed,
+            face_flip=config.data.face_flip,
+            shuffle_buffer=config.data.shuffle_buffer,
+            start_batch=start_batch,
+            **host,
+        )
+        return (resident_data.gather_on_host(arrays, index, rows) for index in indices)
+
+    return make
+
+
 def chunk_sizes(start: int, total: int, steps_per_call: int) -> Iterator[int]:
     """Steps per dispatch from step `start` to `total`: `steps_per_call`, then single steps."""
     n = start
@@ -281,6 +316,8 @@ def train(
         to_device = dp.put
         if make_batches is None and config.data.get("on_device", False):
             make_batches, to_device = resident_batches(config, records, dp)
+        if make_batches is None and config.data.get("in_host_memory", False):
+            make_batches = host_memory_batches(config, records)
         make_batches = make_batches or default_batches(config, records)
         stop = distributed.StopRequest()
         logger.info(

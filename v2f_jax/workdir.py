@@ -55,6 +55,7 @@ RESUMABLE = (
     # How batches reach the devices, not which: the same batches either way.
     "data.prefetch_to_device",
     "data.on_device",
+    "data.in_host_memory",
     "data.service_address",
 )
 

@@ -17,8 +17,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import nn
 
-# The reference's config.py: channel widths of E, G and F, its mel bands and embedding size.
-N_MELS = 64
+# The reference's config.py: channel widths of E, G and F, and its embedding size.
 EMBED_DIM = 64
 VOICE_CHANNELS = (256, 384, 576, 864)
 GENERATOR_CHANNELS = (1024, 512, 256, 128, 64)
