@@ -156,6 +156,15 @@ def test_input_mode_reads_real_shards_against_a_demand(capsys, tmp_path):
     # The host sends indices, starts and flags: 8-byte indices, 4-byte ints, a bool, per row.
     assert resident["feed"] == "on_device" and resident["bytes_per_sample_to_device"] < 64
     assert resident["device_gather_samples_per_s"] > 0 and resident["resident_bytes_per_device"] > 0
+    held = _bench(
+        capsys,
+        *("--config", "configs/tiny.py", "--mode", "input", "--records", str(records)),
+        *("--batch", "4", "--steps", "3", "--demand", "100", "--in-host-memory"),
+        "--config.data.shuffle_buffer=8",
+    )
+    assert held["feed"] == "host_memory" and held["samples_per_cpu_s"] > 0
+    assert held["bytes_per_sample_to_device"] == out["bytes_per_sample_to_device"]
+    assert held["host_bytes"] > 0
     # The device side alone, on a synthetic split: what a GPU without TensorFlow can measure.
     gather = _bench(capsys, "--config", "configs/tiny.py", "--mode", "gather", "--batch", "8")
     assert gather["samples_per_s"] > 0 and gather["bytes_per_sample_to_device"] < 64

@@ -491,6 +491,9 @@ def bench_generate(
 # ------------------------------------------------------------------------------ input pipeline
 
 
+INPUT_FEEDS = ("streaming", "host_memory", "on_device")
+
+
 def _time_batches(it, batches: int, warmup: int, fetch=lambda b: b) -> dict:
     """Wall and process-CPU seconds of `batches` calls of `next(it)` after `warmup` ones."""
     start = time.perf_counter()
@@ -514,16 +517,20 @@ def bench_input(
     batches: int = 50,
     warmup: int = 5,
     demand_samples_per_s: float | None = None,
-    on_device: bool = False,
+    feed: str = "streaming",
 ) -> dict:
     """The training input of one host against the step's demand.
 
-    Streaming (`on_device=False`): the tf.data reader's batches; `samples_per_cpu_s` is samples
-    over this process's CPU time while they were read (every tf.data thread counts), the figure
-    that says how many cores feed a device. `bytes_per_sample_to_device`: what one sample costs
-    the host-to-device link. Device-resident (`on_device=True`, `data.on_device`): the host's
-    index stream alone (its per-step work), and the gather on the devices timed apart.
+    `feed="streaming"`: the tf.data reader's batches; `samples_per_cpu_s` is samples over this
+    process's CPU time while they were read (every tf.data thread counts), the figure that says
+    how many cores feed a device. `bytes_per_sample_to_device`: what one sample costs the
+    host-to-device link. `"host_memory"` (`data.in_host_memory`): the index stream and the
+    numpy gather from the split in RAM, together (loading the split is not timed).
+    `"on_device"` (`data.on_device`): the host's index stream alone (its per-step work), and
+    the gather on the devices timed apart.
     """
+    if feed not in INPUT_FEEDS:
+        raise ValueError(f"feed {feed!r}: one of {', '.join(INPUT_FEEDS)}")
     from v2f_jax.input_pipeline import manifest, reader
 
     records = manifest.Records.open(records_dir)
@@ -536,12 +543,21 @@ def bench_input(
     )
     out = {
         "mode": "input",
-        "feed": "on_device" if on_device else "streaming",
+        "feed": feed,
         "records_dir": str(records_dir),
         "batch": batch_size,
         "crop_lengths": list(config.data.crop_lengths),
     }
-    if on_device:
+    if feed == "host_memory":
+        from v2f_jax import resident_data
+
+        arrays = reader.load_train_arrays(records)
+        indices = reader.make_train_index_iterator(arrays, records, **common)
+        rows = max(config.data.crop_lengths)
+        it = (resident_data.gather_on_host(arrays, index, rows) for index in indices)
+        timed = _time_batches(it, batches, warmup)
+        out["host_bytes"] = int(arrays["mel"].nbytes + arrays["face"].nbytes)
+    elif feed == "on_device":
         from v2f_jax import resident_data
 
         arrays = reader.load_train_arrays(records)

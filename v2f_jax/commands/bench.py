@@ -6,8 +6,8 @@ Modes:
             XLA's cost analysis, GFLOP/s, and the share of a matmul peak measured in the same run.
   input     the training reader over real shards (`--records`, from `v2f prepare`): samples/s,
             samples per CPU-second and bytes per sample sent to the device, against the step's
-            demand (measured here unless `--demand` is given); `--on-device` for the
-            device-resident feed.
+            demand (measured here unless `--demand` is given); `--in-host-memory` and
+            `--on-device` for the feeds from a split held in memory.
   gather    the device-resident feed's device side alone, on a synthetic split, no TensorFlow
             needed: batches gathered on the devices from index batches (`--batch`).
   prepare   the feature front end (decode + VAD + log-mel) over audio files: audio seconds per
@@ -82,11 +82,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-peak", action="store_true", help="skip the matmul peak")
     parser.add_argument("--records", type=pathlib.Path, help="input mode: v2f prepare --out")
-    parser.add_argument(
+    held = parser.add_mutually_exclusive_group()
+    held.add_argument(
         "--on-device",
         action="store_true",
         help="input mode: the device-resident feed (config.data.on_device): the host's index "
         "stream, and the gather on the devices",
+    )
+    held.add_argument(
+        "--in-host-memory",
+        action="store_true",
+        help="input mode: the split held in host memory (config.data.in_host_memory): index "
+        "stream and numpy gather",
     )
     parser.add_argument(
         "--demand",
@@ -165,7 +172,13 @@ def run(args: argparse.Namespace) -> int:
                 batch_size=config.train.batch_size,
                 batches=args.steps,
                 demand_samples_per_s=demand,
-                on_device=args.on_device,
+                feed=(
+                    "on_device"
+                    if args.on_device
+                    else "host_memory"
+                    if args.in_host_memory
+                    else "streaming"
+                ),
             )
         except (OSError, ValueError) as err:
             print(f"v2f bench: {args.records}: {err}", file=sys.stderr)
