@@ -105,6 +105,37 @@ def test_recall_matches_enumerating_every_gallery():
     assert r["recall_at_2"] == pytest.approx(np.mean(hits[2]))
 
 
+def test_gender_is_read_from_faces_by_centroids_of_the_training_faces():
+    """Gender is one direction of the embedding, identity the rest: faces drawn in the speaker's
+    cluster read as the speaker's gender; one face for every voice scores one gender's share of
+    the identities (at most chance); unknown genders are left out."""
+    rng = np.random.default_rng(5)
+    n_ids, dim = 12, 16
+    genders = np.array([1] * 7 + [0] * 5)  # unequal: chance is 7/12
+    centres = rng.normal(size=(n_ids, dim))
+    centres[:, 0] = 4.0 * (2 * genders - 1)
+    labels = np.repeat(np.arange(n_ids), 4)
+    real = centres[labels] + 0.3 * rng.normal(size=(len(labels), dim))
+    known = genders[labels].copy()
+    known[:4] = -1  # one identity's gender unknown: not in the centroids
+    reader = metrics.attribute_reader(real, labels, known)
+    assert reader is not None and list(reader[0]) == [0, 1]
+    g_labels = np.repeat(np.arange(n_ids), 3)
+    drawn = centres[g_labels] + 0.3 * rng.normal(size=(len(g_labels), dim))
+    right = metrics.attribute_agreement(drawn, genders[g_labels], g_labels, reader)
+    assert right["accuracy"] == 1.0 and right["voices"] == 36
+    assert right["chance"] == pytest.approx(7 / 12)
+    constant = np.tile(drawn[:1], (len(g_labels), 1))
+    one_face = metrics.attribute_agreement(constant, genders[g_labels], g_labels, reader)
+    assert one_face["accuracy"] == pytest.approx(7 / 12)  # drawn[0] is of gender 1 (7 of 12)
+    # Voices of unknown gender are not scored; one known gender gives no reader.
+    g_unknown = np.where(g_labels < 2, -1, genders[g_labels])
+    assert metrics.attribute_agreement(drawn, g_unknown, g_labels, reader)["voices"] == 30
+    assert metrics.attribute_reader(real, labels, np.ones_like(labels)) is None
+    missing = metrics.attribute_agreement(drawn, genders[g_labels], g_labels, None)
+    assert np.isnan(missing["accuracy"]) and missing["voices"] == 0
+
+
 def test_identity_accuracy():
     logits = np.array([[3.0, 1, 0, 0, 0, 0], [0, 1, 3, 2, 0, 0], [0, 0, 0, 0, 1, 2]])
     out = metrics.identity_accuracy(logits, np.array([0, 3, 4]), ks=(1, 2))
@@ -208,7 +239,12 @@ def test_eval_command_writes_the_report(records, untrained_model_file, tmp_path,
     nearest = result["baselines"]["nearest_identity"]
     for key in metrics.METRICS:
         assert 0.0 <= nearest[key] <= 1.0, key
-    assert set(nearest["stderr"]) == {"matching_1v2", "matching_1v2_gender"}
+    assert set(nearest["stderr"]) == {"matching_1v2", "matching_1v2_gender", "gender_from_face"}
+    # Gender read from the faces, beside the reader's own accuracy on real test faces.
+    assert 0.0 <= result["gender_from_face"] <= 1.0 and 0.0 <= nearest["gender_from_face"] <= 1.0
+    assert 0.5 <= result["chance"]["gender_from_face"] <= 1.0
+    assert result["gender_reader_on_real_test_faces"] > 0.5
+    assert "| gender read from the face is the speaker's |" in md
     assert nearest["counts"]["candidate_identities"] == c["train_identities"]
     assert "| metric | model | nearest-identity baseline | chance | on |" in md
     assert f"| {100 * nearest['id_top1']:.1f}% | {100 / c['train_identities']:.1f}% |" in md

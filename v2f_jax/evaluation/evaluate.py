@@ -104,6 +104,21 @@ def _generated_embeddings(
     )
 
 
+# Faces per training identity that the gender reader's centroids are built from.
+READER_FACES_PER_IDENTITY = 8
+
+
+def _first_per_identity(labels: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the first `count` entries of each label, in order."""
+    seen: dict[int, int] = {}
+    keep = []
+    for i, label in enumerate(np.asarray(labels).tolist()):
+        if seen.get(label, 0) < count:
+            seen[label] = seen.get(label, 0) + 1
+            keep.append(i)
+    return np.asarray(keep, int)
+
+
 def _nearest_identity_baseline(
     fe: face_embedder.FaceEmbedder,
     test: _Generated,
@@ -206,12 +221,12 @@ def evaluate(
         gallery_size if gallery_size is not None else eval_cfg.get("gallery_size", 0)
     )
 
-    # The training faces are read once, for the nearest-identity baseline's mean faces and,
-    # when it is not cached, the face embedder's training; only the means are kept.
+    # The training faces are read once, for the nearest-identity baseline's mean faces, the
+    # gender reader's centroids and, when it is not cached, the face embedder's training.
     start = time.perf_counter()
-    train_faces = face_means = None
+    face_means = None
+    *train_faces, train_genders = reader.load_faces(records, "train")
     if baseline:
-        train_faces = reader.load_faces(records, "train")[:2]
         means, present = baselines.identity_means(*train_faces, records.num_train_ids)
         face_means = (face_embedder.to_float(means), present)
     baseline_seconds = time.perf_counter() - start
@@ -225,7 +240,13 @@ def evaluate(
         fe, fe_path = face_embedder.get_or_train(
             records, steps, out_dir, log=log, train_faces=train_faces
         )
-    del train_faces
+    reader_faces = _first_per_identity(train_faces[1], READER_FACES_PER_IDENTITY)
+    gender_reader = metrics.attribute_reader(
+        fe.embed(face_embedder.to_float(train_faces[0][reader_faces])),
+        train_faces[1][reader_faces],
+        train_genders[reader_faces],
+    )
+    del train_faces, train_genders
 
     def embed(mels):
         voices = generate.embed_voices(model.config, model.embedder, mels)
@@ -258,15 +279,18 @@ def evaluate(
         )
         recall = metrics.retrieval_recall(t_emb, t_labels, f_emb, f_labels, gallery_size)
         ident = metrics.identity_accuracy(fe.logits(tr_emb), tr_labels)
+        gender = metrics.attribute_agreement(t_emb, t_genders, t_labels, gender_reader)
         return {
             "matching_1v2": m_all["accuracy"],
             "matching_1v2_gender": m_gender["accuracy"],
             **{f"recall_at_{k}": recall[f"recall_at_{k}"] for k in metrics.RECALL_KS},
             "id_top1": ident["top1"],
             "id_top5": ident["top5"],
+            "gender_from_face": gender["accuracy"],
             "stderr": {
                 "matching_1v2": m_all["stderr"],
                 "matching_1v2_gender": m_gender["stderr"],
+                "gender_from_face": gender["stderr"],
             },
             "per_utterance": {
                 "matching_1v2": m_all["accuracy_per_utterance"],
@@ -277,6 +301,8 @@ def evaluate(
             "matching_gender_voices": m_gender["voices"],
             "matching_gender_identities": m_gender["identities"],
             "gallery_size": recall["gallery_size"],
+            "gender_voices": gender["voices"],
+            "gender_chance": gender["chance"],
         }
 
     figures, counts = score(test.emb, train.emb)
@@ -300,9 +326,13 @@ def evaluate(
             )
 
     names = {v["label"]: k for k, v in records.identities("test").items()}
+    real_gender = metrics.attribute_agreement(f_emb, f_genders, f_labels, gender_reader)
     result = {
         **{k: figures[k] for k in metrics.METRICS},
+        "gender_from_face": figures["gender_from_face"],
+        "gender_reader_on_real_test_faces": real_gender["accuracy"],
         "chance": {
+            "gender_from_face": counts.pop("gender_chance"),
             "matching_1v2": metrics.CHANCE_1V2,
             "matching_1v2_gender": metrics.CHANCE_1V2,
             **{

@@ -14,6 +14,10 @@ against TEST faces:
   (hypergeometric), so again nothing is sampled.
 - `id_top1`, `id_top5`: top-k accuracy of identity logits (faces generated from TRAIN voices,
   classified over the training identities).
+- `gender_from_face`: the gender a reader sees in the generated face is the speaker's. The reader
+  is nearest-centroid in the scorer's embedding: each gender's centroid is the mean of the
+  training identities' mean faces of that gender (`attribute_reader`). Chance is what one face
+  drawn for every voice scores: the larger gender's share of the test identities.
 
 Each figure is averaged per identity (over its utterances, then over identities), so an identity
 with many utterances weighs no more than one with few, and a generator that draws one face for
@@ -124,6 +128,72 @@ def matching_1v2(
         "voices": int(kept.size),
         "identities": n_ids,
         "skipped_voices": int(gen_emb.shape[0] - kept.size),
+    }
+
+
+def attribute_reader(
+    face_emb: np.ndarray, face_labels: np.ndarray, values: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """A nearest-centroid reader of a face attribute (e.g. gender) from real faces.
+
+    Args:
+      face_emb: `[F, D]` embeddings of real faces; face_labels `[F]` their identities.
+      values: `[F]` the attribute of each face, integers; < 0 unknown (left out).
+
+    Returns:
+      `(classes [C], centroids [C, D])`: unit means over identities of each identity's unit mean
+      embedding (an identity with many faces weighs as one with few); None if fewer than two
+      classes are known.
+    """
+    known = np.asarray(values) >= 0
+    if np.unique(np.asarray(values)[known]).size < 2:
+        return None
+    ids, means = identity_gallery(np.asarray(face_emb)[known], np.asarray(face_labels)[known])
+    id_value = np.array(
+        [np.asarray(values)[known][np.asarray(face_labels)[known] == i][0] for i in ids]
+    )
+    classes = np.unique(id_value)
+    centroids = np.stack([means[id_value == c].mean(0) for c in classes])
+    return classes, models.unit(centroids)
+
+
+def read_attribute(emb: np.ndarray, reader: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """`[N]` the class of `attribute_reader`'s nearest centroid (cosine) for each embedding."""
+    classes, centroids = reader
+    return classes[np.argmax(models.unit(np.asarray(emb)) @ centroids.T, axis=1)]
+
+
+def attribute_agreement(
+    emb: np.ndarray,
+    values: np.ndarray,
+    labels: np.ndarray,
+    reader: tuple[np.ndarray, np.ndarray] | None,
+) -> dict:
+    """How often the attribute read from faces (`read_attribute`) is the known one.
+
+    Args:
+      emb: `[N]` face embeddings (generated or real); values `[N]` the true attribute (< 0
+        unknown: left out); labels `[N]` identities, for the per-identity mean.
+
+    Returns:
+      `{"accuracy", "stderr", "voices" (faces scored), "chance"}`: per-identity mean of the
+      agreement; chance the larger class's share of the scored identities. NaN where there is
+      no reader or nothing to score.
+    """
+    values, labels = np.asarray(values), np.asarray(labels)
+    known = values >= 0
+    if reader is None or not known.any():
+        nan = float("nan")
+        return {"accuracy": nan, "stderr": nan, "voices": 0, "chance": nan}
+    right = (read_attribute(np.asarray(emb)[known], reader) == values[known]).astype(float)
+    acc, _ = _per_identity_mean(right, labels[known])
+    ids, first = np.unique(labels[known], return_index=True)
+    shares = np.unique(values[known][first], return_counts=True)[1] / ids.size
+    return {
+        "accuracy": acc,
+        "stderr": _per_identity_stderr(right, labels[known]),
+        "voices": int(known.sum()),
+        "chance": float(shares.max()),
     }
 
 

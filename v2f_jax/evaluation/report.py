@@ -91,6 +91,15 @@ def report_markdown(r: dict) -> str:
         ),
         ("identity top-5 (training identities)", "id_top5", ""),
     ]
+    if "gender_from_face" in r:
+        rows.append(
+            (
+                "gender read from the face is the speaker's",
+                "gender_from_face",
+                f"{c.get('gender_voices', 0)} voices; the reader is right on "
+                f"{_pct(r.get('gender_reader_on_real_test_faces'))} of real test faces",
+            )
+        )
     nearest = r.get("baselines", {}).get("nearest_identity")
 
     def cells(key: str) -> str:
@@ -137,7 +146,10 @@ def report_markdown(r: dict) -> str:
         f"faces only (`{fe['file']}`, {fe['steps']} steps, top-1 {_pct(fe.get('train_top1'))} on "
         "its training faces), never the GAN's critics. Each figure is a mean over identities of "
         "the mean over their utterances (± one standard error over identities). 1:2 matching and "
-        "recall are exact expectations over all impostor faces / galleries, not samples.",
+        "recall are exact expectations over all impostor faces / galleries, not samples. The "
+        "gender reader is the nearest of two centroids in the scorer's embedding, built from "
+        "the training identities' real faces; its chance is the larger gender's share of the "
+        "test identities (what one face for every voice scores).",
         *about_baseline,
         "",
         "![generated and real faces](eval.png)",
