@@ -33,6 +33,10 @@ def get_config() -> ml_collections.ConfigDict:
     # (numpy, on the prefetch thread) instead of reading records: for corpora that fit in RAM,
     # on any number of hosts. Same batches as streaming.
     cfg.data.in_host_memory = False
+    # With in_host_memory: a folder where each host's split is written once as flat files and
+    # memory-mapped from then on (the split may then exceed RAM: the page cache holds what it
+    # can); "" loads the split into RAM at every start.
+    cfg.data.arrays_dir = ""
     # "grpc://host:port" of a tf.data service dispatcher: its workers read and parse the records
     # (`v2f data-service`); "" reads on this host.
     cfg.data.service_address = ""

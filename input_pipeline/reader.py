@@ -397,6 +397,54 @@ def make_train_index_iterator(
     return TrainIterator(_finish(ds), voice_shards + face_shards, start_batch)
 
 
+def _checked_records(
+    shards: Sequence[dict], parse: Callable, batch: int | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """Each shard's records parsed by `parse` (or batches of `batch` of them), in shard order.
+
+    Raises:
+      CorruptRecordsError: a shard unreadable, or with fewer/more records than the manifest says.
+    """
+    for e in shards:
+        n = 0
+        try:
+            ds = tf.data.TFRecordDataset(e["file"]).map(parse)
+            for item in (ds.batch(batch) if batch else ds).as_numpy_iterator():
+                n += len(item["label"]) if batch else 1
+                yield item
+        except tf.errors.OpError as err:
+            raise _diagnose([e], err) from err
+        if n != e["records"]:
+            raise CorruptRecordsError(e["file"], f"{n} records, the manifest says {e['records']}")
+
+
+def train_voices(
+    records: manifest_lib.Records,
+    split: str = "train",
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[tuple[np.ndarray, int]]:
+    """`(mel float16 [T, 64], label)` of every utterance of this host's shards, in shard order
+    (the order `make_train_index_iterator`'s indices count in)."""
+    _hide_accelerators()
+    shards = records.shards(split, "voices", process_index, process_count)
+    for rec in _checked_records(shards, records_lib.parse_voice):
+        yield rec["mel"], int(rec["label"])
+
+
+def face_batches(
+    records: manifest_lib.Records,
+    split: str = "test",
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+    """This host's faces in shard order, in batches: `image` uint8 `[n, 64, 64, 3]`, `label`,
+    `gender` int32 `[n]`."""
+    _hide_accelerators()
+    shards = records.shards(split, "faces", process_index, process_count)
+    yield from _checked_records(shards, records_lib.parse_face, batch=1024)
+
+
 def load_train_arrays(
     records: manifest_lib.Records,
     split: str = "train",
@@ -414,30 +462,25 @@ def load_train_arrays(
     Raises:
       CorruptRecordsError: as `make_eval_voices`.
     """
-    _hide_accelerators()
     mels, labels = [], []
-    for e in records.shards(split, "voices", process_index, process_count):
-        n = 0
-        try:
-            ds = tf.data.TFRecordDataset(e["file"]).map(records_lib.parse_voice)
-            for rec in ds.as_numpy_iterator():
-                mels.append(rec["mel"])
-                labels.append(rec["label"])
-                n += 1
-        except tf.errors.OpError as err:
-            raise _diagnose([e], err) from err
-        if n != e["records"]:
-            raise CorruptRecordsError(e["file"], f"{n} records, the manifest says {e['records']}")
+    for mel, label in train_voices(records, split, process_index, process_count):
+        mels.append(mel)
+        labels.append(label)
     frames = np.array([m.shape[0] for m in mels], np.int64)
     faces, face_labels, _ = load_faces(records, split, process_index, process_count)
     return {
         "mel": np.concatenate(mels) if mels else np.zeros([0, records_lib.N_MELS], np.float16),
-        "voice_offset": np.concatenate([[0], np.cumsum(frames)[:-1]]).astype(np.int64),
+        "voice_offset": offsets(frames),
         "voice_frames": frames,
         "voice_label": np.asarray(labels, np.int32),
         "face": faces,
         "face_label": face_labels,
     }
+
+
+def offsets(frames: np.ndarray) -> np.ndarray:
+    """int64 `[N]`: the first row of each of N utterances of `frames` rows laid end to end."""
+    return np.concatenate([[0], np.cumsum(frames)[:-1]]).astype(np.int64)
 
 
 def make_eval_voices(
@@ -490,22 +533,11 @@ def load_faces(
     Raises:
       CorruptRecordsError: as `make_eval_voices`.
     """
-    _hide_accelerators()
-    shards = records.shards(split, "faces", process_index, process_count)
     images, labels, genders = [], [], []
-    for e in shards:
-        n = 0
-        try:
-            ds = tf.data.TFRecordDataset(e["file"]).map(records_lib.parse_face).batch(1024)
-            for batch in ds.as_numpy_iterator():
-                images.append(batch["image"])
-                labels.append(batch["label"])
-                genders.append(batch["gender"])
-                n += len(batch["label"])
-        except tf.errors.OpError as err:
-            raise _diagnose([e], err) from err
-        if n != e["records"]:
-            raise CorruptRecordsError(e["file"], f"{n} records, the manifest says {e['records']}")
+    for batch in face_batches(records, split, process_index, process_count):
+        images.append(batch["image"])
+        labels.append(batch["label"])
+        genders.append(batch["gender"])
     if not images:
         size = records_lib.IMAGE_SIZE
         return np.zeros([0, size, size, 3], np.uint8), *(np.zeros([0], np.int32),) * 2

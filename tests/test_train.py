@@ -300,7 +300,7 @@ def test_several_steps_per_call_and_every_feed_give_the_same_parameters(records_
     """K=4 steps per dispatch (lax.scan), with a remainder run one step at a time, log and
     checkpoint intervals that K does not divide: bitwise the parameters of K=1 on CPU. So does
     the split held in device memory (`data.on_device`), fed on the loop's thread, and the split
-    held in host memory (`data.in_host_memory`)."""
+    held in host memory (`data.in_host_memory`, memory-mapped from `data.arrays_dir`)."""
     common = [
         "--config.train.batch_size=8",
         "--config.train.steps=10",
@@ -318,7 +318,11 @@ def test_several_steps_per_call_and_every_feed_give_the_same_parameters(records_
             "--config.data.on_device=True",
             "--config.data.prefetch_to_device=0",
         ],
-        "host_memory": ["--config.train.steps_per_call=4", "--config.data.in_host_memory=True"],
+        "host_memory": [
+            "--config.train.steps_per_call=4",
+            "--config.data.in_host_memory=True",
+            f"--config.data.arrays_dir={tmp_path / 'arrays'}",
+        ],
     }
     for name, overrides in runs_.items():
         config = _config("configs/tiny.py", *common, *overrides)

@@ -525,7 +525,8 @@ def bench_input(
     process's CPU time while they were read (every tf.data thread counts), the figure that says
     how many cores feed a device. `bytes_per_sample_to_device`: what one sample costs the
     host-to-device link. `"host_memory"` (`data.in_host_memory`): the index stream and the
-    numpy gather from the split in RAM, together (loading the split is not timed).
+    numpy gather from the split in RAM (memory-mapped from `config.data.arrays_dir` if set),
+    together (loading the split is not timed).
     `"on_device"` (`data.on_device`): the host's index stream alone (its per-step work), and
     the gather on the devices timed apart.
     """
@@ -550,8 +551,13 @@ def bench_input(
     }
     if feed == "host_memory":
         from v2f_jax import resident_data
+        from v2f_jax.input_pipeline import train_arrays
 
-        arrays = reader.load_train_arrays(records)
+        arrays_dir = config.data.get("arrays_dir", "")
+        if arrays_dir:
+            arrays = train_arrays.open_train_arrays(records, arrays_dir)
+        else:
+            arrays = reader.load_train_arrays(records)
         indices = reader.make_train_index_iterator(arrays, records, **common)
         rows = max(config.data.crop_lengths)
         it = (resident_data.gather_on_host(arrays, index, rows) for index in indices)

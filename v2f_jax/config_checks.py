@@ -87,6 +87,8 @@ def check(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             "config.data.on_device and config.data.in_host_memory: choose one place for the split"
         )
+    if not isinstance(config.data.get("arrays_dir", ""), str):
+        raise ConfigError("config.data.arrays_dir: must be a folder path or ''")
     if not isinstance(config.data.get("service_address", ""), str):
         raise ConfigError("config.data.service_address: must be a string (grpc://host:port or '')")
     _one_of(config, "data.frontend", ("", *audio.FRONTENDS))

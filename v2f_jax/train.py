@@ -206,13 +206,19 @@ def resident_batches(
 
 def host_memory_batches(config, records: manifest_lib.Records) -> BatchFactory:
     """`config.data.in_host_memory`: this host's shards of the training split loaded into its
-    memory once; each batch is gathered there (numpy, on the prefetch thread) from the index
-    stream: the same batches as `default_batches`, on any number of hosts."""
+    memory once (or memory-mapped from `config.data.arrays_dir`); each batch is gathered there
+    (numpy, on the prefetch thread) from the index stream: the same batches as
+    `default_batches`, on any number of hosts."""
     from v2f_jax import resident_data
     from v2f_jax.input_pipeline import reader
 
     host = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    arrays = reader.load_train_arrays(records, **host)
+    if config.data.get("arrays_dir", ""):
+        from v2f_jax.input_pipeline import train_arrays
+
+        arrays = train_arrays.open_train_arrays(records, config.data.arrays_dir, **host)
+    else:
+        arrays = reader.load_train_arrays(records, **host)
     logger.info(
         "training split in host memory: %.2f GB (%d utterances, %d faces)",
         (arrays["mel"].nbytes + arrays["face"].nbytes) / 1e9,

@@ -56,6 +56,7 @@ RESUMABLE = (
     "data.prefetch_to_device",
     "data.on_device",
     "data.in_host_memory",
+    "data.arrays_dir",
     "data.service_address",
 )
 
