@@ -152,6 +152,18 @@ def make_step_factory(config: ml_collections.ConfigDict, nets: models.Networks):
 # --- the loop -------------------------------------------------------------------------------
 
 
+def _stream_settings(config) -> dict[str, Any]:
+    """What decides the training stream's batches, for every feed: the same settings, the same
+    batches."""
+    return dict(
+        batch_size=config.train.batch_size,
+        crop_lengths=tuple(config.data.crop_lengths),
+        seed=config.seed,
+        face_flip=config.data.face_flip,
+        shuffle_buffer=config.data.shuffle_buffer,
+    )
+
+
 def default_batches(config, records: manifest_lib.Records) -> BatchFactory:
     """The tf.data training stream of this host (TensorFlow is imported here, not before)."""
     from v2f_jax.input_pipeline import reader
@@ -159,13 +171,9 @@ def default_batches(config, records: manifest_lib.Records) -> BatchFactory:
     def make(start_batch: int) -> Iterator[Batch]:
         return reader.make_train_iterator(
             records,
-            batch_size=config.train.batch_size,
-            crop_lengths=tuple(config.data.crop_lengths),
-            seed=config.seed,
+            **_stream_settings(config),
             process_index=jax.process_index(),
             process_count=jax.process_count(),
-            face_flip=config.data.face_flip,
-            shuffle_buffer=config.data.shuffle_buffer,
             start_batch=start_batch,
             service_address=config.data.get("service_address", ""),
         )
@@ -191,14 +199,7 @@ def resident_batches(
 
     def make(start_batch: int) -> Iterator[Batch]:
         return reader.make_train_index_iterator(
-            arrays,
-            records,
-            batch_size=config.train.batch_size,
-            crop_lengths=tuple(config.data.crop_lengths),
-            seed=config.seed,
-            face_flip=config.data.face_flip,
-            shuffle_buffer=config.data.shuffle_buffer,
-            start_batch=start_batch,
+            arrays, records, **_stream_settings(config), start_batch=start_batch
         )
 
     return make, resident
@@ -229,15 +230,7 @@ def host_memory_batches(config, records: manifest_lib.Records) -> BatchFactory:
 
     def make(start_batch: int) -> Iterator[Batch]:
         indices = reader.make_train_index_iterator(
-            arrays,
-            records,
-            batch_size=config.train.batch_size,
-            crop_lengths=tuple(config.data.crop_lengths),
-            seed=config.seed,
-            face_flip=config.data.face_flip,
-            shuffle_buffer=config.data.shuffle_buffer,
-            start_batch=start_batch,
-            **host,
+            arrays, records, **_stream_settings(config), start_batch=start_batch, **host
         )
         return (resident_data.gather_on_host(arrays, index, rows) for index in indices)
 
