@@ -69,6 +69,20 @@ def open_train_arrays(
     return _open(path)
 
 
+def host_split(
+    records: manifest_lib.Records,
+    arrays_dir: str | os.PathLike = "",
+    split: str = "train",
+    process_index: int = 0,
+    process_count: int = 1,
+) -> dict[str, np.ndarray]:
+    """This host's split for the host-memory feed: memory-mapped from `arrays_dir` when given
+    (`open_train_arrays`), else loaded into RAM (`reader.load_train_arrays`)."""
+    if arrays_dir:
+        return open_train_arrays(records, arrays_dir, split, process_index, process_count)
+    return reader.load_train_arrays(records, split, process_index, process_count)
+
+
 def _source(path: str) -> dict | None:
     try:
         with open(os.path.join(path, SOURCE_FILE)) as f:

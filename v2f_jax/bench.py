@@ -553,11 +553,7 @@ def bench_input(
         from v2f_jax import resident_data
         from v2f_jax.input_pipeline import train_arrays
 
-        arrays_dir = config.data.get("arrays_dir", "")
-        if arrays_dir:
-            arrays = train_arrays.open_train_arrays(records, arrays_dir)
-        else:
-            arrays = reader.load_train_arrays(records)
+        arrays = train_arrays.host_split(records, config.data.get("arrays_dir", ""))
         indices = reader.make_train_index_iterator(arrays, records, **common)
         rows = max(config.data.crop_lengths)
         it = (resident_data.gather_on_host(arrays, index, rows) for index in indices)

@@ -211,15 +211,10 @@ def host_memory_batches(config, records: manifest_lib.Records) -> BatchFactory:
     (numpy, on the prefetch thread) from the index stream: the same batches as
     `default_batches`, on any number of hosts."""
     from v2f_jax import resident_data
-    from v2f_jax.input_pipeline import reader
+    from v2f_jax.input_pipeline import reader, train_arrays
 
     host = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    if config.data.get("arrays_dir", ""):
-        from v2f_jax.input_pipeline import train_arrays
-
-        arrays = train_arrays.open_train_arrays(records, config.data.arrays_dir, **host)
-    else:
-        arrays = reader.load_train_arrays(records, **host)
+    arrays = train_arrays.host_split(records, config.data.get("arrays_dir", ""), **host)
     logger.info(
         "training split in host memory: %.2f GB (%d utterances, %d faces)",
         (arrays["mel"].nbytes + arrays["face"].nbytes) / 1e9,
