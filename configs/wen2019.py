@@ -26,16 +26,17 @@ def get_config() -> ml_collections.ConfigDict:
     # Batches copied to the devices ahead of the step, by a background thread (0: on the loop's
     # thread, for debugging).
     cfg.data.prefetch_to_device = 2
-    # Hold the training split in device memory and gather each batch there from indices the
-    # host sends (one host; the split must fit every device's memory). Same batches as streaming.
+    # Hold each host's share of the training split in its devices' memory and gather each batch
+    # there from indices the host sends (a copy per device: the share must fit each device's
+    # memory). Same batches as streaming, on any number of hosts.
     cfg.data.on_device = False
     # Hold this host's share of the training split in host memory and gather each batch there
     # (numpy, on the prefetch thread) instead of reading records: for corpora that fit in RAM,
     # on any number of hosts. Same batches as streaming.
     cfg.data.in_host_memory = False
-    # With in_host_memory: a folder where each host's split is written once as flat files and
-    # memory-mapped from then on (the split may then exceed RAM: the page cache holds what it
-    # can); "" loads the split into RAM at every start.
+    # With in_host_memory or on_device: a folder where each host's split is written once as
+    # flat files and memory-mapped from then on (the split may then exceed RAM: the page cache
+    # holds what it can); "" loads the split into RAM at every start.
     cfg.data.arrays_dir = ""
     # "grpc://host:port" of a tf.data service dispatcher: its workers read and parse the records
     # (`v2f data-service`); "" reads on this host.

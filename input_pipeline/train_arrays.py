@@ -76,7 +76,7 @@ def host_split(
     process_index: int = 0,
     process_count: int = 1,
 ) -> dict[str, np.ndarray]:
-    """This host's split for the host-memory feed: memory-mapped from `arrays_dir` when given
+    """This host's split for the host- and device-memory feeds: memory-mapped from `arrays_dir` when given
     (`open_train_arrays`), else loaded into RAM (`reader.load_train_arrays`)."""
     if arrays_dir:
         return open_train_arrays(records, arrays_dir, split, process_index, process_count)

@@ -103,16 +103,29 @@ def _assert_same_final_state(a_dir: pathlib.Path, b_dir: pathlib.Path, steps: in
         np.testing.assert_array_equal(x, y)
 
 
+FEEDS = {
+    "streaming": [],
+    # Each host's shards on its device, gathered there from the host's own indices.
+    "on_device": ["--config.data.on_device=True"],
+}
+
+
 @pytest.mark.multiprocess
-def test_two_processes_train_like_one_process_with_the_same_global_batch(records_dir, tmp_path):
+@pytest.mark.parametrize("feed", FEEDS)
+def test_two_processes_train_like_one_process_with_the_same_global_batch(
+    records_dir, tmp_path, feed
+):
+    """The reference always streams: every feed must give the hosts the streaming batches."""
     multi, single = tmp_path / "two_processes", tmp_path / "one_process"
     logs = [tmp_path / f"host{i}.log" for i in range(2)]
-    procs = _start_hosts(str(records_dir), multi, logs, OVERRIDES)
+    procs = _start_hosts(str(records_dir), multi, logs, [*OVERRIDES, *FEEDS[feed]])
     reference = _reference(str(records_dir), single, OVERRIDES)
     out = reference.communicate(timeout=400)[0]
     assert reference.returncode == 0, out[-3000:]
     host_logs = _wait_all(procs, logs)
     assert "2 processes" in host_logs[0]
+    if feed == "on_device":
+        assert "training split in device memory" in host_logs[1]
 
     got, want = _last_metrics(multi), _last_metrics(single)
     assert got["step"] == want["step"] == STEPS

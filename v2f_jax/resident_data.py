@@ -7,11 +7,12 @@ streaming reader's wire batch (device_inputs.py), bit for bit.
 
 Device memory (`data.on_device`, `ResidentData`): VoxCeleb1's training log-mels are ~12-16 GB as
 float16, its faces ~2 GB; an H200 has 141 GB. The host's per-step work drops to the indices;
-one gather runs on the devices. Replicated, not sharded: every device holds the whole split, so
-each device gathers its rows from its own copy and no batch crosses devices (a sharded split
-would need an all-to-all per step). It costs one copy of the split per device, which is what
-bounds this mode. One host only: the hosts of a pod hold different files, which a replicated
-array cannot express.
+one gather runs on the devices. Each host loads its own shards (as streaming reads them) and
+puts a copy on each of its devices: the global array is `[devices, ...]`, device d's row its
+host's split, padded to the largest host's sizes. A `shard_map`ped gather then runs on every
+device alone, from its rows of the batch's indices, which index its own host's split: no batch
+crosses devices or hosts (a split sharded over a host's devices would need an all-to-all per
+step). It costs one copy of the host's split per device, which is what bounds this mode.
 
 Host memory (`data.in_host_memory`, `gather_on_host`): each host holds its own shards in RAM and
 gathers its batches with numpy on the prefetch thread, so pods work as with streaming; a sample
@@ -25,8 +26,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from v2f_jax import config_lib, parallel
+from v2f_jax.parallel import AXIS
 
 Batch = dict[str, Any]
 
@@ -83,15 +87,17 @@ def gather_on_host(arrays: dict[str, np.ndarray], index: Batch, rows: int) -> Ba
 
 
 class ResidentData:
-    """The split of `reader.load_train_arrays` on every device of `dp`.
+    """This host's split (`reader.load_train_arrays` with its process index) on each of its
+    devices, and the on-device gather of wire batches from host-local indices.
 
     Args:
-      arrays: `load_train_arrays`'s host arrays.
-      dp: the run's `parallel.DataParallel` (jit mode, one process).
+      arrays: this host's split, as `load_train_arrays(..., process_index, process_count)`
+        (or `train_arrays.host_split`) gives it.
+      dp: the run's `parallel.DataParallel` (jit mode), on any number of processes.
       rows: L_max, the longest crop length.
 
     Raises:
-      ConfigError: pmap mode, or several processes.
+      ConfigError: pmap mode.
     """
 
     def __init__(self, arrays: dict[str, np.ndarray], dp: parallel.DataParallel, rows: int):
@@ -99,27 +105,52 @@ class ResidentData:
             raise config_lib.ConfigError(
                 "config.data.on_device needs config.train.parallel='jit' (pmap is not supported)"
             )
-        if jax.process_count() > 1:
-            raise config_lib.ConfigError(
-                "config.data.on_device holds one host's records; with several processes, stream "
-                "them (config.data.on_device=False)"
-            )
-        self.nbytes = sum(arrays[k].nbytes for k in ("mel", "voice_offset", "face"))
-        self._data = jax.device_put(
-            {
-                "mel": arrays["mel"],
-                "voice_offset": arrays["voice_offset"].astype(np.int32),
-                "face": arrays["face"],
-            },
-            dp.replicated,
+        split = {
+            "mel": arrays["mel"],
+            "voice_offset": np.asarray(arrays["voice_offset"], np.int32),
+            "face": arrays["face"],
+        }
+        self.nbytes = sum(v.nbytes for v in split.values())
+        self._data = _per_device_copies(_pad_to_every_host(split), dp)
+        gather = lambda data, index: _gather({k: v[0] for k, v in data.items()}, index, rows)
+        mapped = lambda index_spec: jax.shard_map(
+            gather, mesh=dp.mesh, in_specs=(P(AXIS), index_spec), out_specs=index_spec
         )
-        gather = lambda data, index: _gather(data, index, rows)
-        self._one = jax.jit(gather, out_shardings=dp.batch_sharding)
-        self._stacked = jax.jit(gather, out_shardings=dp.stacked_sharding)
+        self._one = jax.jit(mapped(P(AXIS)))
+        self._stacked = jax.jit(mapped(P(None, AXIS)))
         self._dp = dp
 
     def __call__(self, index_batches: list[dict[str, np.ndarray]]) -> Batch:
-        """One wire batch on the devices (`[B, ...]`), or K stacked (`[K, B, ...]`) for K > 1."""
+        """One wire batch on the devices (`[B, ...]`), or K stacked (`[K, B, ...]`) for K > 1;
+        `index_batches` are this host's (`[B / process_count]` rows each)."""
         if len(index_batches) == 1:
             return self._one(self._data, self._dp.put_batch(index_batches[0]))
         return self._stacked(self._data, self._dp.put_batches(index_batches))
+
+
+def _pad_to_every_host(split: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The host's arrays with zero rows appended up to the largest host's lengths, so that all
+    hosts' copies form one global array. Indices never reach the padding."""
+    lengths = np.array([len(v) for v in split.values()], np.int64)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        lengths = np.max(multihost_utils.process_allgather(lengths), axis=0)
+    padded = {}
+    for (name, value), length in zip(split.items(), lengths.tolist()):
+        extra = [(0, length - len(value))] + [(0, 0)] * (value.ndim - 1)
+        padded[name] = np.pad(value, extra) if length > len(value) else value
+    return padded
+
+
+def _per_device_copies(split: dict[str, np.ndarray], dp: parallel.DataParallel) -> Batch:
+    """`[devices, *shape]` global arrays sharded over the mesh's data axis; each of this
+    host's devices holds the host's split as its row."""
+    sharding = NamedSharding(dp.mesh, P(AXIS))
+    out = {}
+    for name, value in split.items():
+        shards = [jax.device_put(value[None], device) for device in dp.local_devices]
+        out[name] = jax.make_array_from_single_device_arrays(
+            (dp.num_devices, *value.shape), sharding, shards
+        )
+    return out

@@ -184,22 +184,24 @@ def default_batches(config, records: manifest_lib.Records) -> BatchFactory:
 def resident_batches(
     config, records: manifest_lib.Records, dp: parallel.DataParallel
 ) -> tuple[BatchFactory, Callable[[list[Batch]], Any]]:
-    """`config.data.on_device`: the training split loaded into device memory once; the host
-    stream is indices, which the devices turn into the same batches as `default_batches`."""
+    """`config.data.on_device`: this host's shards of the training split loaded into its
+    devices' memory once; the host stream is indices, which the devices turn into the same
+    batches as `default_batches`, on any number of hosts."""
     from v2f_jax import resident_data
-    from v2f_jax.input_pipeline import reader
+    from v2f_jax.input_pipeline import reader, train_arrays
 
-    arrays = reader.load_train_arrays(records)
+    host = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    arrays = train_arrays.host_split(records, config.data.get("arrays_dir", ""), **host)
     resident = resident_data.ResidentData(arrays, dp, max(config.data.crop_lengths))
     logger.info(
-        "training split in device memory: %.2f GB on each of %d devices",
+        "training split in device memory: %.2f GB on each of this host's %d devices",
         resident.nbytes / 1e9,
-        dp.num_devices,
+        len(dp.local_devices),
     )
 
     def make(start_batch: int) -> Iterator[Batch]:
         return reader.make_train_index_iterator(
-            arrays, records, **_stream_settings(config), start_batch=start_batch
+            arrays, records, **_stream_settings(config), start_batch=start_batch, **host
         )
 
     return make, resident
