@@ -68,11 +68,14 @@ def _epochs(
     seed: int,
     shuffle_buffer: int,
     start_batch: int,
+    parallel_reads: bool = True,
 ) -> tf.data.Dataset:
     """This host's elements from batch `start_batch` on: an endless chain of epochs, each cut to
     whole batches. `read(f)` is the dataset of file `f` (0 <= f < len(counts)), holding
     `counts[f]` elements. The order depends only on the counts and the seed, not on what is
-    read: records and their indices come out in the same order."""
+    read or whether the files are read in parallel (`parallel_reads`: worth it for files, not
+    for ranges of indices, where the threads' hand-offs cost more than the elements): records
+    and their indices come out in the same order."""
     total = sum(counts)
     per_epoch = total // batch
     if per_epoch == 0:
@@ -91,8 +94,11 @@ def _epochs(
             read,
             cycle_length=min(n_files, 16),
             block_length=1,
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
+            **(
+                dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                if parallel_reads
+                else {}
+            ),
         )
         # A tensor seed: per-epoch order with no iterator state (tf.random.set_seed also feeds in).
         ds = ds.shuffle(shuffle_buffer, seed=(shuffle_seed + e * 1_000_003) % (2**31 - 1))
@@ -382,6 +388,7 @@ def make_train_index_iterator(
         _seed(seed, 20, process_index),
         shuffle_buffer,
         start_batch,
+        parallel_reads=False,
     )
     voices = voices.batch(b, drop_remainder=True).enumerate(start=start_batch).map(voice_batch)
     faces = _epochs(
@@ -391,6 +398,7 @@ def make_train_index_iterator(
         _seed(seed, 21, process_index),
         shuffle_buffer,
         start_batch,
+        parallel_reads=False,
     )
     faces = faces.batch(b, drop_remainder=True).enumerate(start=start_batch).map(face_batch)
     ds = tf.data.Dataset.zip(voices, faces).map(lambda v, f: {**v, **f})
