@@ -67,6 +67,8 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.train.batch_size = 128  # global, over all devices and hosts
     cfg.train.steps = 30_000  # the reference's gan_train.py
     cfg.train.embed_noise = 0.05
+    # Weight of C's identity loss on G's faces beside the adversarial loss (the reference: 1).
+    cfg.train.identity_weight = 1.0
     # > 0: keep an exponential moving average of G's weights (StyleGAN's "G_ema"), decay per
     # step; evaluation, export and `v2f generate` use it. 0: G as trained (the reference).
     cfg.train.ema_decay = 0.0

@@ -105,6 +105,24 @@ def test_recall_matches_enumerating_every_gallery():
     assert r["recall_at_2"] == pytest.approx(np.mean(hits[2]))
 
 
+def test_a_real_photo_ceiling_is_perfect_for_a_perfect_scorer_and_chance_for_a_blind_one():
+    faces, labels, genders, _ = _clusters(n_ids=10, per_id=4)
+    sharp = metrics.real_photo_matching(faces, labels, genders)
+    assert sharp["matching_1v2"] == pytest.approx(1.0) == sharp["matching_1v2_gender"]
+    assert sharp["probes"] == 10
+    blind = np.random.default_rng(5).normal(size=(4000, 16))
+    many = np.repeat(np.arange(40), 100)
+    noisy = metrics.real_photo_matching(blind, many, many % 2)
+    assert (
+        abs(noisy["matching_1v2"] - 0.5) < 0.05 and abs(noisy["matching_1v2_gender"] - 0.5) < 0.05
+    )
+    # An identity with a single photo has nothing to be matched against.
+    one_more = metrics.real_photo_matching(
+        np.vstack([faces, faces[:1]]), np.append(labels, 99), np.append(genders, 0)
+    )
+    assert one_more["probes"] == 10
+
+
 def test_gender_is_read_from_faces_by_centroids_of_the_training_faces():
     """Gender is one direction of the embedding, identity the rest: faces drawn in the speaker's
     cluster read as the speaker's gender; one face for every voice scores one gender's share of
@@ -245,6 +263,11 @@ def test_eval_command_writes_the_report(records, untrained_model_file, tmp_path,
     assert 0.5 <= result["chance"]["gender_from_face"] <= 1.0
     assert result["gender_reader_on_real_test_faces"] > 0.5
     assert "| gender read from the face is the speaker's |" in md
+    # The scorer's ceiling: a real photo of each test speaker in place of the generated face.
+    real = result["real_photo"]
+    assert real["probes"] == c["test_identities"]
+    assert real["matching_1v2"] > result["matching_1v2"] and real["matching_1v2"] > 0.6
+    assert f"scores {100 * real['matching_1v2']:.1f}%" in md
     assert nearest["counts"]["candidate_identities"] == c["train_identities"]
     assert "| metric | model | nearest-identity baseline | chance | on |" in md
     assert f"| {100 * nearest['id_top1']:.1f}% | {100 / c['train_identities']:.1f}% |" in md

@@ -225,6 +225,24 @@ def test_every_crop_length_runs_in_one_compiled_step():
     assert len(traces) == 1
 
 
+def test_identity_weight_scales_cs_term_in_gs_loss_and_only_g_trains_differently():
+    """`train.identity_weight`: G's loss is adversarial + weight x identity; the critics' first
+    update is G's previous faces', the same whatever the weight."""
+    batch = make_batch()
+    states, logs = {}, {}
+    for weight in (0.0, 1.0, 3.0):
+        config = tiny_config(f"--config.train.identity_weight={weight}")
+        states[weight], logs[weight] = run_steps(config, batch, 2)
+    for weight, history in logs.items():
+        for m in history:
+            assert m["g_loss"] == pytest.approx(m["g_adv"] + weight * m["g_id"], rel=1e-5)
+    first = {w: h[0] for w, h in logs.items()}
+    assert first[0.0]["d_loss"] == first[3.0]["d_loss"]  # step 1's critics saw the same G
+    assert first[0.0]["g_grad_norm"] != first[3.0]["g_grad_norm"]
+    assert _changed(states[0.0].generator, states[1.0].generator)
+    assert _changed(states[1.0].generator, states[3.0].generator)
+
+
 def test_generator_ema_follows_g_and_is_what_a_model_exports():
     """`train.ema_decay`: the average starts at G's initial weights and moves by (1 - decay)
     towards G after every step; G itself trains exactly as without it."""

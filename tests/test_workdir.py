@@ -56,6 +56,7 @@ def snapshot(path: pathlib.Path) -> dict[str, bytes]:
         ("--config.model.dtype=float16", "config.model.dtype='float16'"),
         ("--config.model.impl=im2col", "config.model.impl"),
         ("--config.train.steps=0", "config.train.steps=0"),
+        ("--config.train.identity_weight=-1.0", "config.train.identity_weight=-1.0"),
         ("--config.model.gen_channels=(8,8)", "config.model.gen_channels"),
         ("--config.data.frontend=librosa", "manifest.json"),
         ("--config.data.image_size=128", "config.model.gen_channels draws 64x64"),

@@ -72,6 +72,7 @@ def make_gan_step(
     embedder = nets.embedder.clone(axis_name=axis_name)
     noise_std = config.train.embed_noise
     ema_decay = float(config.train.get("ema_decay", 0.0))
+    identity_weight = float(config.train.get("identity_weight", 1.0))
     train_embedder = config.train.train_embedder
     shared_trunk = nets.critics.shared_trunk
 
@@ -154,7 +155,8 @@ def make_gan_step(
             adv, ids = nets.critics.apply({"params": critics}, fake_faces)
             g_adv = losses.bce(adv, 1.0)
             g_id = losses.xent(ids, batch["voice_id"])
-            return g_adv + g_id, {"g_adv": g_adv, "g_id": g_id, "g_loss": g_adv + g_id}
+            g_loss = g_adv + identity_weight * g_id
+            return g_loss, {"g_adv": g_adv, "g_id": g_id, "g_loss": g_loss}
 
         d_fake_faces, g_metrics = jax.grad(generator_loss, has_aux=True)(fake)
         vjp_grads = gen_vjp(d_fake_faces)

@@ -331,6 +331,7 @@ def evaluate(
         **{k: figures[k] for k in metrics.METRICS},
         "gender_from_face": figures["gender_from_face"],
         "gender_reader_on_real_test_faces": real_gender["accuracy"],
+        "real_photo": metrics.real_photo_matching(f_emb, f_labels, f_genders),
         "chance": {
             "gender_from_face": counts.pop("gender_chance"),
             "matching_1v2": metrics.CHANCE_1V2,

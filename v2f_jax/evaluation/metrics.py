@@ -14,6 +14,9 @@ against TEST faces:
   (hypergeometric), so again nothing is sampled.
 - `id_top1`, `id_top5`: top-k accuracy of identity logits (faces generated from TRAIN voices,
   classified over the training identities).
+- `real_photo_matching`: 1:2 matching with a real photo of the speaker in place of the
+  generated face: what the scorer can give at best, so a report says how much of the gap to 100%
+  is the generator's and how much the scorer's.
 - `gender_from_face`: the gender a reader sees in the generated face is the speaker's. The reader
   is nearest-centroid in the scorer's embedding: each gender's centroid is the mean of the
   training identities' mean faces of that gender (`attribute_reader`). Chance is what one face
@@ -128,6 +131,34 @@ def matching_1v2(
         "voices": int(kept.size),
         "identities": n_ids,
         "skipped_voices": int(gen_emb.shape[0] - kept.size),
+    }
+
+
+def real_photo_matching(
+    face_emb: np.ndarray, face_labels: np.ndarray, face_genders: np.ndarray
+) -> dict:
+    """1:2 matching (both impostor rules) of each identity's first real face, as the probe,
+    against the rest of the real faces: the scorer's ceiling for `matching_1v2`.
+
+    Args:
+      face_emb: `[F, D]` real faces' embeddings; face_labels, face_genders `[F]`.
+
+    Returns:
+      `{"matching_1v2", "matching_1v2_gender", "stderr": {both}, "probes"}`; an identity with
+      one face has no photo left to match and is left out.
+    """
+    face_labels, face_genders = np.asarray(face_labels), np.asarray(face_genders)
+    probe = np.zeros(len(face_labels), bool)
+    probe[np.unique(face_labels, return_index=True)[1]] = True
+    args = (face_emb[probe], face_labels[probe], face_emb[~probe], face_labels[~probe])
+    genders = (face_genders[probe], face_genders[~probe])
+    m_all = matching_1v2(*args)
+    m_gender = matching_1v2(*args, *genders, same_gender=True)
+    return {
+        "matching_1v2": m_all["accuracy"],
+        "matching_1v2_gender": m_gender["accuracy"],
+        "stderr": {"matching_1v2": m_all["stderr"], "matching_1v2_gender": m_gender["stderr"]},
+        "probes": m_all["voices"],
     }
 
 

@@ -150,6 +150,7 @@ def report_markdown(r: dict) -> str:
         "gender reader is the nearest of two centroids in the scorer's embedding, built from "
         "the training identities' real faces; its chance is the larger gender's share of the "
         "test identities (what one face for every voice scores).",
+        *_about_real_photo(r.get("real_photo")),
         *about_baseline,
         "",
         "![generated and real faces](eval.png)",
@@ -159,3 +160,18 @@ def report_markdown(r: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _about_real_photo(real: dict | None) -> list[str]:
+    """The scorer's ceiling, as a paragraph of eval.md (reports older than it have none)."""
+    if not real:
+        return []
+    err = real.get("stderr", {})
+    return [
+        "",
+        "A real photo of the speaker in place of the generated face (each test identity's "
+        f"first photo against its others, {real['probes']} probes) scores "
+        f"{_pct(real['matching_1v2'])}{_pm(err.get('matching_1v2'))} on 1:2 matching and "
+        f"{_pct(real['matching_1v2_gender'])}{_pm(err.get('matching_1v2_gender'))} against "
+        "same-gender impostors: the most this scorer gives.",
+    ]
