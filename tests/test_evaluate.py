@@ -123,7 +123,7 @@ def test_a_real_photo_ceiling_is_perfect_for_a_perfect_scorer_and_chance_for_a_b
     assert one_more["probes"] == 10
 
 
-def test_gender_is_read_from_faces_by_centroids_of_the_training_faces():
+def test_gender_is_read_from_faces_by_a_probe_fitted_to_the_training_faces():
     """Gender is one direction of the embedding, identity the rest: faces drawn in the speaker's
     cluster read as the speaker's gender; one face for every voice scores one gender's share of
     the identities (at most chance); unknown genders are left out."""
@@ -135,7 +135,7 @@ def test_gender_is_read_from_faces_by_centroids_of_the_training_faces():
     labels = np.repeat(np.arange(n_ids), 4)
     real = centres[labels] + 0.3 * rng.normal(size=(len(labels), dim))
     known = genders[labels].copy()
-    known[:4] = -1  # one identity's gender unknown: not in the centroids
+    known[:4] = -1  # one identity's gender unknown: not in the fit
     reader = metrics.attribute_reader(real, labels, known)
     assert reader is not None and list(reader[0]) == [0, 1]
     g_labels = np.repeat(np.arange(n_ids), 3)
@@ -152,6 +152,30 @@ def test_gender_is_read_from_faces_by_centroids_of_the_training_faces():
     assert metrics.attribute_reader(real, labels, np.ones_like(labels)) is None
     missing = metrics.attribute_agreement(drawn, genders[g_labels], g_labels, None)
     assert np.isnan(missing["accuracy"]) and missing["voices"] == 0
+
+
+def test_the_gender_probe_reads_a_weak_direction_that_identity_blurs():
+    """Gender a small shift along axis 0, identity a large spread along axes 0 + 1 together: a
+    nearest-mean rule reads axis 0 and is fooled by identity; the probe reads axis 0 - axis 1."""
+    rng = np.random.default_rng(6)
+    n_ids, dim = 60, 8
+    genders = np.arange(n_ids) % 2
+    centres = 0.05 * rng.normal(size=(n_ids, dim))
+    centres[:, 0] += 0.5 * (2 * genders - 1)
+    spread = 3.0 * rng.normal(size=n_ids)
+    centres[:, 0] += spread
+    centres[:, 1] += spread
+    centres[:, 2] += 10.0  # every face points the same way, as a scorer's embeddings do
+    labels = np.repeat(np.arange(n_ids), 4)
+    faces = centres[labels] + 0.05 * rng.normal(size=(len(labels), dim))
+    train, test = labels < 40, labels >= 40
+    reader = metrics.attribute_reader(faces[train], labels[train], genders[labels][train])
+    probe = metrics.attribute_agreement(faces[test], genders[labels][test], labels[test], reader)
+    assert probe["accuracy"] > 0.9
+    # The nearest-mean reading of the same faces: well below.
+    means = [faces[train][genders[labels][train] == g].mean(0) for g in (0, 1)]
+    nearest = np.argmin([np.linalg.norm(faces[test] - m, axis=1) for m in means], axis=0)
+    assert np.mean(nearest == genders[labels][test]) < 0.8
 
 
 def test_identity_accuracy():

@@ -104,7 +104,7 @@ def _generated_embeddings(
     )
 
 
-# Faces per training identity that the gender reader's centroids are built from.
+# Faces per training identity that the gender reader is fitted to.
 READER_FACES_PER_IDENTITY = 8
 
 
@@ -222,7 +222,7 @@ def evaluate(
     )
 
     # The training faces are read once, for the nearest-identity baseline's mean faces, the
-    # gender reader's centroids and, when it is not cached, the face embedder's training.
+    # gender reader's fit and, when it is not cached, the face embedder's training.
     start = time.perf_counter()
     face_means = None
     *train_faces, train_genders = reader.load_faces(records, "train")

@@ -147,8 +147,8 @@ def report_markdown(r: dict) -> str:
         "its training faces), never the GAN's critics. Each figure is a mean over identities of "
         "the mean over their utterances (± one standard error over identities). 1:2 matching and "
         "recall are exact expectations over all impostor faces / galleries, not samples. The "
-        "gender reader is the nearest of two centroids in the scorer's embedding, built from "
-        "the training identities' real faces; its chance is the larger gender's share of the "
+        "gender reader is a linear probe on the scorer's embedding (ridge regression), fitted "
+        "to the training identities' real faces; its chance is the larger gender's share of the "
         "test identities (what one face for every voice scores).",
         *_about_real_photo(r.get("real_photo")),
         *about_baseline,
