@@ -121,6 +121,23 @@ def test_every_step_damaged_is_an_error_not_a_fresh_start(tmp_path):
     ckpt.close()
 
 
+@pytest.mark.parametrize("read_only", [False, True])
+def test_a_checkpoint_of_another_structure_is_refused_and_left_in_place(tmp_path, read_only):
+    """What another version of v2f wrote (here: a GAN state read as an embedder's) is intact:
+    a clear error, and the step stays where it is for the version that can read it."""
+    ckpt = checkpointing.Checkpointer(tmp_path / "checkpoints")
+    ckpt.save(5, _random_state(_config(), 0), {"next_batch": 5})
+    ckpt.close()
+    ckpt = checkpointing.Checkpointer(tmp_path / "checkpoints", read_only=read_only)
+    other = checkpointing.state_template(_config("embedder"))
+    with pytest.raises(checkpointing.IncompatibleCheckpointError, match="another structure"):
+        ckpt.restore_latest(other)
+    assert ckpt.all_steps() == [5] and not (tmp_path / "checkpoints.damaged").exists()
+    step, restored, _ = ckpt.restore_latest(checkpointing.state_template(_config()))
+    assert step == 5 and _equal(restored, _random_state(_config(), 0))
+    ckpt.close()
+
+
 _KILLED_SAVER = textwrap.dedent(
     """
     import os, signal, sys, time

@@ -51,6 +51,11 @@ class CheckpointError(RuntimeError):
     """No usable checkpoint where one is required."""
 
 
+class IncompatibleCheckpointError(CheckpointError):
+    """A checkpoint intact on disk whose state has another structure than the one asked for:
+    written by another version of v2f or for another task. Not damage: it is left in place."""
+
+
 def state_digest(tree: PyTree) -> str:
     """SHA-256 over every leaf's path, dtype, shape and bytes (host arrays; exact)."""
     h = hashlib.sha256()
@@ -181,14 +186,24 @@ class Checkpointer:
         target = jax.tree_util.tree_map(
             lambda x: np.zeros(np.shape(x), np.dtype(x.dtype)), template
         )
-        restored = self._run(
-            lambda: self._manager.restore(
-                int(step),
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
-                ),
+        try:
+            restored = self._run(
+                lambda: self._manager.restore(
+                    int(step),
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+                    ),
+                )
             )
-        )
+        except ValueError as err:
+            if "tree structures do not match" not in str(err):
+                raise
+            raise IncompatibleCheckpointError(
+                f"{self.directory}/{step}: its state has another structure than this version "
+                f"of v2f and this config make ({str(err).splitlines()[0][:200]}); it was "
+                "written by another version or for another task. Left as it is: use the version "
+                "that wrote it, or start a fresh workdir"
+            ) from err
         state, meta = restored["state"], restored["meta"]
         if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
             raise CheckpointError(f"step {step}: no v2f metadata")
@@ -201,12 +216,15 @@ class Checkpointer:
         exists. A damaged step is moved aside with a warning and the previous one tried.
 
         Raises:
+          IncompatibleCheckpointError: the newest step holds a state of another structure.
           CheckpointError: steps exist but none is usable.
         """
         steps = self.all_steps()
         for step in reversed(steps):
             try:
                 state, meta = self.restore(step, template)
+            except IncompatibleCheckpointError:
+                raise  # every step of the run has that structure: none is damaged
             except Exception as err:
                 self._set_aside(step, err)
                 continue
