@@ -61,6 +61,9 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.optim.lr = 2e-4
     cfg.optim.b1 = 0.5
     cfg.optim.b2 = 0.999
+    # > 0: cosine decay of the learning rate to 0 over this many updates; 0: constant (the
+    # reference).
+    cfg.optim.decay_steps = 0
 
     cfg.train = ml_collections.ConfigDict()
     cfg.train.task = "gan"  # or "embedder" (speaker-classification pretraining of E)

@@ -243,6 +243,22 @@ def test_identity_weight_scales_cs_term_in_gs_loss_and_only_g_trains_differently
     assert _changed(states[1.0].generator, states[3.0].generator)
 
 
+def test_a_cosine_learning_rate_decays_to_zero_over_decay_steps():
+    """`optim.decay_steps=4`: update t is the constant-lr update times (1 + cos(pi t / 4)) / 2,
+    then 0."""
+    decayed = state_lib.make_optimizer(tiny_config("--config.optim.decay_steps=4").optim)
+    constant = state_lib.make_optimizer(tiny_config().optim)
+    params, grads = {"w": np.ones(3, np.float32)}, {"w": np.ones(3, np.float32)}
+    s_decayed, s_constant = decayed.init(params), constant.init(params)
+    ratios = []
+    for _ in range(6):
+        u_decayed, s_decayed = decayed.update(grads, s_decayed, params)
+        u_constant, s_constant = constant.update(grads, s_constant, params)
+        ratios.append(float(u_decayed["w"][0] / u_constant["w"][0]))
+    want = [(1 + np.cos(np.pi * min(t, 4) / 4)) / 2 for t in range(6)]
+    np.testing.assert_allclose(ratios, want, atol=1e-6)
+
+
 def test_generator_ema_follows_g_and_is_what_a_model_exports():
     """`train.ema_decay`: the average starts at G's initial weights and moves by (1 - decay)
     towards G after every step; G itself trains exactly as without it."""

@@ -105,6 +105,9 @@ def check(config: ml_collections.ConfigDict) -> None:
     ema = config.train.get("ema_decay", 0.0)
     if not _is_number(ema) or not 0 <= ema < 1:
         raise ConfigError(f"config.train.ema_decay={ema!r}: must be a number in [0, 1)")
+    decay = config.optim.get("decay_steps", 0)
+    if not _is_int(decay) or decay < 0:
+        raise ConfigError(f"config.optim.decay_steps={decay!r}: must be an integer >= 0")
     weight = config.train.get("identity_weight", 1.0)
     if not _is_number(weight) or weight < 0:
         raise ConfigError(f"config.train.identity_weight={weight!r}: must be a number >= 0")

@@ -59,8 +59,14 @@ class EmbedderState:
 
 
 def make_optimizer(optim_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam as the reference sets it (lr 2e-4, betas 0.5/0.999, eps 1e-8)."""
-    return optax.adam(optim_config.lr, b1=optim_config.b1, b2=optim_config.b2)
+    """Adam as the reference sets it (lr 2e-4, betas 0.5/0.999, eps 1e-8); with
+    `optim.decay_steps` > 0 the learning rate follows a cosine from `lr` to 0 over that many
+    updates (then stays at 0)."""
+    lr = optim_config.lr
+    decay_steps = int(optim_config.get("decay_steps", 0))
+    if decay_steps > 0:
+        lr = optax.cosine_decay_schedule(lr, decay_steps)
+    return optax.adam(lr, b1=optim_config.b1, b2=optim_config.b2)
 
 
 def init_embedder(nets: models.Networks, key, n_mels: int = 64) -> PyTree:
