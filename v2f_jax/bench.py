@@ -561,8 +561,9 @@ def bench_input(
         out["host_bytes"] = int(arrays["mel"].nbytes + arrays["face"].nbytes)
     elif feed == "on_device":
         from v2f_jax import resident_data
+        from v2f_jax.input_pipeline import train_arrays
 
-        arrays = reader.load_train_arrays(records)
+        arrays = train_arrays.host_split(records, config.data.get("arrays_dir", ""))
         it = reader.make_train_index_iterator(arrays, records, **common)
         timed = _time_batches(it, batches, warmup)
         dp = parallel.DataParallel(lambda axis: lambda s, b: (s, {}), "jit")
