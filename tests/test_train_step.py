@@ -230,17 +230,17 @@ def test_identity_weight_scales_cs_term_in_gs_loss_and_only_g_trains_differently
     update is G's previous faces', the same whatever the weight."""
     batch = make_batch()
     states, logs = {}, {}
-    for weight in (0.0, 1.0, 3.0):
+    for weight in (0.0, 3.0):
         config = tiny_config(f"--config.train.identity_weight={weight}")
-        states[weight], logs[weight] = run_steps(config, batch, 2)
+        states[weight], logs[weight] = run_steps(config, batch, 1)
     for weight, history in logs.items():
         for m in history:
             assert m["g_loss"] == pytest.approx(m["g_adv"] + weight * m["g_id"], rel=1e-5)
     first = {w: h[0] for w, h in logs.items()}
     assert first[0.0]["d_loss"] == first[3.0]["d_loss"]  # step 1's critics saw the same G
     assert first[0.0]["g_grad_norm"] != first[3.0]["g_grad_norm"]
-    assert _changed(states[0.0].generator, states[1.0].generator)
-    assert _changed(states[1.0].generator, states[3.0].generator)
+    assert _changed(states[0.0].generator, states[3.0].generator)
+    assert not _changed(states[0.0].critics, states[3.0].critics)
 
 
 def test_a_cosine_learning_rate_decays_to_zero_over_decay_steps():
