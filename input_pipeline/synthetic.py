@@ -33,9 +33,12 @@ identities, its identity and its index, so more utterances or faces add files an
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import functools
 import json
 import math
+import multiprocessing
 import os
 import pathlib
 import shutil
@@ -993,6 +996,41 @@ def _video_ids(rng: np.random.Generator, count: int) -> list[str]:
     return ids
 
 
+def _makers(corpus: str):
+    """`(make_identities, synthesize_voice, render_face)` of corpus "a" or "b"."""
+    if corpus == "b":
+        from v2f_jax.input_pipeline import synthetic_b
+
+        return synthetic_b.make_identities, synthetic_b.synthesize_voice, synthetic_b.render_face
+    return make_identities, synthesize_voice, render_face
+
+
+def _write_person(
+    person, out: pathlib.Path, utterances: int, faces: int, face_size: int, durations: str, corpus
+) -> int:
+    """One person's wavs and face PNGs under `out`; returns the audio's samples."""
+    _, voice_of, face_of = _makers(corpus)
+    video_rng = _identity_rng(person, 1, 0)
+    videos = _video_ids(video_rng, int(video_rng.integers(1, 4)))
+    counters = dict.fromkeys(videos, 0)
+    total_samples = 0
+    for u in range(utterances):
+        # Each utterance picks its video with its own generator: adding utterances renames none.
+        video = videos[_identity_rng(person, 1, u + 1).integers(len(videos))]
+        counters[video] += 1
+        samples, _ = voice_of(person, _identity_rng(person, 2, u), durations)
+        path = out / "voices" / person.voxceleb_id / video / f"{counters[video]:05d}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_wav(path, samples)
+        total_samples += samples.size
+    face_dir = out / "faces" / person.name
+    face_dir.mkdir(parents=True, exist_ok=True)
+    for f in range(faces):
+        image, _ = face_of(person, _identity_rng(person, 3, f), face_size)
+        write_png(face_dir / f"{f + 1:05d}.png", image)
+    return total_samples
+
+
 def make_corpus(
     out_dir: str | os.PathLike,
     identities: int = 24,
@@ -1003,6 +1041,7 @@ def make_corpus(
     overwrite: bool = False,
     durations: str = "short",
     corpus: str = "a",
+    workers: int = 1,
 ) -> dict:
     """Writes the corpus (layout in the module docstring) and returns a summary.
 
@@ -1019,6 +1058,8 @@ def make_corpus(
         otherwise (`synthetic_b`: other generators and other voice-face links), to tune on one
         and confirm on the other. Same layout; "b"'s identities.json records "corpus": "b" per
         identity ("a"'s is unchanged, so old seeds keep their bytes).
+      workers: processes drawing people at once; every person's files follow from the seed and
+        the person alone, so any number writes the same bytes.
 
     Returns:
       A JSON-able dict: the corpus kind, counts, splits, genders, durations, seconds of audio,
@@ -1032,13 +1073,9 @@ def make_corpus(
         raise ValueError(f"face_size must be at least {facelib.MIN_SIDE}")
     if corpus not in CORPORA:
         raise ValueError(f"corpus must be one of {CORPORA}, got {corpus!r}")
-    people_of, voice_of, face_of = make_identities, synthesize_voice, render_face
-    if corpus == "b":
-        from v2f_jax.input_pipeline import synthetic_b
-
-        people_of = synthetic_b.make_identities
-        voice_of, face_of = synthetic_b.synthesize_voice, synthetic_b.render_face
-    people = people_of(identities, seed)
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    people = _makers(corpus)[0](identities, seed)
     out = pathlib.Path(out_dir)
     outputs = [out / "voices", out / "faces", out / "vox1_meta.csv", out / "identities.json"]
     existing = [p for p in outputs if p.exists()]
@@ -1049,25 +1086,22 @@ def make_corpus(
             shutil.rmtree(p)
         else:
             p.unlink()
-    total_samples = 0
-    for person in people:
-        video_rng = _identity_rng(person, 1, 0)
-        videos = _video_ids(video_rng, int(video_rng.integers(1, 4)))
-        counters = dict.fromkeys(videos, 0)
-        for u in range(utterances):
-            # Each utterance picks its video with its own generator: adding utterances renames none.
-            video = videos[_identity_rng(person, 1, u + 1).integers(len(videos))]
-            counters[video] += 1
-            samples, _ = voice_of(person, _identity_rng(person, 2, u), durations)
-            path = out / "voices" / person.voxceleb_id / video / f"{counters[video]:05d}.wav"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_wav(path, samples)
-            total_samples += samples.size
-        face_dir = out / "faces" / person.name
-        face_dir.mkdir(parents=True, exist_ok=True)
-        for f in range(faces):
-            image, _ = face_of(person, _identity_rng(person, 3, f), face_size)
-            write_png(face_dir / f"{f + 1:05d}.png", image)
+    write = functools.partial(
+        _write_person,
+        out=out,
+        utterances=utterances,
+        faces=faces,
+        face_size=face_size,
+        durations=durations,
+        corpus=corpus,
+    )
+    if workers == 1:
+        total_samples = sum(map(write, people))
+    else:
+        # Spawned, not forked: the caller may hold JAX's or TensorFlow's threads.
+        spawn = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=spawn) as pool:
+            total_samples = sum(pool.map(write, people))
     rows = ["\t".join(META_COLUMNS)] + [
         "\t".join((p.voxceleb_id, p.name, p.gender, p.nationality, p.split)) for p in people
     ]

@@ -76,8 +76,8 @@ def host_split(
     process_index: int = 0,
     process_count: int = 1,
 ) -> dict[str, np.ndarray]:
-    """This host's split for the host- and device-memory feeds: memory-mapped from `arrays_dir` when given
-    (`open_train_arrays`), else loaded into RAM (`reader.load_train_arrays`)."""
+    """This host's split for the host- and device-memory feeds: memory-mapped from `arrays_dir`
+    when given (`open_train_arrays`), else loaded into RAM (`reader.load_train_arrays`)."""
     if arrays_dir:
         return open_train_arrays(records, arrays_dir, split, process_index, process_count)
     return reader.load_train_arrays(records, split, process_index, process_count)

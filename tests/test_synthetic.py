@@ -86,7 +86,7 @@ def test_about_a_third_are_test_identities():
 def test_same_seed_same_bytes_other_seed_other_corpus(tmp_path):
     kwargs = dict(identities=4, utterances=2, faces=2)
     synthetic.make_corpus(tmp_path / "a", seed=7, **kwargs)
-    synthetic.make_corpus(tmp_path / "b", seed=7, **kwargs)
+    synthetic.make_corpus(tmp_path / "b", seed=7, workers=2, **kwargs)  # two processes
     synthetic.make_corpus(tmp_path / "c", seed=8, **kwargs)
     synthetic.make_corpus(tmp_path / "d", seed=7, identities=4, utterances=3, faces=3)
     a, b, c, d = (_files(tmp_path / d) for d in "abcd")
@@ -414,7 +414,7 @@ def test_corpus_b_is_deterministic_and_not_corpus_a(tmp_path, capsys):
     kwargs = dict(identities=4, utterances=1, faces=1, face_size=64, seed=7)
     synthetic.make_corpus(tmp_path / "b1", corpus="b", **kwargs)
     argv = ["synth", "--out", str(tmp_path / "b2"), "--identities", "4", "--utterances", "1"]
-    argv += ["--faces", "1", "--face-size", "64", "--seed", "7", "--corpus", "b"]
+    argv += ["--faces", "1", "--face-size", "64", "--seed", "7", "--corpus", "b", "--workers", "2"]
     assert cli.main(argv) == 0
     assert "of corpus b" in capsys.readouterr().out
     synthetic.make_corpus(tmp_path / "a", **kwargs)

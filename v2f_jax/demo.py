@@ -96,6 +96,7 @@ def run_demo(
             seed=seed,
             corpus=corpus_kind,
             overwrite=True,
+            workers=min(2, os.cpu_count() or 1),
         )
         log(
             f"synthesised {summary['identities']} identities ({summary['train_identities']} "

@@ -53,11 +53,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "other voice-face links), to confirm on what was tuned on a",
     )
     parser.add_argument(
+        "--workers",
+        type=arguments.positive_int,
+        default=None,
+        help="processes drawing people at once (default: all CPUs); the same files for any",
+    )
+    parser.add_argument(
         "--overwrite", action="store_true", help="replace a corpus already in --out"
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
     import sys
     import time
 
@@ -75,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             durations=args.durations,
             corpus=args.corpus,
+            workers=args.workers or os.cpu_count() or 1,
         )
     except (ValueError, FileExistsError) as err:
         print(f"v2f synth: error: {err}", file=sys.stderr)
