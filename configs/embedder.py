@@ -19,7 +19,10 @@ def get_config(base: str = "wen2019"):
         raise ValueError(f"unknown base config {base!r}; choose one of {BASES}")
     cfg = importlib.import_module(f"v2f_jax.configs.{base}").get_config()
     cfg.train.task = "embedder"
-    cfg.train.steps = 1_500 if base == "tiny" else 20_000  # tiny: what `v2f demo` runs
+    cfg.train.steps = 3_000 if base == "tiny" else 20_000  # tiny: what `v2f demo` runs
     cfg.optim.lr = 1e-3
     cfg.optim.b1 = 0.9
+    # E also learns to predict a coarse picture of its speaker's face, so that what it hears of
+    # the face carries over to new speakers (README: "Train on your own data").
+    cfg.train.face_target_weight = 10.0
     return cfg

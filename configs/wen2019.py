@@ -76,6 +76,12 @@ def get_config() -> ml_collections.ConfigDict:
     # step; evaluation, export and `v2f generate` use it. 0: G as trained (the reference).
     cfg.train.ema_decay = 0.0
     cfg.train.train_embedder = False  # the reference keeps E frozen
+    # > 0: the network the run trains also regresses its speaker's mean training face,
+    # block-averaged over face_target_pool pixels a side (v2f_jax/face_targets.py): E's
+    # pretraining (task "embedder") predicts it from the embedding, G draws it (task "gan"),
+    # this weight x the squared error. 0: neither (the reference).
+    cfg.train.face_target_weight = 0.0
+    cfg.train.face_target_pool = 16
     # Where a GAN's E starts: the workdir of an `embedder` run, or an exported model; a GAN with
     # a frozen E needs one ("random": an untrained E, on purpose).
     cfg.train.embedder_init = ""

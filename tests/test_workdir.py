@@ -57,6 +57,8 @@ def snapshot(path: pathlib.Path) -> dict[str, bytes]:
         ("--config.model.impl=im2col", "config.model.impl"),
         ("--config.train.steps=0", "config.train.steps=0"),
         ("--config.train.identity_weight=-1.0", "config.train.identity_weight=-1.0"),
+        ("--config.train.face_target_weight=-1.0", "config.train.face_target_weight=-1.0"),
+        ("--config.train.face_target_pool=12", "config.train.face_target_pool=12"),
         ("--config.model.gen_channels=(8,8)", "config.model.gen_channels"),
         ("--config.data.frontend=librosa", "manifest.json"),
         ("--config.data.image_size=128", "config.model.gen_channels draws 64x64"),

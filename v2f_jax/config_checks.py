@@ -111,6 +111,17 @@ def check(config: ml_collections.ConfigDict) -> None:
     weight = config.train.get("identity_weight", 1.0)
     if not _is_number(weight) or weight < 0:
         raise ConfigError(f"config.train.identity_weight={weight!r}: must be a number >= 0")
+    face_weight = config.train.get("face_target_weight", 0.0)
+    if not _is_number(face_weight) or not 0 <= face_weight < float("inf"):
+        raise ConfigError(
+            f"config.train.face_target_weight={face_weight!r}: must be a finite number >= 0"
+        )
+    pool = config.train.get("face_target_pool", 16)
+    if not _is_int(pool) or pool < 1 or 64 % pool:
+        raise ConfigError(
+            f"config.train.face_target_pool={pool!r}: must be a cell side in pixels that "
+            "divides 64 (1, 2, 4, 8, 16, 32 or 64)"
+        )
     noise = _get(config, "train.embed_noise")
     if not _is_number(noise) or noise < 0:
         raise ConfigError(f"config.train.embed_noise={noise!r}: must be a number >= 0")

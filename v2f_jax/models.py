@@ -125,13 +125,23 @@ class VoiceEmbedder(nn.Module):
 
 
 class SpeakerHead(nn.Module):
-    """Linear speaker classifier on E's output, for E's pretraining only."""
+    """E's pretraining heads: a linear speaker classifier on E's output and, with `face_dim` > 0,
+    a linear map from the unit embedding (what G draws from) to the speaker's face target
+    (`face_targets.py`).
+
+    Returns `(logits [B, num_speakers], face prediction [B, face_dim] or None)`.
+    """
 
     num_speakers: int
+    face_dim: int = 0
 
     @nn.compact
     def __call__(self, embedding):
-        return nn.Dense(self.num_speakers, name="fc")(embedding.astype(jnp.float32))
+        embedding = embedding.astype(jnp.float32)
+        logits = nn.Dense(self.num_speakers, name="fc")(embedding)
+        if not self.face_dim:
+            return logits, None
+        return logits, nn.Dense(self.face_dim, name="face_fc")(unit(embedding))
 
 
 class Generator(nn.Module):

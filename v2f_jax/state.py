@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from v2f_jax import models
+from v2f_jax import face_targets, models
 
 PyTree = Any
 
@@ -49,7 +49,7 @@ class GanState:
 
 @flax.struct.dataclass
 class EmbedderState:
-    """E's speaker-classification pretraining: E with a linear head over speakers."""
+    """E's pretraining: E with a linear head over speakers (and one to face targets)."""
 
     step: jax.Array
     key: jax.Array
@@ -101,13 +101,21 @@ def create_gan_state(config: ml_collections.ConfigDict, nets: models.Networks) -
     )
 
 
+def speaker_head(config: ml_collections.ConfigDict, num_speakers: int) -> models.SpeakerHead:
+    """E's pretraining head; with a face output when `train.face_target_weight` > 0."""
+    face_dim = 0
+    if float(config.train.get("face_target_weight", 0.0)) > 0:
+        face_dim = face_targets.target_dim(int(config.train.get("face_target_pool", 16)))
+    return models.SpeakerHead(num_speakers, face_dim)
+
+
 def create_embedder_state(
     config: ml_collections.ConfigDict, nets: models.Networks, num_speakers: int
 ) -> EmbedderState:
     key = jax.random.PRNGKey(config.seed)
     k_e, k_h, k_run = jax.random.split(key, 3)
     embedder = init_embedder(nets, k_e, config.data.n_mels)
-    head = models.SpeakerHead(num_speakers).init(k_h, jnp.zeros((1, nets.embed_dim)))["params"]
+    head = speaker_head(config, num_speakers).init(k_h, jnp.zeros((1, nets.embed_dim)))["params"]
     optimizer = make_optimizer(config.optim)
     return EmbedderState(
         step=jnp.zeros((), jnp.int32),

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -52,6 +53,7 @@ from v2f_jax import (
     device_prefetch,
     distributed,
     embedder_init,
+    face_targets,
     metric_writers,
     models,
     nonfinite,
@@ -138,15 +140,47 @@ def create_state(config: ml_collections.ConfigDict, nets: models.Networks):
     return jax.tree_util.tree_map(np.asarray, jax.device_get(state))
 
 
-def make_step_factory(config: ml_collections.ConfigDict, nets: models.Networks):
-    """`axis_name -> step` for `parallel.DataParallel`: the task's step with the NaN guard."""
+def make_step_factory(config: ml_collections.ConfigDict, nets: models.Networks, face_targets=None):
+    """`axis_name -> step` for `parallel.DataParallel`: the task's step with the NaN guard.
+    `face_targets`: the face targets of E or G (`load_face_targets`), or None."""
     keep_old = config.train.on_nonfinite == "skip"
     if config.train.task == "embedder":
         num = int(config.model.num_ids)
-        make = lambda axis: train_step.make_embedder_step(config, nets, num, axis)
+        make = lambda axis: train_step.make_embedder_step(config, nets, num, axis, face_targets)
     else:
-        make = lambda axis: train_step.make_gan_step(config, nets, axis)
+        make = lambda axis: train_step.make_gan_step(config, nets, axis, face_targets)
     return lambda axis: nonfinite.guard(make(axis), keep_old)
+
+
+def load_face_targets(config: ml_collections.ConfigDict, records: manifest_lib.Records | None):
+    """The face targets (`face_targets.py`) of E's pretraining or of G when
+    `train.face_target_weight` > 0, else None.
+
+    Raises:
+      config_lib.ConfigError: targets are wanted but there are no records to take them from, or
+        no training identity has a face.
+    """
+    if float(config.train.get("face_target_weight", 0)) <= 0:
+        return None
+    hint = "or pass --config.train.face_target_weight=0"
+    if records is None:
+        raise config_lib.ConfigError(
+            f"config.train.face_target_weight > 0 takes its face targets from the records' "
+            f"training faces: give the records, {hint}"
+        )
+    start = time.perf_counter()
+    try:
+        targets = face_targets.from_records(records, int(config.train.get("face_target_pool", 16)))
+    except ValueError as e:
+        raise config_lib.ConfigError(f"{records.root}: {e}; {hint}") from e
+    logger.info(
+        "face targets: %d of %d training identities have faces, %d values each (%.1f s)",
+        int(targets.present.sum()),
+        len(targets.present),
+        targets.values.shape[1],
+        time.perf_counter() - start,
+    )
+    return targets
 
 
 # --- the loop -------------------------------------------------------------------------------
@@ -283,7 +317,7 @@ def train(
     nets = models.Networks(config.model, int(config.model.num_ids))
     steps_per_call = int(config.train.get("steps_per_call", 1))
     dp = parallel.DataParallel(
-        make_step_factory(config, nets),
+        make_step_factory(config, nets, load_face_targets(config, records)),
         config.train.parallel,
         devices,
         steps_per_call=steps_per_call,

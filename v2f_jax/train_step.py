@@ -22,6 +22,7 @@ import ml_collections
 import optax
 
 from v2f_jax import device_inputs, losses, models
+from v2f_jax import face_targets as face_targets_lib
 from v2f_jax import state as state_lib
 
 Metrics = dict[str, jax.Array]
@@ -65,9 +66,16 @@ def with_matmul_precision(step: Callable, precision: str) -> Callable:
 
 
 def make_gan_step(
-    config: ml_collections.ConfigDict, nets: models.Networks, axis_name: str | None = None
+    config: ml_collections.ConfigDict,
+    nets: models.Networks,
+    axis_name: str | None = None,
+    face_targets: face_targets_lib.FaceTargets | None = None,
 ) -> Callable:
-    """The alternating GAN step: critics (F, D, C) first, then G against the updated critics."""
+    """The alternating GAN step: critics (F, D, C) first, then G against the updated critics.
+
+    With `train.face_target_weight` > 0, G's loss also has that weight x the mean squared error
+    between its face, pooled (`face_targets`), and its speaker's pooled mean face.
+    """
     optimizer = state_lib.make_optimizer(config.optim)
     embedder = nets.embedder.clone(axis_name=axis_name)
     noise_std = config.train.embed_noise
@@ -75,6 +83,9 @@ def make_gan_step(
     identity_weight = float(config.train.get("identity_weight", 1.0))
     train_embedder = config.train.train_embedder
     shared_trunk = nets.critics.shared_trunk
+    face_weight = float(config.train.get("face_target_weight", 0.0))
+    face_dim = face_targets_lib.target_dim(int(config.train.get("face_target_pool", 16)))
+    face_loss = _face_target_loss(face_targets, face_weight, nets.num_ids, face_dim, axis_name)
 
     def mean_over_devices(tree):
         return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
@@ -156,7 +167,12 @@ def make_gan_step(
             g_adv = losses.bce(adv, 1.0)
             g_id = losses.xent(ids, batch["voice_id"])
             g_loss = g_adv + identity_weight * g_id
-            return g_loss, {"g_adv": g_adv, "g_id": g_id, "g_loss": g_loss}
+            metrics = {"g_adv": g_adv, "g_id": g_id}
+            if face_loss is not None:
+                pooled = face_targets.of_faces(fake_faces)
+                metrics["g_face_loss"] = face_loss(pooled, batch["voice_id"])
+                g_loss = g_loss + face_weight * metrics["g_face_loss"]
+            return g_loss, metrics | {"g_loss": g_loss}
 
         d_fake_faces, g_metrics = jax.grad(generator_loss, has_aux=True)(fake)
         vjp_grads = gen_vjp(d_fake_faces)
@@ -202,16 +218,56 @@ def _ids_only(critics: models.Critics, face):
     return critics.c_head(critics.c_trunk(face).astype(jnp.float32))
 
 
+def _face_target_loss(face_targets, weight: float, num_ids: int, dim: int, axis_name):
+    """`(prediction [B, P], ids [B]) -> mean squared error to the ids' face targets`, averaged
+    over the voices whose identity has a target, of the global batch (also under pmap). None
+    when `weight` is 0.
+
+    Raises:
+      ValueError: a weight without targets, or targets of another shape than `[num_ids, dim]`.
+    """
+    if weight <= 0:
+        return None
+    if face_targets is None:
+        raise ValueError("train.face_target_weight > 0 needs the face targets")
+    targets = jnp.asarray(face_targets.values, jnp.float32)
+    present = jnp.asarray(face_targets.present, jnp.float32)
+    if targets.shape != (num_ids, dim):
+        raise ValueError(
+            f"face targets of shape {targets.shape}; this config wants {(num_ids, dim)}"
+        )
+
+    def loss(prediction, ids):
+        mask = present[ids]
+        total = jnp.sum(mask * jnp.mean(jnp.square(prediction - targets[ids]), axis=-1))
+        count = jnp.sum(mask)
+        if axis_name is not None:
+            # Each device's gradient is then averaged: scale so the mean is the global one.
+            count = jax.lax.psum(count, axis_name) / jax.lax.psum(1, axis_name)
+        return total / jnp.maximum(count, 1.0)
+
+    return loss
+
+
 def make_embedder_step(
     config: ml_collections.ConfigDict,
     nets: models.Networks,
     num_speakers: int,
     axis_name: str | None = None,
+    face_targets: face_targets_lib.FaceTargets | None = None,
 ) -> Callable:
-    """E's pretraining step: cross-entropy over speaker identities, BatchNorm in train mode."""
+    """E's pretraining step: cross-entropy over speaker identities, BatchNorm in train mode, plus
+    `train.face_target_weight` x the mean squared error of the predicted face target.
+
+    Args:
+      face_targets: `face_targets.from_records(...)`; needed when `train.face_target_weight` >
+        0. Voices of identities without faces count for the speaker loss only.
+    """
     optimizer = state_lib.make_optimizer(config.optim)
     embedder = nets.embedder.clone(axis_name=axis_name)
-    head = models.SpeakerHead(num_speakers)
+    head = state_lib.speaker_head(config, num_speakers)
+    face_weight = float(config.train.get("face_target_weight", 0.0))
+    face_loss = _face_target_loss(face_targets, face_weight, num_speakers, head.face_dim, axis_name)
 
     def step(state: state_lib.EmbedderState, batch):
         batch = device_inputs.to_model_inputs(batch)
@@ -224,9 +280,12 @@ def make_embedder_step(
                 lengths=batch.get("voice_len"),
                 mutable=["batch_stats"],
             )
-            logits = head.apply({"params": params["head"]}, raw)
+            logits, face_prediction = head.apply({"params": params["head"]}, raw)
             loss = losses.xent(logits, batch["voice_id"])
             metrics = {"e_loss": loss, "e_acc": losses.accuracy(logits, batch["voice_id"])}
+            if face_weight > 0:
+                metrics["e_face_loss"] = face_loss(face_prediction, batch["voice_id"])
+                loss = loss + face_weight * metrics["e_face_loss"]
             return loss, (updates["batch_stats"], metrics)
 
         params = {"embedder": state.embedder["params"], "head": state.head}
