@@ -121,39 +121,25 @@ def test_face_targets_without_records_are_refused_with_the_way_out(tmp_path):
 
 
 def test_g_learns_to_draw_its_speakers_pooled_mean_face():
-    """In a GAN run, G's loss gets weight x the error of its pooled face to its speaker's target:
-    G's faces move to the target (4 x 4 cells here), the critics' first update is the same."""
+    """In a GAN run, G's loss gets weight x the error of its pooled face to its speaker's target,
+    and G's faces move to the target (4 x 4 cells here)."""
     batch = make_batch()
     # Targets: identity k's mean face is grey at level 200 + 4 k (pixel units), far brighter
     # than an untrained G's faces (about 127): G's first updates brighten them.
     sums = np.repeat(200.0 + 4.0 * np.arange(NUM_IDS)[:, None], 48, axis=1)
     targets = face_targets.standardise(sums, np.ones(NUM_IDS, np.int64), pool=16)
-    histories, states = {}, {}
-    for weight in (0.0, 1.0):
-        config = tiny_config(
-            f"--config.train.face_target_weight={weight}", "--config.optim.lr=1e-3"
-        )
-        nets = models.Networks(config.model, NUM_IDS)
-        dp = parallel.DataParallel(
-            lambda axis, config=config, nets=nets: train_step.make_gan_step(
-                config, nets, axis, targets
-            ),
-            "jit",
-        )
-        state = dp.put_state(state_lib.create_gan_state(config, nets))
-        history = []
-        for _ in range(10 if weight else 1):
-            state, metrics = dp(state, dp.put_batch(batch))
-            history.append(dp.get_metrics(metrics))
-            if len(history) == 1:
-                states[weight] = jax.device_get(dp.get_state(state))
-        histories[weight] = history
-    with_face = histories[1.0]
-    assert "g_face_loss" not in histories[0.0][0]
-    assert with_face[0]["g_loss"] == pytest.approx(
-        with_face[0]["g_adv"] + with_face[0]["g_id"] + with_face[0]["g_face_loss"], rel=1e-5
+    config = tiny_config("--config.train.face_target_weight=2.0", "--config.optim.lr=1e-3")
+    nets = models.Networks(config.model, NUM_IDS)
+    dp = parallel.DataParallel(
+        lambda axis: train_step.make_gan_step(config, nets, axis, targets), "jit"
     )
-    assert with_face[-1]["g_face_loss"] < 0.5 * with_face[0]["g_face_loss"]
-    assert histories[0.0][0]["d_loss"] == with_face[0]["d_loss"]
-    leaves = zip(*(jax.tree_util.tree_leaves(states[w].generator) for w in (0.0, 1.0)))
-    assert any(not np.array_equal(a, b) for a, b in leaves)
+    state = dp.put_state(state_lib.create_gan_state(config, nets))
+    history = []
+    for _ in range(10):
+        state, metrics = dp(state, dp.put_batch(batch))
+        history.append(dp.get_metrics(metrics))
+    first, last = history[0], history[-1]
+    assert first["g_loss"] == pytest.approx(
+        first["g_adv"] + first["g_id"] + 2.0 * first["g_face_loss"], rel=1e-5
+    )
+    assert last["g_face_loss"] < 0.5 * first["g_face_loss"]
