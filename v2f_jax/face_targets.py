@@ -1,4 +1,5 @@
-"""What E's pretraining regresses besides the speaker: a coarse picture of each speaker's face.
+"""A coarse picture of each training speaker's face: what E's pretraining regresses besides the
+speaker (and, optionally, what G's faces are pulled to).
 
 Speaker classification alone lets E tell its training speakers apart by whatever is easiest to
 hear (vocal-tract length, vowel habits), not by what a face shows. With
@@ -21,10 +22,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from v2f_jax.input_pipeline.constants import IMAGE_SIZE
+
 if TYPE_CHECKING:
     from v2f_jax.input_pipeline import manifest as manifest_lib
-
-IMAGE_SIZE = 64
 
 
 def target_dim(pool: int) -> int:

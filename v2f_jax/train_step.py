@@ -283,7 +283,7 @@ def make_embedder_step(
             logits, face_prediction = head.apply({"params": params["head"]}, raw)
             loss = losses.xent(logits, batch["voice_id"])
             metrics = {"e_loss": loss, "e_acc": losses.accuracy(logits, batch["voice_id"])}
-            if face_weight > 0:
+            if face_loss is not None:
                 metrics["e_face_loss"] = face_loss(face_prediction, batch["voice_id"])
                 loss = loss + face_weight * metrics["e_face_loss"]
             return loss, (updates["batch_stats"], metrics)
