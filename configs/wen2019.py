@@ -75,6 +75,10 @@ def get_config() -> ml_collections.ConfigDict:
     # > 0: keep an exponential moving average of G's weights (StyleGAN's "G_ema"), decay per
     # step; evaluation, export and `v2f generate` use it. 0: G as trained (the reference).
     cfg.train.ema_decay = 0.0
+    # > 0: G also draws from blends of two voices, weights ~ Beta(this, this), and C's loss on
+    # those faces asks for the same blend of the two speakers (v2f_jax/voice_mixup.py). 0: the
+    # reference.
+    cfg.train.voice_mixup = 0.0
     cfg.train.train_embedder = False  # the reference keeps E frozen
     # > 0: the network the run trains also regresses its speaker's mean training face,
     # block-averaged over face_target_pool pixels a side (v2f_jax/face_targets.py): E's

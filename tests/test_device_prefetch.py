@@ -1,5 +1,6 @@
 """device_prefetch: batches reach the devices ahead of the loop, in order, errors where due."""
 
+import itertools
 import threading
 
 import jax
@@ -47,6 +48,26 @@ def test_close_stops_the_thread_even_with_a_full_queue():
     next(feed)
     feed.close()
     assert not [t for t in threading.enumerate() if t.name == "v2f-prefetch" and t.is_alive()]
+
+
+@pytest.mark.parametrize("depth", [0, 2])
+def test_close_closes_the_host_batches_source_at_once(depth):
+    """The reader's resources (tf.data's threads) end inside `close`, not at some later
+    collection."""
+    closed = []
+
+    def source():
+        try:
+            yield from _host_batches()
+        finally:
+            closed.append(True)
+
+    host = source()
+    feed = device_prefetch.DevicePrefetch(host, lambda bs: bs, itertools.repeat(1), depth=depth)
+    next(feed)
+    feed.close()
+    assert closed == [True]
+    assert host.gi_frame is None  # finished: its frame and what it held are released
 
 
 def test_the_end_of_the_host_batches_ends_the_iteration():

@@ -122,6 +122,16 @@ def check(config: ml_collections.ConfigDict) -> None:
             f"config.train.face_target_pool={pool!r}: must be a cell side in pixels that "
             "divides 64 (1, 2, 4, 8, 16, 32 or 64)"
         )
+    mixup = config.train.get("voice_mixup", 0.0)
+    if not _is_number(mixup) or not 0 <= mixup < float("inf"):
+        raise ConfigError(
+            f"config.train.voice_mixup={mixup!r}: must be a finite number >= 0 (0: off)"
+        )
+    if mixup > 0 and face_weight > 0 and config.train.task == "gan":
+        raise ConfigError(
+            "config.train.voice_mixup > 0 and config.train.face_target_weight > 0 do not "
+            "combine in a GAN run: set one of them to 0"
+        )
     noise = _get(config, "train.embed_noise")
     if not _is_number(noise) or noise < 0:
         raise ConfigError(f"config.train.embed_noise={noise!r}: must be a number >= 0")

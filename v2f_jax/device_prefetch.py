@@ -8,12 +8,18 @@ batch n at step n: a checkpoint's `next_batch` is the loop's count, not the thre
 
 from __future__ import annotations
 
+import logging
 import queue
+import sys
 import threading
+import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 _DONE = object()
+SLOW_CLOSE_S = 5.0
+logger = logging.getLogger(__name__)
 
 
 class _Failed:
@@ -92,13 +98,35 @@ class DevicePrefetch:
             raise item.error
         return item
 
-    def close(self) -> None:
-        """Stops the thread (what it prepared is dropped)."""
+    def close(self) -> dict[str, float]:
+        """Stops the thread (what it prepared is dropped) and closes the host batches' source.
+
+        Returns the seconds spent `{"thread": joining the thread, "source": closing the source}`;
+        a thread still busy after `SLOW_CLOSE_S` has its stack logged (what it waits for).
+        """
+        start = time.perf_counter()
         self._stop.set()
         if self._thread is not None:
+            logged = False
             while self._thread.is_alive():
                 try:
                     self._queue.get(timeout=0.1)
                 except queue.Empty:
                     pass
+                if not logged and time.perf_counter() - start > SLOW_CLOSE_S:
+                    logged = True
+                    frame = sys._current_frames().get(self._thread.ident)
+                    if frame is not None:
+                        logger.warning(
+                            "the prefetch thread is still busy at close:\n%s",
+                            "".join(traceback.format_stack(frame)),
+                        )
             self._thread.join()
+        joined = time.perf_counter()
+        # The reader's threads end here, where the caller waits for them, rather than at some
+        # later garbage collection.
+        close = getattr(self._host, "close", None)
+        if callable(close):
+            close()
+        self._host = iter(())
+        return {"thread": joined - start, "source": time.perf_counter() - joined}

@@ -460,7 +460,14 @@ def train(
         if grids is not None:
             grids.shutdown()
         if feed is not None:
-            feed.close()
+            seconds = feed.close()
+            if sum(seconds.values()) > device_prefetch.SLOW_CLOSE_S:
+                logger.warning(
+                    "closing the input stream took %.1f s (prefetch thread %.1f s, reader %.1f s)",
+                    sum(seconds.values()),
+                    seconds["thread"],
+                    seconds["source"],
+                )
         if profile is not None:
             profile.close()
         if stop is not None:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from v2f_jax import device_inputs, losses, models
+from v2f_jax import device_inputs, losses, models, voice_mixup
 from v2f_jax import face_targets as face_targets_lib
 from v2f_jax import state as state_lib
 
@@ -74,7 +74,9 @@ def make_gan_step(
     """The alternating GAN step: critics (F, D, C) first, then G against the updated critics.
 
     With `train.face_target_weight` > 0, G's loss also has that weight x the mean squared error
-    between its face, pooled (`face_targets`), and its speaker's pooled mean face.
+    between its face, pooled (`face_targets`), and its speaker's pooled mean face. With
+    `train.voice_mixup` > 0, G draws from blends of two voices and C's loss on its faces asks for
+    the same blend of their speakers (voice_mixup.py).
     """
     optimizer = state_lib.make_optimizer(config.optim)
     embedder = nets.embedder.clone(axis_name=axis_name)
@@ -86,6 +88,9 @@ def make_gan_step(
     face_weight = float(config.train.get("face_target_weight", 0.0))
     face_dim = face_targets_lib.target_dim(int(config.train.get("face_target_pool", 16)))
     face_loss = _face_target_loss(face_targets, face_weight, nets.num_ids, face_dim, axis_name)
+    mixup_alpha = float(config.train.get("voice_mixup", 0.0))
+    if mixup_alpha > 0 and face_loss is not None:
+        raise ValueError("train.voice_mixup and a GAN's train.face_target_weight do not combine")
 
     def mean_over_devices(tree):
         return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
@@ -122,12 +127,17 @@ def make_gan_step(
         voice = batch["voice"]
         if not train_embedder:
             voice = jax.lax.stop_gradient(voice)
+        pairs = None
+        if mixup_alpha > 0:
+            pairs = voice_mixup.draw_pairs(key, batch["voice_id"], mixup_alpha, axis_name)
 
         def generate(g_params, e_params):
             raw, new_stats = embed(
                 e_params, state.embedder["batch_stats"], voice, batch.get("voice_len")
             )
             emb = noisy_unit_embedding(raw, key, noise_std, axis_name)
+            if pairs is not None:
+                emb = voice_mixup.mix(emb, pairs, axis_name)
             return nets.generator.apply({"params": g_params}, emb), new_stats
 
         # G (and E, when it trains) forward once; its VJP serves the generator update below.
@@ -165,7 +175,10 @@ def make_gan_step(
         def generator_loss(fake_faces):
             adv, ids = nets.critics.apply({"params": critics}, fake_faces)
             g_adv = losses.bce(adv, 1.0)
-            g_id = losses.xent(ids, batch["voice_id"])
+            if pairs is None:
+                g_id = losses.xent(ids, batch["voice_id"])
+            else:
+                g_id = voice_mixup.identity_loss(ids, batch["voice_id"], pairs)
             g_loss = g_adv + identity_weight * g_id
             metrics = {"g_adv": g_adv, "g_id": g_id}
             if face_loss is not None:
