@@ -296,19 +296,20 @@ class HeldErrors:
 
 
 @contextlib.contextmanager
-def held_errors(logger_name: str = "absl") -> Iterator[HeldErrors]:
+def held_errors(logger_names: tuple[str, ...] = ("absl", "asyncio")) -> Iterator[HeldErrors]:
     """Holds back what background threads report while the block runs: error records of
-    `logger_name` (orbax logs a failed save once per thread, each with a traceback) and
+    `logger_names` (orbax logs a failed save once per thread, each with a traceback; asyncio, a
+    failed write task of orbax's that nobody awaited) and
     exceptions reported through `sys.excepthook`, `threading.excepthook` or `sys.unraisablehook`
     (tensorstore's callbacks into orbax's closed event loops). They are replayed when the block
     ends, unless the caller discarded them: it reports the failure once itself, and the hooks
     then stay muted for the rest of the process, whose threads still echo it while it exits."""
     held = HeldErrors()
-    target = logging.getLogger(logger_name)
+    targets = [logging.getLogger(name) for name in logger_names]
 
     def hold_record(record: logging.LogRecord) -> bool:
         if record.levelno >= logging.ERROR:
-            held.hold(functools.partial(target.handle, record))
+            held.hold(functools.partial(logging.getLogger(record.name).handle, record))
             return False
         return True
 
@@ -316,12 +317,14 @@ def held_errors(logger_name: str = "absl") -> Iterator[HeldErrors]:
     sys.excepthook = lambda *exc: held.hold(functools.partial(hooks[0], *exc))
     threading.excepthook = lambda args: held.hold(functools.partial(hooks[1], args))
     sys.unraisablehook = lambda args: held.hold(functools.partial(hooks[2], args))
-    target.addFilter(hold_record)
+    for target in targets:
+        target.addFilter(hold_record)
     try:
         yield held
     finally:
         if not held.discarded:
-            target.removeFilter(hold_record)
+            for target in targets:
+                target.removeFilter(hold_record)
             sys.excepthook, threading.excepthook, sys.unraisablehook = hooks
             for report in held.reports:
                 report()
