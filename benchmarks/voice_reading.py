@@ -3,7 +3,8 @@
 Without training a GAN, this asks how far faces drawn from E's embedding could get: a linear map
 (ridge regression) from each training identity's mean unit embedding to its mean training face
 gives a face for every held-out voice, scored as `v2f eval` scores (the demo's face embedder,
-1:2 matching). Beside it, the same map from what the synthetic corpus knows of each person
+1:2 matching), and the mean face of the training speaker nearest in E's embedding (a lookup,
+not a map). Beside them, the same map from what the synthetic corpus knows of each person
 (`identities.json`: gender, age, vocal tract or body height, build or region, complexion), the
 ceiling of a linear reader, and from chosen subsets of it; and how much of each attribute of a
 held-out voice a ridge probe on E's embedding recovers (R^2, 1 = all, <= 0 = nothing).
@@ -102,6 +103,10 @@ def main() -> None:
     te_attr, _ = attributes(people, names("test"), keys)
     id_emb = models.unit(baselines.identity_means(tr_emb, tr_lab, k)[0])
     results = {"corpus": corpus, "from_embedding": matching(ridge(id_emb, mean_faces)(te_emb))}
+    # A lookup instead of a map: the mean face of the training speaker whose mean embedding is
+    # nearest (cosine), what a G that memorised its speakers would draw.
+    nearest = np.argmax(te_emb @ id_emb.T, axis=1)
+    results["nearest_speaker_by_embedding"] = matching(mean_faces[nearest])
     columns = ["female", *keys]
     for n in range(1, len(columns) + 1):
         cols = sum(groups[:n], [])
