@@ -37,6 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"voices per person (default {d['utterances']})",
     )
     parser.add_argument(
+        "--durations",
+        choices=("short", "voxceleb"),
+        default=d["durations"],
+        help="utterance lengths (v2f synth --durations): voxceleb (default: 4-30 s of speech, "
+        "as VoxCeleb1's) or short (2.5-4.5 s files: a quicker corpus)",
+    )
+    parser.add_argument(
         "--faces",
         type=arguments.positive_int,
         default=d["faces"],
@@ -86,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         identities=args.identities,
         utterances=args.utterances,
+        durations=args.durations,
         faces=args.faces,
         embedder_steps=args.embedder_steps,
         steps=args.steps,

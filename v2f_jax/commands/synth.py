@@ -3,9 +3,10 @@ VoxCeleb1 / VGGFace layouts (`voices/`, `faces/`, `vox1_meta.csv`), so the whole
 with no download. Same seed, same bytes.
 
 Example: `v2f synth --out data/synth --identities 24 --utterances 4 --faces 4`; with
-`--durations voxceleb`, utterances as long as VoxCeleb1's (for input-pipeline benchmarks); with
-`--corpus b`, a second corpus built otherwise (other voice and face generators, other voice-face
-links: `input_pipeline/synthetic_b.py`), to tune a recipe on one and confirm it on the other.
+`--durations voxceleb`, utterances as long as VoxCeleb1's (input-pipeline benchmarks and `v2f
+demo`); with `--corpus b`, a second corpus built otherwise (other voice and face generators,
+other voice-face links: `input_pipeline/synthetic_b.py`), to tune a recipe on one and confirm it
+on the other.
 """
 
 from __future__ import annotations
