@@ -62,10 +62,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"GAN training steps (default {d['steps']})",
     )
     parser.add_argument(
+        "--embedder-batch-size",
+        type=arguments.positive_int,
+        default=d["embedder_batch_size"],
+        help=f"global batch of E's pretraining (default {d['embedder_batch_size']})",
+    )
+    parser.add_argument(
         "--batch-size",
         type=arguments.positive_int,
         default=d["batch_size"],
-        help=f"global batch (default {d['batch_size']})",
+        help=f"global batch of the GAN (default {d['batch_size']})",
     )
     parser.add_argument(
         "--no-baseline", action="store_true", help="skip evaluating the untrained generator"
@@ -97,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         faces=args.faces,
         embedder_steps=args.embedder_steps,
         steps=args.steps,
+        embedder_batch_size=args.embedder_batch_size,
         batch_size=args.batch_size,
         config_overrides=[o[len("--config.") :] for o in args.config_overrides],
         baseline=not args.no_baseline,
