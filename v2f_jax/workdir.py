@@ -301,9 +301,9 @@ def held_errors(logger_names: tuple[str, ...] = ("absl", "asyncio")) -> Iterator
     `logger_names` (orbax logs a failed save once per thread, each with a traceback; asyncio, a
     failed write task of orbax's that nobody awaited) and exceptions reported through
     `sys.excepthook`, `threading.excepthook` or `sys.unraisablehook` (tensorstore's callbacks
-    into orbax's closed event loops). They are replayed when the block
-    ends, unless the caller discarded them: it reports the failure once itself, and the hooks
-    then stay muted for the rest of the process, whose threads still echo it while it exits."""
+    into orbax's closed event loops). They are replayed when the block ends, unless the caller
+    discarded them: it reports the failure once itself, and the hooks then stay muted for the
+    rest of the process, whose threads still echo it while it exits."""
     held = HeldErrors()
     targets = [logging.getLogger(name) for name in logger_names]
 
