@@ -37,7 +37,7 @@ time), then their median taken. On the CPU a step's time is the median of the ro
 times (each step ends synchronised); on CUDA it is the round's wall time over its steps, the round
 ending with `jax.block_until_ready` (ours, steps dispatched back to back as `v2f train` runs them)
 and `torch.cuda.synchronize()` (theirs). Both workers get the same malloc environment: by default
-`v2f_jax.host_memory.SETTINGS`, under which each side reuses freed host memory instead of
+`v2f_jax.training.host_memory.SETTINGS`, under which each side reuses freed host memory instead of
 page-faulting its large temporaries afresh every step (PyTorch gains more from it than we do);
 `--allocator system` runs both with glibc's defaults. Our side needs no TensorFlow.
 
@@ -70,7 +70,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_IDS = 924
 
 sys.path.insert(0, str(REPO))
-from v2f_jax import host_memory  # noqa: E402  (no JAX import: the parent stays light)
+from v2f_jax.training import host_memory  # noqa: E402  (no JAX import: the parent stays light)
 
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
 FEATURES = ("channels_last", "fused_adam", "no_item", "compile", "dedup")
@@ -331,32 +331,33 @@ def _jax_worker(args) -> None:
     try:
         import jax
 
-        from v2f_jax import bench, config_lib
+        from v2f_jax import config_lib
+        from v2f_jax.bench import hlo, probes, step
 
         backend = jax.default_backend()
         if args.device == "cuda" and backend != "gpu":
             raise RuntimeError(f"--device cuda, but JAX's backend is {backend}")
         config = config_lib.load_config(args.config, args.config_override)
-        config = bench.apply_step_overrides(
+        config = step.apply_step_overrides(
             config, batch_size=args.batch, dtype=args.dtype, parallel_mode="jit", impl=args.impl
         )
-        runner = bench.StepRunner(config, frames=args.frames, num_ids=NUM_IDS)
+        runner = step.StepRunner(config, frames=args.frames, num_ids=NUM_IDS)
         ready["compile_s"] = runner.compile()
         start = time.perf_counter()
         runner.run(1)
         ready["first_step_s"] = time.perf_counter() - start
         runner.run(max(args.warmup - 1, 0))
         ready.update(
-            flops_per_step=bench.compiled_flops(runner.compiled),
+            flops_per_step=hlo.compiled_flops(runner.compiled),
             impl=config.model.impl,
-            hlo=bench.hlo_op_counts(runner.compiled),
+            hlo=hlo.hlo_op_counts(runner.compiled),
             matmul_precision=str(jax.config.jax_default_matmul_precision),
-            machine=bench.machine(),
+            machine=probes.machine(),
         )
         if args.peak:
             # A 2048^3 product is over in microseconds on a GPU: a larger one there.
             size = 8192 if backend == "gpu" else 2048
-            ready["peak_gflops_per_s"] = bench.matmul_peak(args.dtype, size=size)["gflops_per_s"]
+            ready["peak_gflops_per_s"] = probes.matmul_peak(args.dtype, size=size)["gflops_per_s"]
     except Exception as err:
         ready["error"] = _error_text(err)
         print(json.dumps(ready), flush=True)
@@ -736,16 +737,17 @@ def track_bf16(args) -> dict:
     """
     import numpy as np
 
-    from v2f_jax import bench, config_lib
+    from v2f_jax import config_lib
+    from v2f_jax.bench import loss_tracking, step
 
     runs = {"fp32": ("float32", 0), "bf16": ("bfloat16", 0), "fp32_seed1": ("float32", 1)}
     histories = {}
     for name, (dtype, seed) in runs.items():
         config = config_lib.load_config(REPO / "configs/tiny.py", args.config_override)
-        config = bench.apply_step_overrides(config, dtype=dtype, impl=args.impl)
+        config = step.apply_step_overrides(config, dtype=dtype, impl=args.impl)
         config.seed = seed
         print(f"  {name}: {args.track_bf16} steps...", file=sys.stderr)
-        histories[name] = bench.loss_history(config, steps=args.track_bf16)
+        histories[name] = loss_tracking.loss_history(config, steps=args.track_bf16)
     window = 20
 
     def smooth(x):

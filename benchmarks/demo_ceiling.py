@@ -18,7 +18,7 @@ import numpy as np
 
 from v2f_jax.evaluation import face_embedder, metrics
 from v2f_jax.input_pipeline import faces as facelib
-from v2f_jax.input_pipeline import synthetic
+from v2f_jax.synthetic import corpus_a
 
 LEVELS = {
     "gender": (),
@@ -28,9 +28,9 @@ LEVELS = {
 }
 
 
-def photos(person: synthetic.Identity, rngs) -> np.ndarray:
+def photos(person: corpus_a.Identity, rngs) -> np.ndarray:
     """uint8 `[len(rngs), 64, 64, 3]` aligned faces, resized as `v2f prepare` loads the PNGs."""
-    return np.stack([facelib.resize(synthetic.render_face(person, rng)[0]) for rng in rngs])
+    return np.stack([facelib.resize(corpus_a.render_face(person, rng)[0]) for rng in rngs])
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--out", default="ceiling.json")
     args = parser.parse_args()
 
-    people = synthetic.make_identities(args.identities, args.seed)
+    people = corpus_a.make_identities(args.identities, args.seed)
     train = [p for p in people if p.split == "dev"]
     test = [p for p in people if p.split == "test"]
 
@@ -63,7 +63,7 @@ def main() -> None:
         for i, person in enumerate(test):
             for v in range(args.voices):
                 rng = np.random.default_rng([args.seed, 999, i, v])
-                looks = [synthetic.lookalike(person, rng, shared) for _ in range(args.lookalikes)]
+                looks = [corpus_a.lookalike(person, rng, shared) for _ in range(args.lookalikes)]
                 faces = [photos(x, [rng])[0].astype(np.float32) for x in looks]
                 guesses.append(np.round(np.mean(faces, axis=0)).astype(np.uint8))
                 labels.append(i)

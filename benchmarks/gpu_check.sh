@@ -285,12 +285,13 @@ def _peaks(n):
 def profile(args):
     import jax
 
-    from v2f_jax import bench, config_lib
+    from v2f_jax import config_lib
+    from v2f_jax.bench import step
 
     config = config_lib.load_config(args.config)
-    config = bench.apply_step_overrides(config, batch_size=args.batch, dtype=args.dtype,
-                                        parallel_mode="jit")
-    runner = bench.StepRunner(config, frames=args.frames)
+    config = step.apply_step_overrides(config, batch_size=args.batch, dtype=args.dtype,
+                                       parallel_mode="jit")
+    runner = step.StepRunner(config, frames=args.frames)
     runner.compile()
     runner.run(args.warmup)
     jax.profiler.start_trace(args.trace_dir)

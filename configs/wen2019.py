@@ -76,12 +76,12 @@ def get_config() -> ml_collections.ConfigDict:
     # step; evaluation, export and `v2f generate` use it. 0: G as trained (the reference).
     cfg.train.ema_decay = 0.0
     # > 0: G also draws from blends of two voices, weights ~ Beta(this, this), and C's loss on
-    # those faces asks for the same blend of the two speakers (v2f_jax/voice_mixup.py). 0: the
-    # reference.
+    # those faces asks for the same blend of the two speakers
+    # (v2f_jax/training/voice_mixup.py). 0: the reference.
     cfg.train.voice_mixup = 0.0
     cfg.train.train_embedder = False  # the reference keeps E frozen
     # > 0: the network the run trains also regresses its speaker's mean training face,
-    # block-averaged over face_target_pool pixels a side (v2f_jax/face_targets.py): E's
+    # block-averaged over face_target_pool pixels a side (v2f_jax/training/face_targets.py): E's
     # pretraining (task "embedder") predicts it from the embedding, G draws it (task "gan"),
     # this weight x the squared error. 0: neither (the reference).
     cfg.train.face_target_weight = 0.0

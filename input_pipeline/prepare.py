@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 import v2f_jax
+from v2f_jax import files
 from v2f_jax.input_pipeline import audio, constants, errors, faces, tfds_metadata
 from v2f_jax.input_pipeline import manifest as manifest_lib
 from v2f_jax.input_pipeline.constants import META_COLUMNS, TEST_INITIALS
@@ -405,15 +406,6 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def read_done(out_dir: str, shard: str, key: str) -> dict | None:
     """The `.done` record of a finished shard whose inputs are unchanged, else None."""
     try:
@@ -449,12 +441,9 @@ def write_shard(out_dir: str, shard: str, key: str, items, results) -> dict:
         else:
             rejects.append(reject(it.path, out, "voice" if it.kind == "voices" else "face"))
     final = os.path.join(out_dir, shard)
-    tmp = os.path.join(out_dir, f".{shard}.tmp{os.getpid()}")
-    records.write_records(tmp, serialized)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    digest = _sha256(tmp)
-    os.replace(tmp, final)
+    with files.replacing(final) as tmp:
+        records.write_records(tmp, serialized)
+        digest = _sha256(tmp)
     done = {
         "shard": shard,
         "key": key,
@@ -466,7 +455,7 @@ def write_shard(out_dir: str, shard: str, key: str, items, results) -> dict:
         "counts": counts,
         "rejects": rejects,
     }
-    _write_atomic(final + ".done", json.dumps(done, indent=1, sort_keys=True).encode())
+    files.write_bytes(final + ".done", json.dumps(done, indent=1, sort_keys=True).encode())
     return done
 
 
@@ -609,7 +598,7 @@ def prepare(
             f"shards are kept for the next run)"
         )
     manifest["gender_codes"] = {**constants.GENDER_CODES, "unknown": constants.UNKNOWN_GENDER}
-    _write_atomic(
+    files.write_bytes(
         os.path.join(out_dir, manifest_lib.FILENAME),
         json.dumps(manifest, indent=1).encode() + b"\n",
     )

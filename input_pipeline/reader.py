@@ -241,7 +241,7 @@ def make_train_iterator(
     Records are read and shuffled serialized; each batch is then parsed at once, keeping only
     what a step uses, and a voice crop is a byte slice of the stored float16 log-mel. Voices
     stay float16 and faces uint8 up to the device, where the step expands them
-    (v2f_jax/device_inputs.py).
+    (v2f_jax/feed/device_inputs.py).
 
     Args:
       records: the output of `v2f prepare` (`manifest.Records.open(dir)`).

@@ -26,6 +26,8 @@ import re
 import tempfile
 from typing import Any
 
+from v2f_jax import files
+
 TFDS_DIR = "tfds"  # under the records directory
 DATASETS = {"voices": "v2f_voices", "faces": "v2f_faces"}
 SPLITS = ("train", "test")
@@ -136,9 +138,7 @@ def _write_if_changed(path: str, data: bytes) -> None:
                 return
     except OSError:
         pass
-    from v2f_jax.input_pipeline import prepare  # imports this module: imported here, not above
-
-    prepare._write_atomic(path, data)
+    files.write_bytes(path, data)
 
 
 def write(records_dir: str | os.PathLike, manifest: dict[str, Any]) -> dict[str, str]:

@@ -1,5 +1,11 @@
-"""Shared fixtures. The in-process suite runs on the CPU with four fake devices, on any machine
-(a GPU host included), so multi-device code is tested everywhere the same way."""
+"""Shared fixtures and the two tiers. The in-process suite runs on the CPU with four fake devices,
+on any machine (a GPU host included), so multi-device code is tested everywhere the same way.
+
+`python -m pytest` is the quick tier: tests marked `slow` (end-to-end runs of a minute or more)
+or `multiprocess` (several local JAX processes) are deselected. `python -m pytest --full` runs
+everything (what CI runs). Every test process and the processes they start share one persistent
+XLA compilation cache, so a program compiled by one test loads in the next.
+"""
 
 import os
 import pathlib
@@ -17,6 +23,8 @@ if _FLAGS.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
 
 import jax  # noqa: E402 - after the XLA flags above
 import pytest  # noqa: E402
+
+LONG_MARKERS = ("slow", "multiprocess")
 
 jax.config.update("jax_platforms", "cpu")
 jax.config.update("jax_num_cpu_devices", 4)
@@ -51,3 +59,28 @@ def tiny_records_dir(tmp_path_factory) -> str:
     import runs
 
     return runs.make_records(tmp_path_factory.mktemp("corpus"))
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--full",
+        action="store_true",
+        help=f"run every test, the {' and '.join(LONG_MARKERS)} ones too (what CI runs)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--full") or config.getoption("-m"):
+        return  # --full, or the user chose by marker: run what was asked
+    quick, long = [], []
+    for item in items:
+        (long if any(item.get_closest_marker(m) for m in LONG_MARKERS) else quick).append(item)
+    if long:
+        config.hook.pytest_deselected(items=long)
+        items[:] = quick
+
+
+def pytest_report_header(config):
+    if config.getoption("--full") or config.getoption("-m"):
+        return "tier: full"
+    return f"tier: quick ({', '.join(LONG_MARKERS)} tests deselected; --full runs them)"

@@ -22,7 +22,8 @@ from v2f_jax.evaluation import evaluate
 from v2f_jax.inference import model_files
 from v2f_jax.inference.model import init_model
 from v2f_jax.input_pipeline import manifest as manifest_lib
-from v2f_jax.input_pipeline import prepare, synthetic
+from v2f_jax.input_pipeline import prepare
+from v2f_jax.synthetic import writer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -30,7 +31,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> pathlib.Path:
     root = tmp_path_factory.mktemp("corpus")
-    synthetic.make_corpus(root, identities=8, utterances=2, faces=2, seed=0)
+    writer.make_corpus(root, identities=8, utterances=2, faces=2, seed=0)
     return root
 
 

@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from v2f_jax import bench, cli
+from v2f_jax import cli
+from v2f_jax.bench import hlo, timing
 
 STEP_KEYS = {
     "samples_per_s",
@@ -177,7 +178,7 @@ def test_bad_impl_is_a_usage_error(capsys):
 
 
 def test_spread_and_hlo_counts():
-    s = bench.spread([3.0, 1.0, 2.0, 10.0])
+    s = timing.spread([3.0, 1.0, 2.0, 10.0])
     assert s["median"] == 2.5 and s["min"] == 1.0 and s["max"] == 10.0 and s["n"] == 4
     text = (
         "%ynn_fusion = f32[2,2]{1,0} fusion(%a, %b), kind=kCustom, calls=%fc, "
@@ -190,4 +191,4 @@ def test_spread_and_hlo_counts():
         def as_text(self):
             return text
 
-    assert bench.hlo_op_counts(Fake()) == {"library_fusions": 1, "other_dots": 1, "convolutions": 1}
+    assert hlo.hlo_op_counts(Fake()) == {"library_fusions": 1, "other_dots": 1, "convolutions": 1}

@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from v2f_jax import device_prefetch, parallel, train
+from v2f_jax import parallel, train
+from v2f_jax.feed import device_prefetch
 
 
 def _host_batches(n=None, fail_at=None):

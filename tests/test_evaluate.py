@@ -210,10 +210,11 @@ def test_face_embedder_is_deterministic_and_round_trips(tmp_path):
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
-    from v2f_jax.input_pipeline import prepare, synthetic
+    from v2f_jax.input_pipeline import prepare
+    from v2f_jax.synthetic import writer
 
     root = tmp_path_factory.mktemp("eval")
-    corpus = synthetic.make_corpus(root / "corpus", identities=10, utterances=2, faces=3, seed=1)
+    corpus = writer.make_corpus(root / "corpus", identities=10, utterances=2, faces=3, seed=1)
     prepare.prepare(
         corpus["voices_dir"],
         corpus["faces_dir"],

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 from test_train_step import NUM_IDS, make_batch, tiny_config
 
-from v2f_jax import config_lib, face_targets, models, parallel, train, train_step
+from v2f_jax import config_lib, models, parallel, train, train_step
 from v2f_jax import state as state_lib
 from v2f_jax.input_pipeline import manifest, reader
+from v2f_jax.training import face_targets
 
 
 def _faces(colours):

@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from v2f_jax.input_pipeline import errors, faces, synthetic
+from v2f_jax.input_pipeline import errors, faces
+from v2f_jax.synthetic import corpus_a
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CORRUPT = "corrupt or unreadable image"
@@ -197,10 +198,10 @@ def test_face_without_eyes_is_reported(tmp_path, monkeypatch):
 
 def test_detect_and_align_drawn_faces_in_photos(tmp_path):
     """Haar finds most synthetic faces: put some, eyes known, in bigger tilted photos."""
-    people = synthetic.make_identities(12, seed=0)
+    people = corpus_a.make_identities(12, seed=0)
     found = 0
     for i, person in enumerate(people):
-        crop, _ = synthetic.render_face(person, np.random.default_rng(i), 96, jitter=False)
+        crop, _ = corpus_a.render_face(person, np.random.default_rng(i), 96, jitter=False)
         # Into a 320x280 photo: scaled x2, tilted 8 degrees, off centre.
         m = _similarity(8 if i % 2 else -8, 2.0, (40, 30), (47.5, 47.5))
         m[:, 2] += (160 - 47.5, 140 - 47.5)

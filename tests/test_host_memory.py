@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from v2f_jax import host_memory
+from v2f_jax.training import host_memory
 
 pytestmark = pytest.mark.skipif(
     not host_memory.should_reexec({host_memory.OPT_IN: "1"}), reason="Linux with glibc only"
@@ -33,7 +33,7 @@ def _script(tmp_path, body=""):
         textwrap.dedent(
             """
             import json, os, sys
-            from v2f_jax import host_memory
+            from v2f_jax.training import host_memory
             print(json.dumps({"pid": os.getpid()}), flush=True)
             host_memory.reexec_with_memory_reuse(sys.argv)
             print(json.dumps({"pid": os.getpid(), **host_memory.settings_in_effect()}))
@@ -67,11 +67,12 @@ def test_without_opt_in_or_with_own_settings_the_environment_stays(tmp_path, env
 
 STEP_FAULTS = """
 import resource
-from v2f_jax import bench, config_lib
-config = bench.apply_step_overrides(
+from v2f_jax import config_lib
+from v2f_jax.bench import step
+config = step.apply_step_overrides(
     config_lib.load_config("configs/tiny.py"), batch_size=64, dtype="float32"
 )
-runner = bench.StepRunner(config, frames=300, num_ids=16)
+runner = step.StepRunner(config, frames=300, num_ids=16)
 runner.run(5)
 faults = []
 for _ in range(11):

@@ -16,7 +16,8 @@ from v2f_jax.evaluation import evaluate
 from v2f_jax.inference import model_files
 from v2f_jax.inference.model import init_model
 from v2f_jax.input_pipeline import manifest as manifest_lib
-from v2f_jax.input_pipeline import prepare, synthetic
+from v2f_jax.input_pipeline import prepare
+from v2f_jax.synthetic import writer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Appended to the README's commands to make them quick; nothing else is changed.
@@ -74,7 +75,7 @@ def test_the_readme_recipe_for_your_own_data_runs_end_to_end(tmp_path):
 
 
 def test_the_records_front_end_is_the_models_and_eval_takes_its_records(tmp_path):
-    corpus = synthetic.make_corpus(tmp_path / "corpus", identities=8, utterances=2, faces=2)
+    corpus = writer.make_corpus(tmp_path / "corpus", identities=8, utterances=2, faces=2)
     inputs = (corpus["voices_dir"], corpus["faces_dir"], corpus["meta"], tmp_path / "records")
     prepare.prepare(*inputs, frontend="librosa", workers=1, progress=False)
     records = manifest_lib.Records.open(tmp_path / "records")

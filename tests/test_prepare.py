@@ -11,8 +11,9 @@ import soundfile
 import tensorflow as tf
 
 from v2f_jax import cli
-from v2f_jax.input_pipeline import audio, reader, records, synthetic
+from v2f_jax.input_pipeline import audio, reader, records
 from v2f_jax.input_pipeline import manifest as manifest_lib
+from v2f_jax.synthetic import writer
 
 IDS, UTTS, FACES = 8, 3, 3
 
@@ -20,7 +21,7 @@ IDS, UTTS, FACES = 8, 3, 3
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
-    return synthetic.make_corpus(root, identities=IDS, utterances=UTTS, faces=FACES, seed=0)
+    return writer.make_corpus(root, identities=IDS, utterances=UTTS, faces=FACES, seed=0)
 
 
 def _argv(corpus, out, *extra):

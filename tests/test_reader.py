@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from v2f_jax import device_inputs, parallel, resident_data
+from v2f_jax import parallel
+from v2f_jax.feed import device_inputs, resident_data
 from v2f_jax.input_pipeline import manifest as manifest_lib
 from v2f_jax.input_pipeline import prepare, reader
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from v2f_jax import samples
+from v2f_jax.training import samples
 
 
 class HeldWriter:

@@ -12,7 +12,9 @@ import pytest
 import webrtcvad
 
 from v2f_jax import cli
-from v2f_jax.input_pipeline import faces, synthetic, synthetic_b
+from v2f_jax.input_pipeline import faces
+from v2f_jax.synthetic import common, corpus_a, writer
+from v2f_jax.synthetic import corpus_b as corpus_b_lib  # "corpus_b" is a fixture below
 
 N_IDS, N_UTTS, N_FACES = 8, 3, 2
 
@@ -33,7 +35,7 @@ def _rank_correlation(a, b) -> float:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth") / "corpus"
-    summary = synthetic.make_corpus(out, identities=N_IDS, utterances=N_UTTS, faces=N_FACES, seed=0)
+    summary = writer.make_corpus(out, identities=N_IDS, utterances=N_UTTS, faces=N_FACES, seed=0)
     return out, summary
 
 
@@ -75,20 +77,20 @@ def test_layout_and_meta_table(corpus):
 
 
 def test_about_a_third_are_test_identities():
-    people = synthetic.make_identities(60, seed=3)
+    people = corpus_a.make_identities(60, seed=3)
     test = [p for p in people if p.name[0] in "ABCDE"]
     assert len(test) == 20
     assert {p.gender for p in test} == {"m", "f"}
     with pytest.raises(ValueError, match="need 4 to"):
-        synthetic.make_identities(3)
+        corpus_a.make_identities(3)
 
 
 def test_same_seed_same_bytes_other_seed_other_corpus(tmp_path):
     kwargs = dict(identities=4, utterances=2, faces=2)
-    synthetic.make_corpus(tmp_path / "a", seed=7, **kwargs)
-    synthetic.make_corpus(tmp_path / "b", seed=7, workers=2, **kwargs)  # two processes
-    synthetic.make_corpus(tmp_path / "c", seed=8, **kwargs)
-    synthetic.make_corpus(tmp_path / "d", seed=7, identities=4, utterances=3, faces=3)
+    writer.make_corpus(tmp_path / "a", seed=7, **kwargs)
+    writer.make_corpus(tmp_path / "b", seed=7, workers=2, **kwargs)  # two processes
+    writer.make_corpus(tmp_path / "c", seed=8, **kwargs)
+    writer.make_corpus(tmp_path / "d", seed=7, identities=4, utterances=3, faces=3)
     a, b, c, d = (_files(tmp_path / d) for d in "abcd")
     assert a == b
     assert set(a.values()).isdisjoint(c.values())
@@ -96,8 +98,8 @@ def test_same_seed_same_bytes_other_seed_other_corpus(tmp_path):
     assert {k: v for k, v in a.items() if k.endswith((".wav", ".png"))}.items() <= d.items()
     assert len(d) > len(a)
     with pytest.raises(FileExistsError):
-        synthetic.make_corpus(tmp_path / "a", seed=7, **kwargs)
-    synthetic.make_corpus(tmp_path / "a", seed=8, overwrite=True, **kwargs)
+        writer.make_corpus(tmp_path / "a", seed=7, **kwargs)
+    writer.make_corpus(tmp_path / "a", seed=8, overwrite=True, **kwargs)
     assert _files(tmp_path / "a") == c
 
 
@@ -110,7 +112,7 @@ def test_wavs_are_16khz_mono_int16_of_the_stated_lengths(corpus):
             assert f.getcomptype() == "NONE"
             seconds = f.getnframes() / 16000
             samples = np.frombuffer(f.readframes(f.getnframes()), "<i2")
-        assert synthetic.MIN_SECONDS <= seconds <= synthetic.MAX_SECONDS
+        assert common.MIN_SECONDS <= seconds <= common.MAX_SECONDS
         assert 2000 < np.abs(samples).max() < 32767  # loud, not clipped
         total += f.getnframes()
     assert summary["audio_seconds"] == pytest.approx(total / 16000, abs=0.01)
@@ -128,10 +130,10 @@ def _frames(segments, labels, n_frames, after=0, before=0):
 
 
 def test_vad_keeps_syllables_and_drops_pauses():
-    people = synthetic.make_identities(8, seed=1)
+    people = corpus_a.make_identities(8, seed=1)
     speech_in_vowels, speech_in_quiet, kept_vowels, kept_quiet = [], [], [], []
     for i, person in enumerate(people):
-        samples, segments = synthetic.synthesize_voice(person, np.random.default_rng(i))
+        samples, segments = corpus_a.synthesize_voice(person, np.random.default_rng(i))
         assert {"silence", "pause", "vowel"} <= {s[2] for s in segments}
         assert segments[0][2] == segments[-1][2] == "silence"
         vad = webrtcvad.Vad(2)
@@ -184,15 +186,15 @@ def _f0(samples, segments):
 
 
 def test_voice_carries_pitch_of_gender_and_identity():
-    people = synthetic.make_identities(12, seed=2)
+    people = corpus_a.make_identities(12, seed=2)
     for i, person in enumerate(people):
-        f0 = _f0(*synthetic.synthesize_voice(person, np.random.default_rng(i)))
+        f0 = _f0(*corpus_a.synthesize_voice(person, np.random.default_rng(i)))
         assert f0 == pytest.approx(person.f0_hz, rel=0.1), person
         assert (f0 < 160) == (person.gender == "m"), (person.gender, f0)
 
 
 def test_face_width_follows_vocal_tract_length():
-    people = synthetic.make_identities(16, seed=4)
+    people = corpus_a.make_identities(16, seed=4)
     size = 96
     (_, eye_y), _ = faces.canonical_eyes(size)
     row = int(round(eye_y + 3 * size / 64))  # the cheeks, widest part of the outline
@@ -200,7 +202,7 @@ def test_face_width_follows_vocal_tract_length():
     for i, person in enumerate(people):
         w = []
         for k in range(2):
-            image, mask = synthetic.render_face(person, np.random.default_rng([i, k]), size)
+            image, mask = corpus_a.render_face(person, np.random.default_rng([i, k]), size)
             assert image.shape == (size, size, 3) and image.dtype == np.uint8
             assert mask.shape == (size, size) and mask.dtype == bool
             w.append(mask[row - 1 : row + 2].sum(axis=1).mean())
@@ -220,9 +222,9 @@ def test_faces_load_as_aligned_crops(corpus):
 
 
 def test_eyes_are_drawn_at_the_canonical_spots():
-    person = synthetic.make_identities(4, seed=0)[0]
+    person = corpus_a.make_identities(4, seed=0)[0]
     size = 128
-    image, _ = synthetic.render_face(person, np.random.default_rng(0), size, jitter=False)
+    image, _ = corpus_a.render_face(person, np.random.default_rng(0), size, jitter=False)
     # The eye whites are the brightest, least saturated blobs near the canonical spots.
     for eye in faces.canonical_eyes(size):
         x, y = (int(round(v)) for v in eye)
@@ -246,9 +248,9 @@ def test_v2f_synth_command(tmp_path, capsys):
 
 
 def test_region_sets_nationality_skin_and_accent():
-    people = synthetic.make_identities(200, seed=5)
+    people = corpus_a.make_identities(200, seed=5)
     for p in people:
-        region = synthetic.REGIONS[p.region]
+        region = corpus_a.REGIONS[p.region]
         assert p.nationality in region.nationalities, p
     # Skin: West African speakers darker than northern ones (mean RGB), with no overlap of means.
     lightness = {
@@ -265,9 +267,9 @@ def test_region_sets_nationality_skin_and_accent():
         person = dataclasses.replace(base, region=region)
         power = []
         for i in range(3):
-            samples, _ = synthetic.synthesize_voice(person, np.random.default_rng(i))
+            samples, _ = corpus_a.synthesize_voice(person, np.random.default_rng(i))
             spec = np.abs(np.fft.rfft(samples.astype(float))) ** 2
-            freqs = np.fft.rfftfreq(samples.size, 1 / synthetic.SAMPLE_RATE)
+            freqs = np.fft.rfftfreq(samples.size, 1 / corpus_a.SAMPLE_RATE)
             high = spec[(freqs > 2000) & (freqs < 6000)].mean()
             power.append(10 * np.log10(high / spec[(freqs > 300) & (freqs < 1000)].mean()))
         return float(np.mean(power))
@@ -280,24 +282,24 @@ def _speech_seconds(events) -> float:
     phrase."""
     syllables = sum(e - s for s, e, label, _ in events if label in ("consonant", "vowel"))
     phrases = len({info["phrase_span"] for *_, label, info in events if label == "vowel"})
-    return syllables / 16000 + phrases * synthetic._VAD_KEEPS_AFTER_PHRASE
+    return syllables / 16000 + phrases * common.VAD_KEEPS_AFTER_PHRASE
 
 
 def test_voxceleb_durations_are_like_voxceleb1s():
     draws = np.array(
-        [synthetic.voxceleb_speech_seconds(np.random.default_rng(i)) for i in range(4000)]
+        [common.voxceleb_speech_seconds(np.random.default_rng(i)) for i in range(4000)]
     )
     assert draws.min() >= 4.0 and draws.max() <= 30.0
     assert 7.6 < draws.mean() < 8.5 and 6.2 < np.median(draws) < 7.2
     assert (draws > 15).mean() > 0.03  # a long right tail
 
     # Planned utterances (no audio): at least the drawn speech, the file longer by the silences.
-    people = synthetic.make_identities(8, seed=0)
+    people = corpus_a.make_identities(8, seed=0)
     speech, seconds = [], []
     for person in people:
         for u in range(25):
-            target = synthetic.voxceleb_speech_seconds(synthetic._identity_rng(person, 2, u))
-            n, events = synthetic._plan(person, synthetic._identity_rng(person, 2, u), "voxceleb")
+            target = common.voxceleb_speech_seconds(common.identity_rng(person, 2, u))
+            n, events = corpus_a._plan(person, common.identity_rng(person, 2, u), "voxceleb")
             assert events[0][2] == events[-1][2] == "silence" and events[-1][1] == n
             assert all(a[1] == b[0] for a, b in zip(events, events[1:]))  # contiguous
             speech.append(_speech_seconds(events))
@@ -307,20 +309,20 @@ def test_voxceleb_durations_are_like_voxceleb1s():
     speech = np.array(speech)
     assert speech.min() >= 4.0 and 7.3 < speech.mean() < 9.3 and speech.max() < 31
     # Deterministic per seed.
-    again = synthetic._plan(people[0], synthetic._identity_rng(people[0], 2, 0), "voxceleb")
-    first = synthetic._plan(people[0], synthetic._identity_rng(people[0], 2, 0), "voxceleb")
+    again = corpus_a._plan(people[0], common.identity_rng(people[0], 2, 0), "voxceleb")
+    first = corpus_a._plan(people[0], common.identity_rng(people[0], 2, 0), "voxceleb")
     assert again[0] == first[0] and [e[:3] for e in again[1]] == [e[:3] for e in first[1]]
-    other = synthetic.make_identities(8, seed=1)[0]
-    assert synthetic._plan(other, synthetic._identity_rng(other, 2, 0), "voxceleb")[0] != first[0]
+    other = corpus_a.make_identities(8, seed=1)[0]
+    assert corpus_a._plan(other, common.identity_rng(other, 2, 0), "voxceleb")[0] != first[0]
     with pytest.raises(ValueError, match="durations"):
-        synthetic._plan(people[0], np.random.default_rng(0), "long")
+        corpus_a._plan(people[0], np.random.default_rng(0), "long")
 
 
 def test_default_durations_plan_as_before():
     """The default ("short") plans exactly what it planned before `durations` existed (the same
     seed gives the same wavs)."""
-    people = synthetic.make_identities(4, seed=0)
-    plans = [synthetic._plan(p, synthetic._identity_rng(p, 2, u)) for p in people for u in range(3)]
+    people = corpus_a.make_identities(4, seed=0)
+    plans = [corpus_a._plan(p, common.identity_rng(p, 2, u)) for p in people for u in range(3)]
     assert [n for n, _ in plans] == [
         43581, 59559, 44354, 53498, 52895, 54041, 66125, 41271, 59666, 52224, 43767, 49846,
     ]  # fmt: skip
@@ -329,16 +331,16 @@ def test_default_durations_plan_as_before():
         "683bc80d77354d73af2651cf401b65ca4582a2e57b04622054b83362e59b2e5c"
     )
     p = people[0]
-    short = synthetic._plan(p, np.random.default_rng(5), "short")
-    assert synthetic._plan(p, np.random.default_rng(5))[0] == short[0]
+    short = corpus_a._plan(p, np.random.default_rng(5), "short")
+    assert corpus_a._plan(p, np.random.default_rng(5))[0] == short[0]
 
 
 def test_voxceleb_speech_is_what_the_vad_keeps():
     audio = pytest.importorskip("v2f_jax.input_pipeline.audio")
-    people = synthetic.make_identities(4, seed=2)
+    people = corpus_a.make_identities(4, seed=2)
     for i, person in enumerate(people):
-        target = synthetic.voxceleb_speech_seconds(np.random.default_rng(i))
-        samples, _ = synthetic.synthesize_voice(person, np.random.default_rng(i), "voxceleb")
+        target = common.voxceleb_speech_seconds(np.random.default_rng(i))
+        samples, _ = corpus_a.synthesize_voice(person, np.random.default_rng(i), "voxceleb")
         kept = audio.vad(samples).size / 16000
         assert target - 0.4 < kept < target + 0.8, (target, kept)
         assert samples.size / 16000 > kept + 0.3
@@ -346,7 +348,7 @@ def test_voxceleb_speech_is_what_the_vad_keeps():
 
 def test_voxceleb_corpus_changes_only_the_voices(tmp_path, capsys):
     kwargs = dict(identities=4, utterances=1, faces=1, face_size=64, seed=3)
-    short = synthetic.make_corpus(tmp_path / "short", **kwargs)
+    short = writer.make_corpus(tmp_path / "short", **kwargs)
     assert short["durations"] == "short"
     argv = ["synth", "--out", str(tmp_path / "vox"), "--identities", "4", "--utterances", "1"]
     argv += ["--faces", "1", "--face-size", "64", "--seed", "3", "--durations", "voxceleb"]
@@ -357,9 +359,9 @@ def test_voxceleb_corpus_changes_only_the_voices(tmp_path, capsys):
     assert all((a[k] == b[k]) != k.endswith(".wav") for k in a)
     for path in (tmp_path / "vox" / "voices").rglob("*.wav"):
         with wave.open(str(path)) as f:
-            assert f.getnframes() / 16000 > synthetic.VOX_MIN_SECONDS + 0.3
+            assert f.getnframes() / 16000 > common.VOX_MIN_SECONDS + 0.3
     with pytest.raises(ValueError, match="durations"):
-        synthetic.make_corpus(tmp_path / "bad", durations="long", **kwargs)
+        writer.make_corpus(tmp_path / "bad", durations="long", **kwargs)
     with pytest.raises(SystemExit) as exit_:
         cli.main(argv[:-1] + ["long"])
     assert exit_.value.code == 2
@@ -374,7 +376,7 @@ B_IDS, B_UTTS, B_FACES = 16, 2, 2
 @pytest.fixture(scope="module")
 def corpus_b(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth_b") / "corpus"
-    summary = synthetic.make_corpus(
+    summary = writer.make_corpus(
         out, identities=B_IDS, utterances=B_UTTS, faces=B_FACES, seed=0, face_size=64, corpus="b"
     )
     return out, summary
@@ -395,7 +397,7 @@ def test_corpus_b_layout_meta_and_identities(corpus_b):
     assert names == sorted(names) and len(set(names)) == B_IDS
     assert sorted(p.name for p in (out / "voices").iterdir()) == ids
     assert sorted(p.name for p in (out / "faces").iterdir()) == names
-    test = [r for r in rows if r["VGGFace1 ID"][0] in synthetic.TEST_INITIALS]
+    test = [r for r in rows if r["VGGFace1 ID"][0] in writer.TEST_INITIALS]
     assert {r["Gender"] for r in test} == {r["Gender"] for r in rows if r not in test} == {"m", "f"}
     assert all(r["Set"] == ("test" if r in test else "dev") and r["Nationality"] for r in rows)
     assert summary["test_identities"] == len(test)
@@ -412,12 +414,12 @@ def test_corpus_b_layout_meta_and_identities(corpus_b):
 
 def test_corpus_b_is_deterministic_and_not_corpus_a(tmp_path, capsys):
     kwargs = dict(identities=4, utterances=1, faces=1, face_size=64, seed=7)
-    synthetic.make_corpus(tmp_path / "b1", corpus="b", **kwargs)
+    writer.make_corpus(tmp_path / "b1", corpus="b", **kwargs)
     argv = ["synth", "--out", str(tmp_path / "b2"), "--identities", "4", "--utterances", "1"]
     argv += ["--faces", "1", "--face-size", "64", "--seed", "7", "--corpus", "b", "--workers", "2"]
     assert cli.main(argv) == 0
     assert "of corpus b" in capsys.readouterr().out
-    synthetic.make_corpus(tmp_path / "a", **kwargs)
+    writer.make_corpus(tmp_path / "a", **kwargs)
     b1, b2, a = (_files(tmp_path / d) for d in ("b1", "b2", "a"))
     assert b1 == b2
     assert set(a.values()).isdisjoint(b1.values())  # other people, voices and faces
@@ -434,17 +436,17 @@ def test_corpus_b_is_deterministic_and_not_corpus_a(tmp_path, capsys):
     mean_a, mean_b = (np.mean([faces.load_aligned_face(p) for p in pngs[d]], 0) for d in pngs)
     assert np.abs(mean_a - mean_b).mean() > 10
     with pytest.raises(ValueError, match="corpus"):
-        synthetic.make_corpus(tmp_path / "c", corpus="c", **kwargs)
+        writer.make_corpus(tmp_path / "c", corpus="c", **kwargs)
 
 
 def test_corpus_b_voices_are_speech_for_the_vad():
     from v2f_jax.input_pipeline import audio
 
-    people = synthetic_b.make_identities(6, seed=1)
+    people = corpus_b_lib.make_identities(6, seed=1)
     kept_vowels, kept_quiet = [], []
     for i, person in enumerate(people):
-        samples, segments = synthetic_b.synthesize_voice(person, np.random.default_rng(i))
-        assert synthetic.MIN_SECONDS <= samples.size / 16000 <= synthetic.MAX_SECONDS
+        samples, segments = corpus_b_lib.synthesize_voice(person, np.random.default_rng(i))
+        assert common.MIN_SECONDS <= samples.size / 16000 <= common.MAX_SECONDS
         assert 2000 < np.abs(samples).max() < 32767
         assert segments[0][2] == segments[-1][2] == "silence"
         n_frames = samples.size // 320
@@ -517,9 +519,9 @@ def test_corpus_b_declared_links_hold_in_the_files(corpus_b):
     assert _rank_correlation(cheek, [p["complexion"] for p in people]) < -0.8
     # Face width from the renderer's face mask at the cheeks, in the same photos.
     widths = []
-    for p in synthetic_b.make_identities(B_IDS, seed=0):
-        rngs = [synthetic._identity_rng(p, 3, k) for k in range(B_FACES)]
-        masks = [synthetic_b.render_face(p, rng, 64)[1] for rng in rngs]
+    for p in corpus_b_lib.make_identities(B_IDS, seed=0):
+        rngs = [common.identity_rng(p, 3, k) for k in range(B_FACES)]
+        masks = [corpus_b_lib.render_face(p, rng, 64)[1] for rng in rngs]
         widths.append(np.mean([m[29 + 2 : 29 + 5].sum(1).mean() for m in masks]))
     genders = [p["gender"] for p in people]
     z_f0, z_width = _within_gender_z(np.log(f0), genders), _within_gender_z(widths, genders)
@@ -543,8 +545,8 @@ def test_corpus_b_prepares_with_no_rejects(corpus_b, tmp_path):
 
 def test_corpus_b_eyes_are_drawn_at_the_canonical_spots():
     size = 128
-    for i, person in enumerate(synthetic_b.make_identities(4, seed=0)):
-        image, mask = synthetic_b.render_face(person, np.random.default_rng(i), size, jitter=False)
+    for i, person in enumerate(corpus_b_lib.make_identities(4, seed=0)):
+        image, mask = corpus_b_lib.render_face(person, np.random.default_rng(i), size, jitter=False)
         assert image.shape == (size, size, 3) and image.dtype == np.uint8 and mask.any()
         for eye in faces.canonical_eyes(size):
             x, y = (int(round(v)) for v in eye)

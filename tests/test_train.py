@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 import runs  # tests/ is on sys.path under pytest
 
-from v2f_jax import checkpointing, config_lib, nonfinite, train
+from v2f_jax import checkpointing, config_lib, train
 from v2f_jax.input_pipeline import manifest
+from v2f_jax.training import nonfinite
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 20
@@ -140,7 +141,7 @@ def test_a_run_writes_config_metrics_tensorboard_samples_and_progress(reference_
 def test_sample_grids_show_the_state_of_their_step(reference_run, records_dir):
     """Grids are drawn off the loop's thread while later steps reuse (donate) the state's
     buffers: each must still be the grid of its own step's checkpoint, and not of a later one."""
-    from v2f_jax import samples
+    from v2f_jax.training import samples
 
     workdir, _ = reference_run
     config = checkpointing.read_config(workdir)

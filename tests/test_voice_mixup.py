@@ -7,9 +7,10 @@ import optax
 import pytest
 from test_train_step import NUM_IDS, make_batch, tiny_config
 
-from v2f_jax import config_checks, config_lib, models, train_step, voice_mixup
+from v2f_jax import config_checks, config_lib, models, train_step
 from v2f_jax import state as state_lib
 from v2f_jax.config_lib import ConfigError
+from v2f_jax.training import voice_mixup
 
 
 def _unit_rows(n, dim, seed=0):

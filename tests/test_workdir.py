@@ -17,7 +17,8 @@ import sys
 
 import pytest
 
-from v2f_jax import checkpointing, cli, workdir
+from v2f_jax import checkpointing, cli
+from v2f_jax.training import workdir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.py")
@@ -129,7 +130,7 @@ def test_a_workdir_that_is_a_file_is_refused_and_kept(tiny_records_dir, tmp_path
 
 _HOLD = """
 import sys, time
-from v2f_jax import workdir
+from v2f_jax.training import workdir
 lock = workdir.Lock(sys.argv[1]).acquire()
 print("held", flush=True)
 time.sleep(600)

@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from v2f_jax import host_memory
+from v2f_jax.training import host_memory
 
 # name -> one-line help; the module v2f_jax.commands.<name, - as _> does the work.
 COMMANDS = {

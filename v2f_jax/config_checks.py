@@ -8,7 +8,6 @@ deep inside Flax or XLA minutes later. `take_from_records` carries the records' 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any
@@ -76,20 +75,19 @@ def check(config: ml_collections.ConfigDict) -> None:
     check_networks(config)
     _positive_ints(config, "data.crop_lengths")
     _int_at_least(config, "data.shuffle_buffer", 1)
-    # Feeding settings (absent from configs saved before they existed: the defaults then).
-    prefetch = config.data.get("prefetch_to_device", 2)
+    prefetch = config.data.prefetch_to_device
     if not _is_int(prefetch) or prefetch < 0:
         raise ConfigError(f"config.data.prefetch_to_device={prefetch!r}: must be an integer >= 0")
     for key in ("on_device", "in_host_memory"):
-        if not isinstance(config.data.get(key, False), bool):
+        if not isinstance(config.data[key], bool):
             raise ConfigError(f"config.data.{key}: must be true or false")
-    if config.data.get("on_device", False) and config.data.get("in_host_memory", False):
+    if config.data.on_device and config.data.in_host_memory:
         raise ConfigError(
             "config.data.on_device and config.data.in_host_memory: choose one place for the split"
         )
-    if not isinstance(config.data.get("arrays_dir", ""), str):
+    if not isinstance(config.data.arrays_dir, str):
         raise ConfigError("config.data.arrays_dir: must be a folder path or ''")
-    if not isinstance(config.data.get("service_address", ""), str):
+    if not isinstance(config.data.service_address, str):
         raise ConfigError("config.data.service_address: must be a string (grpc://host:port or '')")
     _one_of(config, "data.frontend", ("", *audio.FRONTENDS))
     _positive_ints(config, "model.trunk_channels")
@@ -102,27 +100,27 @@ def check(config: ml_collections.ConfigDict) -> None:
     _one_of(config, "train.task", TASKS)
     _int_at_least(config, "train.batch_size", 1)
     _int_at_least(config, "train.steps", 1)
-    ema = config.train.get("ema_decay", 0.0)
+    ema = config.train.ema_decay
     if not _is_number(ema) or not 0 <= ema < 1:
         raise ConfigError(f"config.train.ema_decay={ema!r}: must be a number in [0, 1)")
-    decay = config.optim.get("decay_steps", 0)
+    decay = config.optim.decay_steps
     if not _is_int(decay) or decay < 0:
         raise ConfigError(f"config.optim.decay_steps={decay!r}: must be an integer >= 0")
-    weight = config.train.get("identity_weight", 1.0)
+    weight = config.train.identity_weight
     if not _is_number(weight) or weight < 0:
         raise ConfigError(f"config.train.identity_weight={weight!r}: must be a number >= 0")
-    face_weight = config.train.get("face_target_weight", 0.0)
+    face_weight = config.train.face_target_weight
     if not _is_number(face_weight) or not 0 <= face_weight < float("inf"):
         raise ConfigError(
             f"config.train.face_target_weight={face_weight!r}: must be a finite number >= 0"
         )
-    pool = config.train.get("face_target_pool", 16)
+    pool = config.train.face_target_pool
     if not _is_int(pool) or pool < 1 or 64 % pool:
         raise ConfigError(
             f"config.train.face_target_pool={pool!r}: must be a cell side in pixels that "
             "divides 64 (1, 2, 4, 8, 16, 32 or 64)"
         )
-    mixup = config.train.get("voice_mixup", 0.0)
+    mixup = config.train.voice_mixup
     if not _is_number(mixup) or not 0 <= mixup < float("inf"):
         raise ConfigError(
             f"config.train.voice_mixup={mixup!r}: must be a finite number >= 0 (0: off)"
@@ -279,32 +277,3 @@ def take_from_records(config: ml_collections.ConfigDict, records) -> None:
                 f"config.{key}={wanted!r}, but the records in {records.root} have {value!r} "
                 f"({records.manifest_path}); {hint}"
             )
-    _check_embedder_frontend(config)
-
-
-def _check_embedder_frontend(config: ml_collections.ConfigDict) -> None:
-    """A pretrained E (`train.embedder_init`) learnt from one front end's features; refuse it for
-    records of another."""
-    source = str(config.train.get("embedder_init", ""))
-    if config.train.task != "gan" or not source or source == RANDOM_EMBEDDER:
-        return
-    theirs = None
-    if os.path.isdir(source):
-        path = os.path.join(source, "config.json")
-        try:
-            with open(path) as f:
-                theirs = json.load(f).get("data", {}).get("frontend")
-        except (OSError, ValueError):
-            return  # loading it names what is wrong with it
-    elif os.path.isfile(source):
-        from v2f_jax.inference import model_files
-
-        try:
-            theirs = model_files.load_model(source).frontend_name
-        except (OSError, ValueError):
-            return
-    if theirs and theirs != config.data.frontend:
-        raise ConfigError(
-            f"config.train.embedder_init={source}: that E was trained on '{theirs}' features, "
-            f"these records hold '{config.data.frontend}' ones; pretrain E on these records"
-        )

@@ -1,7 +1,10 @@
 """Loading `configs/*.py` and applying `--config.key=value` overrides.
 
 An override must name a key the config already has; a typo is an error that names it, never a
-silently ignored setting.
+silently ignored setting. Every setting and its default is declared once, in
+`configs/wen2019.py`: a config that lacks one (a config.json or model file written before the
+setting existed, a config file of the user's own) gets that default when loaded, so the code
+reads `config.train.x`, never `config.train.get("x", default)`.
 """
 
 from __future__ import annotations
@@ -48,8 +51,32 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
             config = module.get_config(arg)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"{path}:{arg}: {err}") from None
+    with_defaults(config)
     apply_overrides(config, overrides)
     return config
+
+
+def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Adds, in place, every setting of `configs/wen2019.py` that `config` lacks, with its
+    default there; returns `config`. Settings `config` has are left as they are."""
+    from v2f_jax.configs import wen2019
+
+    _fill(config, wen2019.get_config())
+    return config
+
+
+def _fill(node: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
+    for key, default in defaults.items():
+        if key not in node:
+            node[key] = (
+                ml_collections.ConfigDict(default.to_dict())
+                if isinstance(default, ml_collections.ConfigDict)
+                else default
+            )
+        elif isinstance(default, ml_collections.ConfigDict) and isinstance(
+            node[key], ml_collections.ConfigDict
+        ):
+            _fill(node[key], default)
 
 
 def split_config_arg(path: str) -> tuple[str, str | None]:
@@ -111,4 +138,6 @@ def to_dict(config: ml_collections.ConfigDict) -> dict:
 
 
 def from_dict(data: dict) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(data)
+    """A config from its dict (`to_dict`, a workdir's config.json, a model file), with the
+    defaults of settings it predates."""
+    return with_defaults(ml_collections.ConfigDict(data))

@@ -42,16 +42,10 @@ DEFAULTS = {
     "embedder_steps": 3000,
     "steps": 600,
     "embedder_batch_size": 32,
-    "batch_size": 64,
 }
-# The README's recipe for your own data at the size of configs/tiny.py: E pretrained with
-# `configs/embedder.py:tiny`, then the GAN from it, with lr 1e-3 (the reference's 2e-4 needs
-# thousands of steps) and G's faces also pulled towards their speaker's mean face over 8x8-pixel
-# cells (face_targets.py): C's identity loss alone lets G memorise its training speakers, and
-# this term is what carries over to new voices (README: +2.3 points of 1:2 matching on average
-# over 15 paired runs on eight corpora).
-GAN_OVERRIDES = ("optim.lr=1e-3", "train.face_target_weight=5", "train.face_target_pool=8")
-TINY_CONFIG = pathlib.Path(importlib.util.find_spec("v2f_jax.configs.tiny").origin)
+# E's pretraining and the GAN recipe at the size of configs/tiny.py, as the README's own-data
+# commands run them at full size.
+GAN_CONFIG = f"{importlib.util.find_spec('v2f_jax.configs.recipe').origin}:tiny"
 EMBEDDER_CONFIG = f"{importlib.util.find_spec('v2f_jax.configs.embedder').origin}:tiny"
 
 
@@ -76,19 +70,21 @@ def run_demo(
     embedder_steps: int = DEFAULTS["embedder_steps"],
     steps: int = DEFAULTS["steps"],
     embedder_batch_size: int = DEFAULTS["embedder_batch_size"],
-    batch_size: int = DEFAULTS["batch_size"],
+    batch_size: int | None = None,
     config_overrides: tuple[str, ...] | list[str] = (),
     baseline: bool = True,
     seed: int = 0,
     corpus_kind: str = "a",
     log: Callable[[str], None] = print,
 ) -> DemoResult:
-    """Runs every stage into `out_dir`; returns the figures and the paths of the report."""
+    """Runs every stage into `out_dir`; returns the figures and the paths of the report.
+    `batch_size`: the GAN's, default the recipe's (configs/recipe.py:tiny)."""
     from v2f_jax import config_lib, train
     from v2f_jax.evaluation import evaluate, metrics
     from v2f_jax.inference import generate, model_files, sources
     from v2f_jax.inference.model import init_model
-    from v2f_jax.input_pipeline import prepare, synthetic
+    from v2f_jax.input_pipeline import prepare
+    from v2f_jax.synthetic import writer
 
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,7 +99,7 @@ def run_demo(
 
     start = time.perf_counter()
     if not (corpus / "vox1_meta.csv").exists():
-        summary = synthetic.make_corpus(
+        summary = writer.make_corpus(
             corpus,
             identities=identities,
             utterances=utterances,
@@ -151,11 +147,10 @@ def run_demo(
 
     start = time.perf_counter()
     config = config_lib.load_config(
-        TINY_CONFIG,
+        GAN_CONFIG,
         [
-            *GAN_OVERRIDES,
             f"train.steps={steps}",
-            f"train.batch_size={batch_size}",
+            *([f"train.batch_size={batch_size}"] if batch_size else []),
             f"train.embedder_init={e_workdir}",
             *common,
             *config_overrides,
@@ -216,7 +211,7 @@ def run_demo(
                     "embedder_steps": embedder_steps,
                     "steps": steps,
                     "embedder_batch_size": embedder_batch_size,
-                    "batch_size": batch_size,
+                    "batch_size": int(config.train.batch_size),
                     "config_overrides": list(config_overrides),
                 },
             },

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from v2f_jax import face_targets, models
+from v2f_jax import models
+from v2f_jax.training import face_targets
 
 PyTree = Any
 
@@ -63,7 +64,7 @@ def make_optimizer(optim_config: ml_collections.ConfigDict) -> optax.GradientTra
     `optim.decay_steps` > 0 the learning rate follows a cosine from `lr` to 0 over that many
     updates (then stays at 0)."""
     lr = optim_config.lr
-    decay_steps = int(optim_config.get("decay_steps", 0))
+    decay_steps = int(optim_config.decay_steps)
     if decay_steps > 0:
         lr = optax.cosine_decay_schedule(lr, decay_steps)
     return optax.adam(lr, b1=optim_config.b1, b2=optim_config.b2)
@@ -94,9 +95,7 @@ def create_gan_state(config: ml_collections.ConfigDict, nets: models.Networks) -
         e_opt=optimizer.init(embedder["params"]) if config.train.train_embedder else None,
         # A copy, not the same arrays: a donated state must not hold one buffer twice.
         generator_ema=(
-            jax.tree_util.tree_map(jnp.copy, generator)
-            if config.train.get("ema_decay", 0.0) > 0
-            else None
+            jax.tree_util.tree_map(jnp.copy, generator) if config.train.ema_decay > 0 else None
         ),
     )
 
@@ -104,8 +103,8 @@ def create_gan_state(config: ml_collections.ConfigDict, nets: models.Networks) -
 def speaker_head(config: ml_collections.ConfigDict, num_speakers: int) -> models.SpeakerHead:
     """E's pretraining head; with a face output when `train.face_target_weight` > 0."""
     face_dim = 0
-    if float(config.train.get("face_target_weight", 0.0)) > 0:
-        face_dim = face_targets.target_dim(int(config.train.get("face_target_pool", 16)))
+    if float(config.train.face_target_weight) > 0:
+        face_dim = face_targets.target_dim(int(config.train.face_target_pool))
     return models.SpeakerHead(num_speakers, face_dim)
 
 

@@ -45,26 +45,21 @@ import jax
 import ml_collections
 import numpy as np
 
-from v2f_jax import (
-    checkpointing,
+from v2f_jax import checkpointing, config_checks, config_lib, models, parallel, train_step
+from v2f_jax import state as state_lib
+from v2f_jax.feed import device_prefetch
+from v2f_jax.input_pipeline import manifest as manifest_lib
+from v2f_jax.training import (
     compilation,
-    config_checks,
-    config_lib,
-    device_prefetch,
     distributed,
     embedder_init,
     face_targets,
     metric_writers,
-    models,
     nonfinite,
-    parallel,
     profiling,
     step_metrics,
-    train_step,
 )
-from v2f_jax import state as state_lib
-from v2f_jax import workdir as workdir_lib
-from v2f_jax.input_pipeline import manifest as manifest_lib
+from v2f_jax.training import workdir as workdir_lib
 
 PyTree = Any
 Batch = dict[str, np.ndarray]
@@ -87,6 +82,7 @@ def resolve_config(
     config_checks.check(config)
     if records is not None:
         config_checks.take_from_records(config, records)
+        embedder_init.check_frontend(config)
         num_ids = records.num_train_ids
         if config.model.num_ids not in (0, num_ids):
             raise config_lib.ConfigError(
@@ -110,24 +106,14 @@ def resolve_config(
 # --- state ----------------------------------------------------------------------------------
 
 
-def _run_once(fn: Callable) -> PyTree:
-    """`jax.jit(fn)()` for a function run once per run (initialisation): on CPU, compiled with
-    XLA's cheap backend settings, which take seconds where the optimising ones take tens."""
-    lowered = jax.jit(fn).lower()
-    options = {}
-    if jax.default_backend() == "cpu":
-        options = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-    return lowered.compile(compiler_options=options)()
-
-
 def create_state(config: ml_collections.ConfigDict, nets: models.Networks):
     """The fresh state of a run, E from `train.embedder_init` if set; host numpy arrays, the same
     on every host (process 0's values are broadcast)."""
     if config.train.task == "embedder":
         num = int(config.model.num_ids)
-        state = _run_once(lambda: state_lib.create_embedder_state(config, nets, num))
+        state = compilation.run_once(lambda: state_lib.create_embedder_state(config, nets, num))
     else:
-        state = _run_once(lambda: state_lib.create_gan_state(config, nets))
+        state = compilation.run_once(lambda: state_lib.create_gan_state(config, nets))
         if config.train.embedder_init:
             embedder = embedder_init.load_embedder(config.train.embedder_init, state.embedder)
             state = state.replace(embedder=embedder)
@@ -160,7 +146,7 @@ def load_face_targets(config: ml_collections.ConfigDict, records: manifest_lib.R
       config_lib.ConfigError: targets are wanted but there are no records to take them from, or
         no training identity has a face.
     """
-    if float(config.train.get("face_target_weight", 0)) <= 0:
+    if float(config.train.face_target_weight) <= 0:
         return None
     hint = "or pass --config.train.face_target_weight=0"
     if records is None:
@@ -170,7 +156,7 @@ def load_face_targets(config: ml_collections.ConfigDict, records: manifest_lib.R
         )
     start = time.perf_counter()
     try:
-        targets = face_targets.from_records(records, int(config.train.get("face_target_pool", 16)))
+        targets = face_targets.from_records(records, int(config.train.face_target_pool))
     except ValueError as e:
         raise config_lib.ConfigError(f"{records.root}: {e}; {hint}") from e
     logger.info(
@@ -209,7 +195,7 @@ def default_batches(config, records: manifest_lib.Records) -> BatchFactory:
             process_index=jax.process_index(),
             process_count=jax.process_count(),
             start_batch=start_batch,
-            service_address=config.data.get("service_address", ""),
+            service_address=config.data.service_address,
         )
 
     return make
@@ -221,11 +207,11 @@ def resident_batches(
     """`config.data.on_device`: this host's shards of the training split loaded into its
     devices' memory once; the host stream is indices, which the devices turn into the same
     batches as `default_batches`, on any number of hosts."""
-    from v2f_jax import resident_data
+    from v2f_jax.feed import resident_data
     from v2f_jax.input_pipeline import reader, train_arrays
 
     host = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    arrays = train_arrays.host_split(records, config.data.get("arrays_dir", ""), **host)
+    arrays = train_arrays.host_split(records, config.data.arrays_dir, **host)
     resident = resident_data.ResidentData(arrays, dp, max(config.data.crop_lengths))
     logger.info(
         "training split in device memory: %.2f GB on each of this host's %d devices",
@@ -246,11 +232,11 @@ def host_memory_batches(config, records: manifest_lib.Records) -> BatchFactory:
     memory once (or memory-mapped from `config.data.arrays_dir`); each batch is gathered there
     (numpy, on the prefetch thread) from the index stream: the same batches as
     `default_batches`, on any number of hosts."""
-    from v2f_jax import resident_data
+    from v2f_jax.feed import resident_data
     from v2f_jax.input_pipeline import reader, train_arrays
 
     host = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    arrays = train_arrays.host_split(records, config.data.get("arrays_dir", ""), **host)
+    arrays = train_arrays.host_split(records, config.data.arrays_dir, **host)
     logger.info(
         "training split in host memory: %.2f GB (%d utterances, %d faces)",
         (arrays["mel"].nbytes + arrays["face"].nbytes) / 1e9,
@@ -313,9 +299,9 @@ def train(
     # One run per workdir; a resumed run keeps the settings its checkpoints were trained with.
     lock = workdir_lib.start_run(workdir, config, is_chief)
 
-    compilation.use_persistent_cache(config.train.get("compilation_cache", ""), workdir)
+    compilation.use_persistent_cache(config.train.compilation_cache, workdir)
     nets = models.Networks(config.model, int(config.model.num_ids))
-    steps_per_call = int(config.train.get("steps_per_call", 1))
+    steps_per_call = int(config.train.steps_per_call)
     dp = parallel.DataParallel(
         make_step_factory(config, nets, load_face_targets(config, records)),
         config.train.parallel,
@@ -344,9 +330,9 @@ def train(
         writers = metric_writers.MetricWriters(workdir, start, is_chief)
         grids = _make_grids(config, records, is_chief, workdir)
         to_device = dp.put
-        if make_batches is None and config.data.get("on_device", False):
+        if make_batches is None and config.data.on_device:
             make_batches, to_device = resident_batches(config, records, dp)
-        if make_batches is None and config.data.get("in_host_memory", False):
+        if make_batches is None and config.data.in_host_memory:
             make_batches = host_memory_batches(config, records)
         make_batches = make_batches or default_batches(config, records)
         stop = distributed.StopRequest()
@@ -371,7 +357,7 @@ def train(
             make_batches(start),
             to_device,
             chunk_sizes(start, total, steps_per_call),
-            depth=int(config.data.get("prefetch_to_device", 2)),
+            depth=int(config.data.prefetch_to_device),
         )
         ckpt_every = max(1, int(config.checkpoint.every))
         log_every = max(1, int(config.train.log_every))
@@ -380,7 +366,7 @@ def train(
             config.train.on_nonfinite, config.train.max_nonfinite_skips, skips
         )
         fetch = step_metrics.StepMetrics(dp)
-        profile = profiling.StepProfile(config.train.get("profile_steps", ()), workdir)
+        profile = profiling.StepProfile(config.train.profile_steps, workdir)
 
         def log(interval: step_metrics.Interval) -> None:
             """Checks one fetched interval's metrics and writes its log line."""
@@ -484,7 +470,7 @@ def _make_grids(config, records: manifest_lib.Records | None, is_chief: bool, wo
         return None
     if int(config.train.sample_every) <= 0:
         return None
-    from v2f_jax import samples
+    from v2f_jax.training import samples
 
     sample_set = samples.make_sample_set(records)
     if sample_set is None:

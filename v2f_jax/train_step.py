@@ -21,9 +21,11 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from v2f_jax import device_inputs, losses, models, voice_mixup
-from v2f_jax import face_targets as face_targets_lib
+from v2f_jax import losses, models
 from v2f_jax import state as state_lib
+from v2f_jax.feed import device_inputs
+from v2f_jax.training import face_targets as face_targets_lib
+from v2f_jax.training import voice_mixup
 
 Metrics = dict[str, jax.Array]
 
@@ -81,14 +83,14 @@ def make_gan_step(
     optimizer = state_lib.make_optimizer(config.optim)
     embedder = nets.embedder.clone(axis_name=axis_name)
     noise_std = config.train.embed_noise
-    ema_decay = float(config.train.get("ema_decay", 0.0))
-    identity_weight = float(config.train.get("identity_weight", 1.0))
+    ema_decay = float(config.train.ema_decay)
+    identity_weight = float(config.train.identity_weight)
     train_embedder = config.train.train_embedder
     shared_trunk = nets.critics.shared_trunk
-    face_weight = float(config.train.get("face_target_weight", 0.0))
-    face_dim = face_targets_lib.target_dim(int(config.train.get("face_target_pool", 16)))
+    face_weight = float(config.train.face_target_weight)
+    face_dim = face_targets_lib.target_dim(int(config.train.face_target_pool))
     face_loss = _face_target_loss(face_targets, face_weight, nets.num_ids, face_dim, axis_name)
-    mixup_alpha = float(config.train.get("voice_mixup", 0.0))
+    mixup_alpha = float(config.train.voice_mixup)
     if mixup_alpha > 0 and face_loss is not None:
         raise ValueError("train.voice_mixup and a GAN's train.face_target_weight do not combine")
 
@@ -220,7 +222,7 @@ def make_gan_step(
         )
         return new_state, mean_over_devices(c_metrics | g_metrics)
 
-    return with_matmul_precision(step, config.model.get("matmul_precision", "default"))
+    return with_matmul_precision(step, config.model.matmul_precision)
 
 
 def _adv_only(critics: models.Critics, face):
@@ -279,7 +281,7 @@ def make_embedder_step(
     optimizer = state_lib.make_optimizer(config.optim)
     embedder = nets.embedder.clone(axis_name=axis_name)
     head = state_lib.speaker_head(config, num_speakers)
-    face_weight = float(config.train.get("face_target_weight", 0.0))
+    face_weight = float(config.train.face_target_weight)
     face_loss = _face_target_loss(face_targets, face_weight, num_speakers, head.face_dim, axis_name)
 
     def step(state: state_lib.EmbedderState, batch):
@@ -316,4 +318,4 @@ def make_embedder_step(
             opt=opt,
         ), metrics
 
-    return with_matmul_precision(step, config.model.get("matmul_precision", "default"))
+    return with_matmul_precision(step, config.model.matmul_precision)

@@ -1,5 +1,6 @@
-"""argparse types shared by the subcommands: a value out of range is a usage error (exit 2)
-that names the flag, before any work starts."""
+"""What the subcommands share: argparse types (a value out of range is a usage error, exit 2,
+that names the flag, before any work starts), the flags several commands take, and the one way
+a command reports a usage error."""
 
 from __future__ import annotations
 
@@ -7,27 +8,30 @@ import argparse
 import math
 import os
 import pathlib
+import sys
+from collections.abc import Callable
+
+EXIT_USAGE = 2  # a bad argument, config or input the command cannot do without
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1 (`--workers`, `--shards-per-split`, counts)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= `low`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = "positive_int" if low == 1 else f"int_at_least_{low}"
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
+positive_int = int_at_least(1)  # `--workers`, `--shards-per-split`, counts
+non_negative_int = int_at_least(0)
 
 
 def seconds(text: str) -> float:
@@ -47,3 +51,49 @@ def out_dir(text: str) -> pathlib.Path:
     if os.path.lexists(path) and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} exists and is not a directory")
     return path
+
+
+def add_count(
+    parser: argparse.ArgumentParser, flag: str, default: int | None, what: str, at_least: int = 1
+) -> None:
+    """`flag N`: an integer >= `at_least`; its help is `what` and the default."""
+    shown = "" if default is None else f" (default {default})"
+    parser.add_argument(flag, type=int_at_least(at_least), default=default, help=what + shown)
+
+
+def add_out_dir(
+    parser: argparse.ArgumentParser, what: str = "output directory", required: bool = True
+) -> None:
+    """`--out DIR`: created where missing; an existing file there is a usage error."""
+    parser.add_argument("--out", required=required, default=None, type=out_dir, help=what)
+
+
+def add_audio_files(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """`--audio FILE [FILE ...]`: audio files any decoder reads."""
+    parser.add_argument(
+        "--audio", nargs="+", required=required, default=None, metavar="FILE", help="audio files"
+    )
+
+
+def add_min_seconds(parser: argparse.ArgumentParser, action: str) -> None:
+    """`--min-seconds S`: speech a file must have after VAD; `action` says what happens to one
+    with less ("reject", "skip")."""
+    parser.add_argument(
+        "--min-seconds",
+        type=seconds,
+        default=0.5,
+        help=f"{action} a file with less speech than this after VAD (default 0.5)",
+    )
+
+
+def add_config(parser: argparse.ArgumentParser) -> None:
+    """`--config FILE[:ARG]`; `--config.key=value` overrides are collected by `cli.main`."""
+    parser.add_argument(
+        "--config", required=True, type=pathlib.Path, help="configs/*.py file (FILE:ARG too)"
+    )
+
+
+def usage_error(command: str, err: object) -> int:
+    """Prints `v2f COMMAND: error: ERR` on stderr; returns the exit status 2."""
+    print(f"v2f {command}: error: {err}", file=sys.stderr)
+    return EXIT_USAGE

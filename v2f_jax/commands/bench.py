@@ -26,14 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import sys
+
+from v2f_jax.commands import arguments
 
 MODES = ("step", "input", "gather", "prepare", "generate")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--config", required=True, type=pathlib.Path, help="configs/*.py file")
+    arguments.add_config(parser)
     parser.add_argument("--mode", choices=MODES, default="step")
     parser.add_argument("--batch", type=int, default=None, help="global batch (config's default)")
     parser.add_argument(
@@ -101,22 +102,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="input mode: the step's samples/s (default: measure it here)",
     )
-    parser.add_argument(
-        "--audio",
-        nargs="+",
-        default=None,
-        metavar="FILE",
-        help="prepare mode: audio files (wav, flac, ...) to run the front end over",
-    )
+    arguments.add_audio_files(parser, required=False)
     parser.add_argument("--frontend", default="wen2019", help="prepare mode: front end")
 
 
 def run(args: argparse.Namespace) -> int:
-    from v2f_jax import bench, config_lib, ops
+    from v2f_jax import config_lib, ops
+    from v2f_jax.bench import gather, generate, input_feed, prepare, step
 
     try:
         config = config_lib.load_config(args.config, getattr(args, "config_overrides", []))
-        config = bench.apply_step_overrides(
+        config = step.apply_step_overrides(
             config,
             batch_size=args.batch,
             dtype=args.dtype,
@@ -125,17 +121,16 @@ def run(args: argparse.Namespace) -> int:
             matmul_precision=args.matmul_precision,
         )
         ops.conv.forms_for(config.model.impl)  # a bad name fails here, not mid-compile
-        steps_per_call = args.steps_per_call or int(config.train.get("steps_per_call", 1))
+        steps_per_call = args.steps_per_call or int(config.train.steps_per_call)
         if steps_per_call < 1:
             raise ValueError(f"--steps-per-call must be >= 1, not {steps_per_call}")
     except (config_lib.ConfigError, ValueError) as err:
-        print(f"v2f bench: {err}", file=sys.stderr)
-        return 2
+        return arguments.usage_error("bench", err)
     frames = args.frames or max(config.data.crop_lengths)
-    num_ids = args.num_ids or int(config.model.get("num_ids", 0) or 0) or bench.DEFAULT_NUM_IDS
+    num_ids = args.num_ids or int(config.model.num_ids or 0) or step.DEFAULT_NUM_IDS
 
     if args.mode == "step":
-        result = bench.bench_step(
+        result = step.bench_step(
             config,
             frames=frames,
             steps=args.steps,
@@ -146,16 +141,17 @@ def run(args: argparse.Namespace) -> int:
             steps_per_call=steps_per_call,
         )
     elif args.mode == "generate":
-        result = bench.bench_generate(config, frames=frames, repeats=args.steps, num_ids=num_ids)
+        result = generate.bench_generate(config, frames=frames, repeats=args.steps, num_ids=num_ids)
     elif args.mode == "gather":
-        result = bench.bench_gather(config, batch_size=config.train.batch_size, calls=args.steps)
+        result = gather.bench_gather(config, batch_size=config.train.batch_size, calls=args.steps)
     elif args.mode == "input":
         if args.records is None:
-            print("v2f bench: --mode input needs --records DIR (from v2f prepare)", file=sys.stderr)
-            return 2
+            return arguments.usage_error(
+                "bench", "--mode input needs --records DIR (from v2f prepare)"
+            )
         demand = args.demand
         if demand is None:
-            step = bench.bench_step(
+            demand_run = step.bench_step(
                 config,
                 frames=frames,
                 steps=3,
@@ -164,9 +160,9 @@ def run(args: argparse.Namespace) -> int:
                 peak=False,
                 devices=args.devices,
             )
-            demand = step["samples_per_s"]
+            demand = demand_run["samples_per_s"]
         try:
-            result = bench.bench_input(
+            result = input_feed.bench_input(
                 config,
                 args.records,
                 batch_size=config.train.batch_size,
@@ -181,13 +177,11 @@ def run(args: argparse.Namespace) -> int:
                 ),
             )
         except (OSError, ValueError) as err:
-            print(f"v2f bench: {args.records}: {err}", file=sys.stderr)
-            return 2
+            return arguments.usage_error("bench", f"{args.records}: {err}")
     else:
         if not args.audio:
-            print("v2f bench: --mode prepare needs --audio FILE [FILE ...]", file=sys.stderr)
-            return 2
-        result = bench.bench_prepare(args.audio, args.frontend)
+            return arguments.usage_error("bench", "--mode prepare needs --audio FILE [FILE ...]")
+        result = prepare.bench_prepare(args.audio, args.frontend)
     result["config"] = str(args.config)
     print(json.dumps(result, sort_keys=True))
     return 0

@@ -70,8 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size",
         type=arguments.positive_int,
-        default=d["batch_size"],
-        help=f"global batch of the GAN (default {d['batch_size']})",
+        default=None,
+        help="global batch of the GAN (default: configs/recipe.py:tiny's)",
     )
     parser.add_argument(
         "--no-baseline", action="store_true", help="skip evaluating the untrained generator"

@@ -25,20 +25,19 @@ from v2f_jax.commands import export as export_command
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     export_command.add_source_arguments(parser)
     parser.add_argument("--records", required=True, help="a `v2f prepare` output directory")
-    parser.add_argument(
-        "--out", default=None, type=arguments.out_dir, help="report directory (default: see above)"
-    )
+    arguments.add_out_dir(parser, "report directory (default: see above)", required=False)
     parser.add_argument(
         "--face-embedder",
         default=None,
         metavar="FILE",
         help="score with this face embedder (e.g. another report's) instead of the cached one",
     )
-    parser.add_argument(
+    arguments.add_count(
+        parser,
         "--max-train-voices",
-        type=arguments.non_negative_int,
-        default=2000,
-        help="training utterances generated for identity accuracy (default 2000; 0: all)",
+        2000,
+        "training utterances generated for identity accuracy, 0: all",
+        at_least=0,
     )
 
 
@@ -71,8 +70,7 @@ def run(args: argparse.Namespace) -> int:
             log=lambda msg: print(f"v2f eval: {msg}", file=sys.stderr),
         )
     except export_command.SOURCE_ERRORS as err:
-        print(f"v2f eval: error: {err}", file=sys.stderr)
-        return 2
+        return arguments.usage_error("eval", err)
     print(summary(result, out))
     return 0
 

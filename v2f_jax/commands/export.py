@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from v2f_jax.commands import arguments
 
@@ -81,12 +80,11 @@ def run(args: argparse.Namespace) -> int:
         suffix = os.path.splitext(args.out)[1]
         fmt = suffix[1:] if suffix in model_files.SUFFIXES else None
         if fmt is None:
-            print(
-                f"v2f export: error: {args.out}: end it in .safetensors or .msgpack, or pass "
-                "--format torch (then --out is a directory)",
-                file=sys.stderr,
+            return arguments.usage_error(
+                "export",
+                f"{args.out}: end it in .safetensors or .msgpack, or pass --format torch (then "
+                "--out is a directory)",
             )
-            return 2
     try:
         model = load_source(args)
         if fmt == "torch":
@@ -97,8 +95,7 @@ def run(args: argparse.Namespace) -> int:
                 out += f".{fmt}"
             paths = (model_files.save_model(model, out),)
     except SOURCE_ERRORS as err:
-        print(f"v2f export: error: {err}", file=sys.stderr)
-        return 2
+        return arguments.usage_error("export", err)
     src = model.source
     where = src.get("workdir") or src.get("torch_generator") or args.model
     step = f" (step {src['step']})" if "step" in src else ""

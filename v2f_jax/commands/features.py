@@ -20,20 +20,15 @@ from v2f_jax.input_pipeline import audio
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--audio", nargs="+", required=True, metavar="FILE", help="audio files")
-    parser.add_argument("--out", required=True, type=arguments.out_dir, help="output directory")
+    arguments.add_audio_files(parser)
+    arguments.add_out_dir(parser)
     parser.add_argument(
         "--frontend",
         choices=audio.FRONTENDS,
         default="wen2019",
         help="wen2019: the reference's features exactly (default); librosa: a plain librosa mel",
     )
-    parser.add_argument(
-        "--min-seconds",
-        type=arguments.seconds,
-        default=0.5,
-        help="reject a file with less speech than this after VAD (default 0.5)",
-    )
+    arguments.add_min_seconds(parser, "reject")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,20 +25,15 @@ from v2f_jax.commands import export as export_command
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     export_command.add_source_arguments(parser)
-    parser.add_argument("--audio", nargs="+", required=True, metavar="FILE", help="audio files")
-    parser.add_argument("--out", required=True, type=arguments.out_dir, help="output directory")
+    arguments.add_audio_files(parser)
+    arguments.add_out_dir(parser)
     parser.add_argument(
         "--frontend",
         choices=("wen2019", "librosa"),
         default=None,
         help="the model's front end is used; naming a different one is an error",
     )
-    parser.add_argument(
-        "--min-seconds",
-        type=arguments.seconds,
-        default=0.5,
-        help="skip a file with less speech than this after VAD (default 0.5)",
-    )
+    arguments.add_min_seconds(parser, "skip")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,13 +43,11 @@ def run(args: argparse.Namespace) -> int:
         model = export_command.load_source(args)
         generate.check_frontend(model, args.frontend)
     except export_command.SOURCE_ERRORS as err:
-        print(f"v2f generate: error: {err}", file=sys.stderr)
-        return 2
+        return arguments.usage_error("generate", err)
     try:
         result = generate.generate(model, args.audio, args.out, min_seconds=args.min_seconds)
     except OSError as err:  # --out not writable, or the disk full
-        print(f"v2f generate: error: cannot write to {args.out}: {err}", file=sys.stderr)
-        return 2
+        return arguments.usage_error("generate", f"cannot write to {args.out}: {err}")
     for item in result.items:
         if "reason" in item:
             print(f"v2f generate: {item['path']}: {item['reason']}", file=sys.stderr)

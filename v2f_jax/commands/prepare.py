@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--voices", required=True, type=pathlib.Path, help="voices directory")
     parser.add_argument("--faces", required=True, type=pathlib.Path, help="faces directory")
     parser.add_argument("--meta", required=True, type=pathlib.Path, help="vox1_meta.csv")
-    parser.add_argument("--out", required=True, type=arguments.out_dir, help="output directory")
+    arguments.add_out_dir(parser)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
         "--faces-aligned",
@@ -59,17 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="wen2019",
         help="log-mel front end for audio inputs (default wen2019, the reference's)",
     )
-    parser.add_argument(
-        "--workers",
-        type=arguments.positive_int,
-        default=None,
-        help="decoding processes (default: all CPUs)",
-    )
-    parser.add_argument(
+    arguments.add_count(parser, "--workers", None, "decoding processes (default: all CPUs)")
+    arguments.add_count(
+        parser,
         "--shards-per-split",
-        type=arguments.positive_int,
-        default=None,
-        help="shards per split and kind (default: ~512 voices or ~4096 faces per shard)",
+        None,
+        "shards per split and kind (default: ~512 voices or ~4096 faces per shard)",
     )
     parser.add_argument(
         "--strict", action="store_true", help="exit non-zero if any file was rejected"
@@ -96,8 +91,7 @@ def run(args: argparse.Namespace) -> int:
             require_test_split=True,
         )
     except (errors.BadInputError, ValueError) as err:
-        print(f"v2f prepare: error: {err}", file=sys.stderr)
-        return 2
+        return arguments.usage_error("prepare", err)
     except OSError as err:  # --out not writable, or the disk full: finished shards are kept
         print(f"v2f prepare: error: cannot write to {args.out}: {err}", file=sys.stderr)
         return 2

@@ -5,8 +5,8 @@ with no download. Same seed, same bytes.
 Example: `v2f synth --out data/synth --identities 24 --utterances 4 --faces 4`; with
 `--durations voxceleb`, utterances as long as VoxCeleb1's (input-pipeline benchmarks and `v2f
 demo`); with `--corpus b`, a second corpus built otherwise (other voice and face generators,
-other voice-face links: `input_pipeline/synthetic_b.py`), to tune a recipe on one and confirm it
-on the other.
+other voice-face links: `v2f_jax/synthetic/corpus_b.py`), to tune a recipe on one and confirm
+it on the other.
 """
 
 from __future__ import annotations
@@ -69,11 +69,11 @@ def run(args: argparse.Namespace) -> int:
     import sys
     import time
 
-    from v2f_jax.input_pipeline import synthetic
+    from v2f_jax.synthetic import writer
 
     start = time.perf_counter()
     try:
-        summary = synthetic.make_corpus(
+        summary = writer.make_corpus(
             args.out,
             identities=args.identities,
             utterances=args.utterances,

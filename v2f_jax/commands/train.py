@@ -30,11 +30,13 @@ import logging
 import pathlib
 import sys
 
-EXIT_OK, EXIT_USAGE, EXIT_NONFINITE, EXIT_WRITE = 0, 2, 3, 4
+from v2f_jax.commands import arguments
+
+EXIT_OK, EXIT_USAGE, EXIT_NONFINITE, EXIT_WRITE = 0, arguments.EXIT_USAGE, 3, 4
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, type=pathlib.Path, help="configs/*.py file")
+    arguments.add_config(parser)
     parser.add_argument("--records", required=True, type=pathlib.Path, help="v2f prepare --out")
     parser.add_argument("--workdir", required=True, type=pathlib.Path, help="run directory")
     group = parser.add_argument_group("multi-host (default: one process, or from the environment)")
@@ -55,15 +57,16 @@ def _setup_logging() -> None:
 
 def run(args: argparse.Namespace) -> int:
     _setup_logging()
-    from v2f_jax import distributed
+    from v2f_jax.training import distributed
 
     # Before any other JAX call.
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
 
     import jax
 
-    from v2f_jax import checkpointing, config_checks, config_lib, nonfinite, train, workdir
+    from v2f_jax import checkpointing, config_checks, config_lib, train
     from v2f_jax.input_pipeline import errors
+    from v2f_jax.training import nonfinite, workdir
 
     try:
         config = config_lib.load_config(args.config, getattr(args, "config_overrides", []))

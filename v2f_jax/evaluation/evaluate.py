@@ -211,15 +211,11 @@ def evaluate(
             f"trained on '{model.frontend_name}' ones; evaluate on records prepared with "
             f"--frontend {model.frontend_name}"
         )
-    eval_cfg = model.config.get("eval", {})
+    eval_cfg = model.config.eval
     steps = int(
-        face_embedder_steps
-        if face_embedder_steps is not None
-        else eval_cfg.get("face_embedder_steps", 2000)
+        face_embedder_steps if face_embedder_steps is not None else eval_cfg.face_embedder_steps
     )
-    gallery_size = int(
-        gallery_size if gallery_size is not None else eval_cfg.get("gallery_size", 0)
-    )
+    gallery_size = int(gallery_size if gallery_size is not None else eval_cfg.gallery_size)
 
     # The training faces are read once, for the nearest-identity baseline's mean faces, the
     # gender reader's fit and, when it is not cached, the face embedder's training.

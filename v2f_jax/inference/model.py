@@ -50,13 +50,13 @@ class Model:
 
 
 def _networks(config: ml_collections.ConfigDict) -> models.Networks:
-    return models.Networks(config.model, max(1, int(config.model.get("num_ids", 0))))
+    return models.Networks(config.model, max(1, int(config.model.num_ids)))
 
 
 def frontend_of(config: ml_collections.ConfigDict) -> dict:
     """The parameters of the front end `config` was trained on (`config.data.frontend`; a
     config that never met records, where it is "", means the default, wen2019)."""
-    return audio.frontend_params(config.data.get("frontend") or "wen2019")
+    return audio.frontend_params(config.data.frontend or "wen2019")
 
 
 def model_from_state(

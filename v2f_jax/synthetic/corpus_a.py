@@ -1,10 +1,4 @@
-"""A built-in voice/face corpus in the real VoxCeleb1 / VGGFace layouts, so everything runs offline.
-
-    OUT/voices/id10001/<11-char video id>/00001.wav   16 kHz mono 16-bit PCM, 2.5-4.5 s (or
-                                                       VoxCeleb1's lengths: `durations`)
-    OUT/faces/Fiona_Hale/00001.png                     aligned RGB crops (VGG_ALL_FRONTAL style)
-    OUT/vox1_meta.csv                                  the real table's tab-separated columns
-    OUT/identities.json                                each identity's latent attributes
+"""Corpus "a", the built-in corpus: its people, their voices (source-filter) and faces (OpenCV).
 
 Each identity has latent attributes. Some drive both the voice and the face: gender, age,
 vocal-tract length (voice: formant scale, F0, jitter, breathiness; face: width, length, jaw, hair
@@ -23,75 +17,29 @@ separated by pauses, with leading and trailing silence over a low noise floor (s
 Faces are drawn with OpenCV in the canonical frame of `faces.LEFT_EYE` / `faces.RIGHT_EYE`,
 supersampled 4x, and shrunk with INTER_AREA.
 
-This is corpus "a". `make_corpus(..., corpus="b")` writes corpus "b" in the same layout, made
-otherwise (`synthetic_b`: FOF voices, shaded per-pixel faces, other voice-face links), to tune a
+`writer.make_corpus` writes it to disk; corpus "b" (`corpus_b`) is made otherwise, to tune a
 recipe on one and confirm it on the other.
-
-The same arguments give byte-identical files; a file depends only on the seed, the number of
-identities, its identity and its index, so more utterances or faces add files and change none.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import functools
-import json
 import math
-import multiprocessing
-import os
-import pathlib
-import shutil
-import statistics
-import wave
 
 import cv2
 import numpy as np
 
 from v2f_jax.input_pipeline import faces as facelib
-from v2f_jax.input_pipeline.constants import IMAGE_SIZE, META_COLUMNS, SAMPLE_RATE, TEST_INITIALS
+from v2f_jax.input_pipeline.constants import IMAGE_SIZE, SAMPLE_RATE
+from v2f_jax.synthetic import common
 
-MIN_SECONDS, MAX_SECONDS = 2.5, 4.5  # a file's length with durations="short"
-FACE_SIZE = 96
-
-# Utterance lengths: "short" (the default: quick to make and to prepare) or "voxceleb", like
-# VoxCeleb1's (at least 4 s, mean 8.2 s, a long right tail; Nagrani et al. 2017), for benchmarks
-# that need realistic lengths.
-DURATIONS = ("short", "voxceleb")
-# Corpus kinds: "a", made here; "b", made otherwise by `synthetic_b` (same layout).
-CORPORA = ("a", "b")
-# "voxceleb" draws the speech, what the VAD of `v2f prepare` keeps (`_plan`), not the file: 4 s
-# plus a lognormal excess (median 2.7 s, sigma 1.0), truncated at 30 s in all: mean 8.0 s, median
-# 6.7 s, 99th percentile 24 s. The last syllable runs past the draw, so the VAD keeps about 0.2 s
-# more (-0.3 to +0.6 s): mean ~8.2 s, median ~6.9 s. Files add the leading and trailing silence
-# and the pauses: mean ~11 s. (VoxCeleb1's longest is 145 s; the cap keeps one file from taking
-# over a small corpus.)
-VOX_MIN_SECONDS, VOX_MAX_SECONDS = 4.0, 30.0
-_VOX_EXCESS_MEDIAN, _VOX_EXCESS_SIGMA = 2.7, 1.0
-# What the VAD of `v2f prepare` keeps of the pause after a phrase, measured (webrtcvad's hangover).
-_VAD_KEEPS_AFTER_PHRASE = 0.08
-
-_FEMALE_NAMES = {
-    "test": "Abigail Ada Alice Amara Anna Beatrice Bella Bianca Carla Chloe Clara Daisy Dana Daria "
-    "Elena Eliza Emma Esther",
-    "train": "Fiona Freya Grace Greta Hannah Helena Iris Isla Jade Julia Kate Kira Laura Lena Maya "
-    "Mira Nadia Nina Olivia Paula Priya Quinn Rosa Ruth Sara Sofia Tara Tessa Uma Vera Wendy Yara "
-    "Zoe",
-}
-_MALE_NAMES = {
-    "test": "Aaron Adam Alan Arjun Ben Boris Bruno Carlos Colin Daniel David Dev Eli Emil Ethan",
-    "train": "Felix Frank Gavin George Hugo Ian Ivan Jack James Karl Kenji Leo Liam Marco Max "
-    "Nikhil Noah Omar Oscar Paul Pedro Rafael Ryan Sam Simon Tom Victor Walter Xavier Yusuf Zane",
-}
+# Corpus "a"'s surnames (the first names are `common`'s).
 _SURNAMES = (
     "Abbott Adeyemi Baker Bell Brooks Carter Chen Cole Dalton Diaz Doyle Ellis Evans Fischer Ford "
     "Fox Garcia Gray Hale Hayes Ito Jensen Kane Khan Kowalski Larsen Lopez Mason Mendes Meyer "
     "Moreno Nash Nguyen Novak Okafor Olsen Park Patel Reyes Rossi Sato Shaw Silva Stone Tanaka "
     "Turner Vance Varga Walsh Webb Weiss Young Zhang Ziegler"
 ).split()
-# Enough unique names in the smallest group (male, A-E): 15 first names x 54 surnames, ~1/6 of all.
-MAX_IDENTITIES = 4000
-_VIDEO_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 _SKIN_TONES = (
     (255, 224, 196), (241, 194, 167), (233, 190, 150), (224, 172, 138), (210, 160, 120),
@@ -216,12 +164,6 @@ class Identity:
     glasses: bool
 
 
-# Generator purposes: 0 attributes, 1 video ids (index 0) and choices (utterance + 1),
-# 2 utterance `index`, 3 face `index`.
-def _identity_rng(identity: Identity, purpose: int, index: int) -> np.random.Generator:
-    return np.random.default_rng([identity.stream, purpose, index])
-
-
 def _choose(rng: np.random.Generator, weights) -> int:
     w = np.asarray(weights, float)
     return int(rng.choice(w.size, p=w / w.sum()))
@@ -317,45 +259,7 @@ def make_identities(n: int, seed: int = 0) -> list[Identity]:
     Genders alternate and every third identity of each gender has an A-E name (the reference's
     test split); the Set column marks exactly those "test", so either split rule agrees.
     """
-    return draw_people(n, seed, _SURNAMES, _sample_attributes, Identity)
-
-
-def draw_people(n: int, entropy, surnames, sample_attributes, identity_type) -> list:
-    """`make_identities` for any corpus: its surnames, its `sample_attributes(rng, gender)` and
-    its identity type; `entropy` seeds everything (`np.random.SeedSequence`)."""
-    if not 4 <= n <= MAX_IDENTITIES:
-        raise ValueError(
-            f"need 4 to {MAX_IDENTITIES} identities (4: both genders on both sides of the split), "
-            f"got {n}"
-        )
-    children = np.random.SeedSequence(entropy).spawn(n + 1)
-    rng = np.random.default_rng(children[0])
-    order = rng.permutation(n)
-    names, people = set(), []
-    for i, child in enumerate(children[1:]):
-        gender = "m" if order[i] % 2 == 0 else "f"
-        side = "test" if (order[i] // 2) % 3 == 1 else "train"
-        firsts = (_MALE_NAMES if gender == "m" else _FEMALE_NAMES)[side].split()
-        while True:
-            name = f"{firsts[rng.integers(len(firsts))]}_{surnames[rng.integers(len(surnames))]}"
-            if name not in names:
-                break
-        names.add(name)
-        stream = int(child.generate_state(1, np.uint64)[0] >> np.uint64(1))
-        attrs = sample_attributes(np.random.default_rng([stream, 0]), gender)
-        people.append((name, gender, side, stream, attrs))
-    people.sort(key=lambda p: p[0])
-    return [
-        identity_type(
-            voxceleb_id=f"id{10001 + i}",
-            name=name,
-            gender=gender,
-            split="test" if side == "test" else "dev",
-            stream=stream,
-            **attrs,
-        )  # fmt: skip
-        for i, (name, gender, side, stream, attrs) in enumerate(people)
-    ]
+    return common.draw_people(n, seed, _SURNAMES, _sample_attributes, Identity)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,28 +298,6 @@ _FRIC_LEVEL = 0.2
 _INHALE_LEVEL = 0.015
 
 
-def _raised_cosine(n: int, attack: int, release: int) -> np.ndarray:
-    env = np.ones(n)
-    attack, release = min(attack, n // 2), min(release, n - n // 2)
-    if attack:
-        env[:attack] = 0.5 - 0.5 * np.cos(np.pi * (np.arange(attack) + 0.5) / attack)
-    if release:
-        env[n - release :] = 0.5 + 0.5 * np.cos(np.pi * (np.arange(release) + 0.5) / release)
-    return env
-
-
-def _smooth_noise(rng: np.random.Generator, n: int, rate_hz: float) -> np.ndarray:
-    """Unit-variance noise that varies at about `rate_hz`, `n` samples long."""
-    step = SAMPLE_RATE / rate_hz
-    knots = rng.normal(size=int(n / step) + 3)
-    return np.interp(np.arange(n) / step, np.arange(knots.size), knots)
-
-
-def _moving_average(x: np.ndarray, width: int) -> np.ndarray:
-    c = np.cumsum(np.pad(x, (width // 2 + 1, width - width // 2), mode="edge"))
-    return (c[width:] - c[:-width])[: x.size] / width
-
-
 def _stft(x: np.ndarray) -> np.ndarray:
     pad = np.pad(x, (_NFFT // 2, _NFFT // 2 + _HOP))
     frames = np.lib.stride_tricks.sliding_window_view(pad, _NFFT)[::_HOP]
@@ -451,34 +333,17 @@ def _formant_envelope(formants: np.ndarray, bandwidths: np.ndarray) -> np.ndarra
     return np.sqrt(power)
 
 
-def voxceleb_speech_seconds(rng: np.random.Generator) -> float:
-    """One draw of the "voxceleb" speech length, in [VOX_MIN_SECONDS, VOX_MAX_SECONDS] s.
-
-    One uniform draw through the inverse CDF, so the truncation needs no rejection loop.
-    """
-    normal = statistics.NormalDist()
-    mu, sigma = math.log(_VOX_EXCESS_MEDIAN), _VOX_EXCESS_SIGMA
-    top = normal.cdf((math.log(VOX_MAX_SECONDS - VOX_MIN_SECONDS) - mu) / sigma)
-    u = top * (1.0 - rng.random())  # in (0, top]: inv_cdf(0) is -inf
-    return VOX_MIN_SECONDS + math.exp(mu + sigma * normal.inv_cdf(u))
-
-
 def _plan(
     identity: Identity, rng: np.random.Generator, durations: str = "short"
 ) -> tuple[int, list]:
     """Timing: `[(start, end, label, info)]` in samples, labels silence/pause/consonant/vowel.
 
     "short" draws the file's length and fits phrases into it. "voxceleb" draws the length of the
-    speech instead (`voxceleb_speech_seconds`: syllables, which the VAD of `v2f prepare` keeps,
-    not the leading and trailing silence or the pauses, which it drops), adds syllables until it
-    is reached, and the file ends after the trailing silence.
+    speech instead (`common.draw_utterance_length`: syllables, which the VAD of `v2f prepare`
+    keeps, not the leading and trailing silence or the pauses, which it drops), adds syllables
+    until it is reached, and the file ends after the trailing silence.
     """
-    if durations == "short":
-        duration, speech = rng.uniform(MIN_SECONDS, MAX_SECONDS), math.inf
-    elif durations == "voxceleb":
-        duration, speech = math.inf, voxceleb_speech_seconds(rng)
-    else:
-        raise ValueError(f"durations must be one of {DURATIONS}, got {durations!r}")
+    duration, speech = common.draw_utterance_length(rng, durations)
     lead, trail = rng.uniform(0.15, 0.45), rng.uniform(0.15, 0.45)
     region = REGIONS[identity.region]  # the accent
     kinds = list(_ONSETS)
@@ -510,7 +375,7 @@ def _plan(
             info["phrase_span"] = (phrase_start, t)
         events += syllables
         if syllables:
-            spoken += _VAD_KEEPS_AFTER_PHRASE
+            spoken += common.VAD_KEEPS_AFTER_PHRASE
         pause = rng.uniform(0.25, 0.55)
         if not syllables or t + pause + 1.0 / identity.speaking_rate > end or spoken >= speech:
             break
@@ -527,7 +392,7 @@ def _plan(
 def synthesize_voice(
     identity: Identity, rng: np.random.Generator, durations: str = "short"
 ) -> tuple[np.ndarray, list[tuple[int, int, str]]]:
-    """One utterance of `identity`, its length drawn as `durations` (one of `DURATIONS`) says.
+    """One utterance of `identity`, its length drawn as `durations` (`common.DURATIONS`) says.
 
     Returns:
       `(samples, segments)`: int16 `[N]` at 16 kHz, N/16000 in [2.5, 4.5] s ("short"), or at
@@ -553,7 +418,7 @@ def synthesize_voice(
             continue
         frames = (frame_time >= start) & (frame_time < end)
         if label == "vowel":
-            env = _raised_cosine(length, 20 * ms, 40 * ms) * info["stress"]
+            env = common.raised_cosine(length, 20 * ms, 40 * ms) * info["stress"]
             g_voice[start:end] = env
             g_breath[start:end] = env * identity.breathiness
             formant_targets[frames] = _VOWELS[info["vowel"]] * vtl_scale
@@ -563,17 +428,17 @@ def synthesize_voice(
             fric_centre[frames], fric_width[frames] = centre or 4000.0, width or 3000.0
             vowel = _VOWELS[info["vowel"]] * vtl_scale
             if onset == "nasal":
-                g_voice[start:end] = 0.3 * _raised_cosine(length, 15 * ms, 5 * ms)
+                g_voice[start:end] = 0.3 * common.raised_cosine(length, 15 * ms, 5 * ms)
                 formant_targets[frames] = _NASAL * vtl_scale
             elif onset == "h":
-                g_breath[start:end] = 0.5 * _raised_cosine(length, 15 * ms, 5 * ms)
+                g_breath[start:end] = 0.5 * common.raised_cosine(length, 15 * ms, 5 * ms)
                 formant_targets[frames] = vowel
             elif onset == "stop":
                 burst = min(length, 15 * ms)
-                g_fric[end - burst : end] = 1.2 * _raised_cosine(burst, 2 * ms, 8 * ms)
+                g_fric[end - burst : end] = 1.2 * common.raised_cosine(burst, 2 * ms, 8 * ms)
                 formant_targets[frames] = vowel
             else:
-                g_fric[start:end] = _raised_cosine(length, 25 * ms, 10 * ms) * (
+                g_fric[start:end] = common.raised_cosine(length, 25 * ms, 10 * ms) * (
                     0.5 if onset == "f" else 1.0
                 )
                 formant_targets[frames] = vowel
@@ -581,7 +446,7 @@ def synthesize_voice(
             inhale = min(length - 40 * ms, int(rng.uniform(0.12, 0.25) * SAMPLE_RATE))
             if inhale > 0:
                 at = start + (length - inhale) // 2
-                breath = _raised_cosine(inhale, inhale // 2, inhale // 2)
+                breath = common.raised_cosine(inhale, inhale // 2, inhale // 2)
                 g_breath[at : at + inhale] += _INHALE_LEVEL * breath
         if label in ("vowel", "consonant"):
             # Phrase intonation in semitones: declination, an accent, a final fall or rise.
@@ -610,9 +475,9 @@ def synthesize_voice(
     bandwidths = _BANDWIDTHS * (1 + 2 * identity.breathiness) * np.ones((n_frames, 1))
     tract = _formant_envelope(formants, bandwidths)
     # Smooth the intonation; add slow drift and jitter.
-    semitones = _moving_average(semitones, 40 * ms)
-    semitones += 0.4 * _smooth_noise(rng, n, 3.0)
-    jitter = 1 + identity.jitter * _smooth_noise(rng, n, 80.0)
+    semitones = common.moving_average(semitones, 40 * ms)
+    semitones += 0.4 * common.smooth_noise(rng, n, 3.0)
+    jitter = 1 + identity.jitter * common.smooth_noise(rng, n, 80.0)
     f0 = identity.f0_hz * 2 ** (semitones / 12) * jitter
 
     # Glottal pulses, placed at sub-sample positions so their spectrum stays band-limited enough.
@@ -643,15 +508,6 @@ def synthesize_voice(
     speech += rng.normal(size=n) * 32767 * 10 ** (rng.uniform(-78, -64) / 20)
     samples = np.clip(np.round(speech), -32768, 32767).astype(np.int16)
     return samples, [(s, e, label) for s, e, label, _ in events if e > s]
-
-
-def write_wav(path: str | os.PathLike, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
-    """16-bit PCM mono WAV; the bytes depend only on the samples."""
-    with wave.open(os.fspath(path), "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(sample_rate)
-        f.writeframes(np.asarray(samples, "<i2").tobytes())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -919,7 +775,7 @@ def _draw_features(
 
 
 def render_face(
-    identity: Identity, rng: np.random.Generator, size: int = FACE_SIZE, jitter: bool = True
+    identity: Identity, rng: np.random.Generator, size: int = common.FACE_SIZE, jitter: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """One photo of `identity`: an aligned crop, eyes near `input_pipeline.faces.canonical_eyes`.
 
@@ -972,159 +828,3 @@ def render_face(
     image = np.clip(np.round(small), 0, 255).astype(np.uint8)
     mask = cv2.resize(mask_canvas.image[..., 0], (size, size), interpolation=cv2.INTER_AREA)
     return image, mask >= 128
-
-
-def write_png(path: str | os.PathLike, image_rgb: np.ndarray) -> None:
-    ok, data = cv2.imencode(".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise RuntimeError(f"PNG encoding failed for {path}")
-    pathlib.Path(path).write_bytes(data.tobytes())
-
-
-# ---------------------------------------------------------------------------------------------
-# The corpus.
-
-
-def _video_ids(rng: np.random.Generator, count: int) -> list[str]:
-    ids = []
-    while len(ids) < count:
-        chars = rng.integers(len(_VIDEO_ID_CHARS), size=11)
-        chars[0] = rng.integers(62)  # no leading "-" or "_": awkward on command lines
-        video = "".join(_VIDEO_ID_CHARS[c] for c in chars)
-        if video not in ids:
-            ids.append(video)
-    return ids
-
-
-def _makers(corpus: str):
-    """`(make_identities, synthesize_voice, render_face)` of corpus "a" or "b"."""
-    if corpus == "b":
-        from v2f_jax.input_pipeline import synthetic_b
-
-        return synthetic_b.make_identities, synthetic_b.synthesize_voice, synthetic_b.render_face
-    return make_identities, synthesize_voice, render_face
-
-
-def _write_person(
-    person, out: pathlib.Path, utterances: int, faces: int, face_size: int, durations: str, corpus
-) -> int:
-    """One person's wavs and face PNGs under `out`; returns the audio's samples."""
-    _, voice_of, face_of = _makers(corpus)
-    video_rng = _identity_rng(person, 1, 0)
-    videos = _video_ids(video_rng, int(video_rng.integers(1, 4)))
-    counters = dict.fromkeys(videos, 0)
-    total_samples = 0
-    for u in range(utterances):
-        # Each utterance picks its video with its own generator: adding utterances renames none.
-        video = videos[_identity_rng(person, 1, u + 1).integers(len(videos))]
-        counters[video] += 1
-        samples, _ = voice_of(person, _identity_rng(person, 2, u), durations)
-        path = out / "voices" / person.voxceleb_id / video / f"{counters[video]:05d}.wav"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_wav(path, samples)
-        total_samples += samples.size
-    face_dir = out / "faces" / person.name
-    face_dir.mkdir(parents=True, exist_ok=True)
-    for f in range(faces):
-        image, _ = face_of(person, _identity_rng(person, 3, f), face_size)
-        write_png(face_dir / f"{f + 1:05d}.png", image)
-    return total_samples
-
-
-def make_corpus(
-    out_dir: str | os.PathLike,
-    identities: int = 24,
-    utterances: int = 4,
-    faces: int = 4,
-    seed: int = 0,
-    face_size: int = FACE_SIZE,
-    overwrite: bool = False,
-    durations: str = "short",
-    corpus: str = "a",
-    workers: int = 1,
-) -> dict:
-    """Writes the corpus (layout in the module docstring) and returns a summary.
-
-    Args:
-      out_dir: created if needed; must not already hold a corpus unless `overwrite`.
-      identities: at least 4; about a third get A-E names (the reference's test split).
-      utterances, faces: per identity; utterances spread over 1-3 videos.
-      seed: everything follows from it.
-      face_size: side of the face PNGs, at least `faces.MIN_SIDE` (loading resizes them).
-      overwrite: replace an existing voices/, faces/, vox1_meta.csv and identities.json.
-      durations: utterance lengths, one of `DURATIONS`: "short" (2.5-4.5 s) or "voxceleb" (like
-        VoxCeleb1's after VAD: at least 4 s, mean about 8.2 s, up to 30 s).
-      corpus: one of `CORPORA`: "a", this module's people, voices and faces, or "b", made
-        otherwise (`synthetic_b`: other generators and other voice-face links), to tune on one
-        and confirm on the other. Same layout; "b"'s identities.json records "corpus": "b" per
-        identity ("a"'s is unchanged, so old seeds keep their bytes).
-      workers: processes drawing people at once; every person's files follow from the seed and
-        the person alone, so any number writes the same bytes.
-
-    Returns:
-      A JSON-able dict: the corpus kind, counts, splits, genders, durations, seconds of audio,
-      and the paths written.
-    """
-    if utterances < 1 or faces < 1:
-        raise ValueError("need at least one utterance and one face per identity")
-    if durations not in DURATIONS:
-        raise ValueError(f"durations must be one of {DURATIONS}, got {durations!r}")
-    if face_size < facelib.MIN_SIDE:
-        raise ValueError(f"face_size must be at least {facelib.MIN_SIDE}")
-    if corpus not in CORPORA:
-        raise ValueError(f"corpus must be one of {CORPORA}, got {corpus!r}")
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
-    people = _makers(corpus)[0](identities, seed)
-    out = pathlib.Path(out_dir)
-    outputs = [out / "voices", out / "faces", out / "vox1_meta.csv", out / "identities.json"]
-    existing = [p for p in outputs if p.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{existing[0]} exists; overwrite=True (--overwrite) replaces it")
-    for p in existing:
-        if p.is_dir():
-            shutil.rmtree(p)
-        else:
-            p.unlink()
-    write = functools.partial(
-        _write_person,
-        out=out,
-        utterances=utterances,
-        faces=faces,
-        face_size=face_size,
-        durations=durations,
-        corpus=corpus,
-    )
-    if workers == 1:
-        total_samples = sum(map(write, people))
-    else:
-        # Spawned, not forked: the caller may hold JAX's or TensorFlow's threads.
-        spawn = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=spawn) as pool:
-            total_samples = sum(pool.map(write, people))
-    rows = ["\t".join(META_COLUMNS)] + [
-        "\t".join((p.voxceleb_id, p.name, p.gender, p.nationality, p.split)) for p in people
-    ]
-    (out / "vox1_meta.csv").write_text("\n".join(rows) + "\n", newline="\n")
-    (out / "identities.json").write_text(
-        json.dumps([dataclasses.asdict(p) for p in people], indent=1) + "\n"
-    )
-    test = [p for p in people if p.name.startswith(tuple(TEST_INITIALS))]
-    return {
-        "corpus": corpus,
-        "out_dir": str(out),
-        "identities": len(people),
-        "train_identities": len(people) - len(test),
-        "test_identities": len(test),
-        "male": sum(p.gender == "m" for p in people),
-        "female": sum(p.gender == "f" for p in people),
-        "utterances": len(people) * utterances,
-        "faces": len(people) * faces,
-        "face_size": face_size,
-        "durations": durations,
-        "audio_seconds": round(total_samples / SAMPLE_RATE, 2),
-        "seed": seed,
-        "voices_dir": str(out / "voices"),
-        "faces_dir": str(out / "faces"),
-        "meta": str(out / "vox1_meta.csv"),
-    }

@@ -1,4 +1,5 @@
-"""Compiling once: XLA's persistent compilation cache, and counting what gets compiled.
+"""Compiling once: XLA's persistent compilation cache, counting what gets compiled, and cheap
+compiles of what runs once.
 
 A restarted run (preemption, resume) would otherwise compile and autotune its step again, minutes
 on a GPU; with the cache it loads the executable from disk. `CompileCounter` counts the backend
@@ -8,6 +9,8 @@ compilations in a block of code (how `v2f bench` and the tests prove one executa
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import jax
 from jax.experimental.compilation_cache import compilation_cache
@@ -63,3 +66,13 @@ class CompileCounter:
 
     def __exit__(self, *exc) -> None:
         _counters.remove(self)
+
+
+def run_once(fn: Callable[[], Any]) -> Any:
+    """`jax.jit(fn)()` for a function run once per run (initialisation): on CPU, compiled with
+    XLA's cheap backend settings, which take seconds where the optimising ones take tens."""
+    lowered = jax.jit(fn).lower()
+    options = {}
+    if jax.default_backend() == "cpu":
+        options = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+    return lowered.compile(compiler_options=options)()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 
 from v2f_jax import checkpointing, config_checks, config_lib
@@ -44,3 +46,31 @@ def load_embedder(path: str | os.PathLike, template: PyTree) -> PyTree:
             f"model.voice_channels/embed_dim/n_mels (shapes differ)"
         )
     return jax.tree_util.tree_map(np.asarray, embedder)
+
+
+def check_frontend(config: ml_collections.ConfigDict) -> None:
+    """A pretrained E (`train.embedder_init`) learnt from one front end's features; refuse it for
+    records of another."""
+    source = str(config.train.embedder_init)
+    if config.train.task != "gan" or not source or source == config_checks.RANDOM_EMBEDDER:
+        return
+    theirs = None
+    if os.path.isdir(source):
+        path = os.path.join(source, "config.json")
+        try:
+            with open(path) as f:
+                theirs = json.load(f).get("data", {}).get("frontend")
+        except (OSError, ValueError):
+            return  # loading it names what is wrong with it
+    elif os.path.isfile(source):
+        from v2f_jax.inference import model_files
+
+        try:
+            theirs = model_files.load_model(source).frontend_name
+        except (OSError, ValueError):
+            return
+    if theirs and theirs != config.data.frontend:
+        raise config_lib.ConfigError(
+            f"config.train.embedder_init={source}: that E was trained on '{theirs}' features, "
+            f"these records hold '{config.data.frontend}' ones; pretrain E on these records"
+        )

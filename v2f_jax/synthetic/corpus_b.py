@@ -1,11 +1,11 @@
-"""Corpus "b": a second built-in corpus, made differently from "a" (`synthetic`), to tune a recipe
+"""Corpus "b": a second built-in corpus, made differently from "a" (`corpus_a`), to tune a recipe
 on one and confirm it on the other.
 
 The layout and the split are "a"'s (VoxCeleb1 / VGGFace, `vox1_meta.csv`, identities with A-E
-first names held out; `synthetic.make_corpus(..., corpus="b")` writes it); the first names come
-from "a"'s lists, the surnames and the seed's entropy pool are others, so the same seed names
-other people. What differs is how people,
-voices and faces are made, and which face attributes a voice tells:
+first names held out; `writer.make_corpus(..., corpus="b")` writes it); the first names come
+from the lists "a" draws from too (`common`), the surnames and the seed's entropy pool are
+others, so the same seed names other people. What differs is how people, voices and faces are
+made, and which face attributes a voice tells:
 
 | shared latent      | voice                                 | face                              |
 |--------------------|---------------------------------------|-----------------------------------|
@@ -56,13 +56,13 @@ import cv2
 import numpy as np
 
 from v2f_jax.input_pipeline import faces as facelib
-from v2f_jax.input_pipeline import synthetic
 from v2f_jax.input_pipeline.constants import IMAGE_SIZE, SAMPLE_RATE
+from v2f_jax.synthetic import common
 
 KIND = "b"
 
 # Other surnames than "a"'s: the same seed names other people. 60 surnames x 15 male A-E first
-# names still give `synthetic.MAX_IDENTITIES` unique names.
+# names still give `common.MAX_IDENTITIES` unique names.
 _SURNAMES = (
     "Achterberg Alvarado Amsel Bakshi Barros Blomqvist Castell Coelho Dahl Demir Duarte Ekwueme "
     "Falk Ferreira Gallo Grund Haddad Halvorsen Ibsen Iwu Jovanovic Kader Kessler Kim Lindqvist "
@@ -245,10 +245,10 @@ def _sample_attributes(rng: np.random.Generator, gender: str) -> dict:
 
 
 def make_identities(n: int, seed: int = 0) -> list[Identity]:
-    """`n` identities, sorted by name with ids id10001... in that order, as `synthetic`'s: genders
+    """`n` identities, sorted by name with ids id10001... in that order, as "a"'s: genders
     alternate and every third identity of each gender has an A-E first name (the test split)."""
     # Another entropy pool than "a"'s: the same seed gives other people.
-    return synthetic.draw_people(n, [seed, 0xB], _SURNAMES, _sample_attributes, Identity)
+    return common.draw_people(n, [seed, 0xB], _SURNAMES, _sample_attributes, Identity)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,19 +298,13 @@ _CODA_P = np.array([62, 12, 6, 12, 8], float)
 _STOPS = ("p", "t", "k", "b", "d")
 _HOP = 80  # 5 ms control frames
 _GRAIN = 384  # 24 ms formant waves: the narrowest (70 Hz) has decayed by 46 dB
-# What the VAD of `v2f prepare` keeps of the pause after a phrase (as `synthetic`'s).
-_VAD_KEEPS_AFTER_PHRASE = 0.08
 
 
 def _plan(identity: Identity, rng: np.random.Generator, durations: str = "short") -> tuple:
     """Timing: `(n, [(start, end, label, info)])` in samples; labels silence, pause, gap (between
-    words), closure (of a stop), consonant, vowel. `durations` as `synthetic._plan`'s."""
-    if durations == "short":
-        duration, speech = rng.uniform(synthetic.MIN_SECONDS, synthetic.MAX_SECONDS), math.inf
-    elif durations == "voxceleb":
-        duration, speech = math.inf, synthetic.voxceleb_speech_seconds(rng)
-    else:
-        raise ValueError(f"durations must be one of {synthetic.DURATIONS}, got {durations!r}")
+    words), closure (of a stop), consonant, vowel. `durations` as `corpus_a._plan`'s (the first
+    draw: `common.draw_utterance_length`)."""
+    duration, speech = common.draw_utterance_length(rng, durations)
     lead, trail = rng.uniform(0.2, 0.6), rng.uniform(0.2, 0.6)
     syllable_s = 1.0 / identity.speaking_rate
     events, t, end, spoken = [(0.0, lead, "silence", {})], lead, duration - trail, 0.0
@@ -363,7 +357,7 @@ def _plan(identity: Identity, rng: np.random.Generator, durations: str = "short"
             phrase.pop()
         events += phrase
         if phrase:
-            spoken += _VAD_KEEPS_AFTER_PHRASE
+            spoken += common.VAD_KEEPS_AFTER_PHRASE
         pause = rng.uniform(0.3, 0.9)
         if done or not phrase or t + pause + syllable_s > end or spoken >= speech:
             break
@@ -423,7 +417,7 @@ def synthesize_voice(
     g_voice, noise, semitones = np.zeros(n), np.zeros(n), np.zeros(n)
     r = identity.pitch_range_st
     ms = SAMPLE_RATE // 1000
-    env = synthetic._raised_cosine
+    env = common.raised_cosine
     for start, end, label, info in events:
         length = end - start
         if length <= 0:
@@ -479,16 +473,16 @@ def synthesize_voice(
         targets[:], known[:] = _VOWELS[3] * scale, True
     idx = np.arange(n_frames)
     log_f = np.stack([np.interp(idx, idx[known], np.log(targets[known, k])) for k in range(5)], 1)
-    smooth = lambda x: np.stack([synthetic._moving_average(c, 7) for c in x.T], 1)
+    smooth = lambda x: np.stack([common.moving_average(c, 7) for c in x.T], 1)
     formants, levels = np.exp(smooth(log_f)), smooth(levels)
 
     # F0: intonation, vibrato (tremor), slow drift; pulses with per-period jitter.
     t = np.arange(n) / SAMPLE_RATE
-    semitones = synthetic._moving_average(semitones, 30 * ms)
+    semitones = common.moving_average(semitones, 30 * ms)
     semitones += identity.vibrato_st * np.sin(
         2 * np.pi * identity.vibrato_hz * t + rng.uniform(0, 7)
     )
-    semitones += 0.3 * synthetic._smooth_noise(rng, n, 2.0)
+    semitones += 0.3 * common.smooth_noise(rng, n, 2.0)
     f0 = identity.f0_hz * 2 ** (semitones / 12)
     phase = np.cumsum(f0 / SAMPLE_RATE)
     k = np.nonzero(np.diff(np.floor(phase)))[0] + 1
@@ -967,7 +961,7 @@ def _draw_accessories(ph: _Photo, p: Identity, g: _Geometry, rng, hat: bool) -> 
 def render_face(
     identity: Identity,
     rng: np.random.Generator,
-    size: int = synthetic.FACE_SIZE,
+    size: int = common.FACE_SIZE,
     jitter: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One photo of `identity`: an aligned crop, eyes near `faces.canonical_eyes(size)`.
