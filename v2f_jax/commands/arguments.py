@@ -97,3 +97,23 @@ def usage_error(command: str, err: object) -> int:
     """Prints `v2f COMMAND: error: ERR` on stderr; returns the exit status 2."""
     print(f"v2f {command}: error: {err}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def add_corpus_flags(parser: argparse.ArgumentParser, durations_default: str) -> None:
+    """`--corpus a|b` and `--durations short|voxceleb`: which built-in corpus, and how long its
+    utterances are (`v2f synth`, `v2f demo`)."""
+    parser.add_argument(
+        "--corpus",
+        choices=("a", "b"),
+        default="a",
+        help="a: the built-in corpus (default); b: built otherwise (FOF voices, shaded faces, "
+        "other voice-face links), to confirm on it what was tuned on a",
+    )
+    parser.add_argument(
+        "--durations",
+        choices=("short", "voxceleb"),
+        default=durations_default,
+        help=f"utterance lengths (default {durations_default}): short, 2.5-4.5 s files; "
+        "voxceleb, like VoxCeleb1's after VAD: at least 4 s of speech, mean ~8.2 s, median "
+        "~6.9 s, up to 30 s",
+    )

@@ -24,48 +24,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=arguments.out_dir,
         help="output directory (default v2f-demo)",
     )
-    parser.add_argument(
-        "--identities",
-        type=arguments.positive_int,
-        default=d["identities"],
-        help=f"synthetic people, about a third held out (default {d['identities']})",
+    arguments.add_count(
+        parser, "--identities", d["identities"], "synthetic people, about a third held out"
     )
-    parser.add_argument(
-        "--utterances",
-        type=arguments.positive_int,
-        default=d["utterances"],
-        help=f"voices per person (default {d['utterances']})",
+    arguments.add_count(parser, "--utterances", d["utterances"], "voices per person")
+    arguments.add_count(parser, "--faces", d["faces"], "faces per person")
+    arguments.add_corpus_flags(parser, durations_default=d["durations"])
+    arguments.add_count(
+        parser, "--embedder-steps", d["embedder_steps"], "voice-embedder pretraining steps"
     )
-    parser.add_argument(
-        "--durations",
-        choices=("short", "voxceleb"),
-        default=d["durations"],
-        help="utterance lengths (v2f synth --durations): voxceleb (default: 4-30 s of speech, "
-        "as VoxCeleb1's) or short (2.5-4.5 s files: a quicker corpus)",
-    )
-    parser.add_argument(
-        "--faces",
-        type=arguments.positive_int,
-        default=d["faces"],
-        help=f"faces per person (default {d['faces']})",
-    )
-    parser.add_argument(
-        "--embedder-steps",
-        type=arguments.positive_int,
-        default=d["embedder_steps"],
-        help=f"voice-embedder pretraining steps (default {d['embedder_steps']})",
-    )
-    parser.add_argument(
-        "--steps",
-        type=arguments.positive_int,
-        default=d["steps"],
-        help=f"GAN training steps (default {d['steps']})",
-    )
-    parser.add_argument(
-        "--embedder-batch-size",
-        type=arguments.positive_int,
-        default=d["embedder_batch_size"],
-        help=f"global batch of E's pretraining (default {d['embedder_batch_size']})",
+    arguments.add_count(parser, "--steps", d["steps"], "GAN training steps")
+    arguments.add_count(
+        parser, "--embedder-batch-size", d["embedder_batch_size"], "global batch of E's pretraining"
     )
     parser.add_argument(
         "--batch-size",
@@ -78,13 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--seed", type=arguments.non_negative_int, default=0, help="corpus and training seed"
-    )
-    parser.add_argument(
-        "--corpus",
-        choices=("a", "b"),
-        default="a",
-        help="the built-in corpus (v2f synth --corpus): a (default) or b, built differently "
-        "with other voice-to-face links",
     )
 
 

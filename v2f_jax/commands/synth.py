@@ -17,47 +17,18 @@ from v2f_jax.commands import arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--out", required=True, type=arguments.out_dir, help="output directory (created if needed)"
-    )
-    parser.add_argument(
-        "--identities",
-        type=arguments.positive_int,
-        default=24,
-        help="people, at least 4 (default 24)",
-    )
-    parser.add_argument(
-        "--utterances", type=arguments.positive_int, default=4, help="wavs per person (default 4)"
-    )
-    parser.add_argument(
-        "--faces", type=arguments.positive_int, default=4, help="faces per person (default 4)"
-    )
+    arguments.add_out_dir(parser, "output directory (created if needed)")
+    arguments.add_count(parser, "--identities", 24, "people, at least 4")
+    arguments.add_count(parser, "--utterances", 4, "wavs per person")
+    arguments.add_count(parser, "--faces", 4, "faces per person")
     parser.add_argument("--seed", type=int, default=0, help="everything follows from it")
-    parser.add_argument(
-        "--face-size",
-        type=arguments.positive_int,
-        default=96,
-        help="side of the face PNGs in pixels (default 96)",
-    )
-    parser.add_argument(
-        "--durations",
-        choices=("short", "voxceleb"),
-        default="short",
-        help="utterance lengths: short, 2.5-4.5 s files (default); voxceleb, like VoxCeleb1's "
-        "after VAD: at least 4 s of speech, mean ~8.2 s, median ~6.9 s, up to 30 s",
-    )
-    parser.add_argument(
-        "--corpus",
-        choices=("a", "b"),
-        default="a",
-        help="a: the built-in corpus (default); b: built otherwise (FOF voices, shaded faces, "
-        "other voice-face links), to confirm on what was tuned on a",
-    )
-    parser.add_argument(
+    arguments.add_count(parser, "--face-size", 96, "side of the face PNGs in pixels")
+    arguments.add_corpus_flags(parser, durations_default="short")
+    arguments.add_count(
+        parser,
         "--workers",
-        type=arguments.positive_int,
-        default=None,
-        help="processes drawing people at once (default: all CPUs); the same files for any",
+        None,
+        "processes drawing people at once (default: all CPUs); the same files for any number",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace a corpus already in --out"
@@ -66,7 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import os
-    import sys
     import time
 
     from v2f_jax.synthetic import writer
@@ -86,8 +56,7 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers or os.cpu_count() or 1,
         )
     except (ValueError, FileExistsError) as err:
-        print(f"v2f synth: error: {err}", file=sys.stderr)
-        return 2
+        return arguments.usage_error("synth", err)
     seconds = time.perf_counter() - start
     s = summary
     print(
