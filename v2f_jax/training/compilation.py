@@ -51,7 +51,8 @@ def _on_event(event: str, duration: float, **kwargs) -> None:
 
 
 class CompileCounter:
-    """`with CompileCounter() as c: ...` then `c.count`: XLA backend compilations inside."""
+    """`with CompileCounter() as c: ...` then `c.count`: executables XLA compiled inside, or
+    loaded from the persistent compilation cache (JAX times both as one backend compile)."""
 
     def __init__(self):
         self.count = 0
