@@ -143,9 +143,13 @@ def conv_transpose(x, kernel, stride: int, padding: int, bias=None):
       `[B, (H-1)*s - 2p + k, ..., O]` in `x.dtype`.
     """
     edge = kernel.shape[0] - 1 - padding
+    # Cast, then flip: the filter is then a plain `reverse` of a compute-dtype value, the form
+    # XLA:GPU's conv rewriter turns into cuDNN's backward-input conv. Flipped first, the filter is
+    # `convert(reverse(kernel))` in bfloat16 and XLA:GPU runs a forward conv over the zero-dilated
+    # input instead (4x the FLOPs of the stride-2 layers; tests/test_gpu_hlo.py).
     y = jax.lax.conv_general_dilated(
         x,
-        kernel[::-1, ::-1].astype(x.dtype),
+        kernel.astype(x.dtype)[::-1, ::-1],
         window_strides=(1, 1),
         padding=((edge, edge), (edge, edge)),
         lhs_dilation=(stride, stride),
