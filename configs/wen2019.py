@@ -48,6 +48,14 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.model.voice_channels = (256, 384, 576, 864)
     cfg.model.gen_channels = (1024, 512, 256, 128, 64)
     cfg.model.trunk_channels = (32, 64, 128, 256, 512)
+    # How G upsamples x2 (v2f_jax/models.py: Generator): "" the architecture's own (wen2019: the
+    # reference's 4x4 stride-2 transposed convs, which draw a checkerboard; paper: nearest x2 +
+    # 3x3 conv), or "deconv", "nearest", "bilinear" (resize + 3x3 conv), "subpixel" (3x3 conv to
+    # 4x the channels + depth-to-space, ICNR-initialised). Only "deconv" without blur converts to
+    # the reference's PyTorch generator.
+    cfg.model.upsample = ""
+    # A binomial [1, 2, 1] blur after each x2 layer of G (zero response at period 2).
+    cfg.model.upsample_blur = False
     cfg.model.dtype = "float32"  # compute dtype: "float32" | "bfloat16"; parameters stay float32
     # Conv implementation, all exactly equivalent (v2f_jax/ops/conv.py): "auto" picks per backend,
     # "xla" forces plain XLA convs; or "subpixel", "matmul", "winograd".
@@ -64,6 +72,9 @@ def get_config() -> ml_collections.ConfigDict:
     # > 0: cosine decay of the learning rate to 0 over this many updates; 0: constant (the
     # reference).
     cfg.optim.decay_steps = 0
+    # > 0: the learning rate rises linearly from 0 over this many updates first (for global
+    # batches far above the reference's 128, README "Batch as devices grow"); 0: the reference.
+    cfg.optim.warmup_steps = 0
 
     cfg.train = ml_collections.ConfigDict()
     cfg.train.task = "gan"  # or "embedder" (speaker-classification pretraining of E)
@@ -86,14 +97,19 @@ def get_config() -> ml_collections.ConfigDict:
     # this weight x the squared error. 0: neither (the reference).
     cfg.train.face_target_weight = 0.0
     cfg.train.face_target_pool = 16
+    # > 0: R1 (Mescheder et al. 2018): the critics' loss also has this weight / 2 x the squared
+    # gradient norm of D's logit with respect to real faces, so D stays smooth around the photos
+    # and G is not pushed towards pixel patterns only D reacts to. 0: none (the reference).
+    cfg.train.r1_weight = 0.0
     # Where a GAN's E starts: the workdir of an `embedder` run, or an exported model; a GAN with
     # a frozen E needs one ("random": an untrained E, on purpose).
     cfg.train.embedder_init = ""
     cfg.train.parallel = "jit"  # or "pmap"
     cfg.train.steps_per_call = 1  # K > 1: K steps per dispatch (lax.scan); for ms-scale steps
     cfg.train.profile_steps = ()  # (a, b): a jax.profiler trace of steps a..b in WORKDIR/profile
-    # XLA's persistent compilation cache: "workdir" (WORKDIR/xla_cache), a shared folder, or "".
-    cfg.train.compilation_cache = "workdir"
+    # XLA's persistent compilation cache: "auto" ($JAX_COMPILATION_CACHE_DIR where set, else
+    # WORKDIR/xla_cache), "workdir" (WORKDIR/xla_cache), a shared folder, or "" (off).
+    cfg.train.compilation_cache = "auto"
     cfg.train.log_every = 200
     cfg.train.sample_every = 2_000
     cfg.train.on_nonfinite = "stop"  # or "skip" (at most max_nonfinite_skips steps)

@@ -38,6 +38,12 @@ _VAD_RATIO = 0.9
 _VAD_AGGRESSIVENESS = 2
 _EPS32 = float(np.finfo(np.float32).eps)
 
+# The longest audio file decoded, in seconds: a longer one is rejected before it is read (its
+# length comes from its header), so memory stays bounded (~0.5 GB at most, for 10 minutes at
+# 96 kHz) whatever a file holds. VoxCeleb1's longest utterance is ~2.5 minutes.
+MAX_SECONDS = 600.0
+# Frames of the filterbank computed at a time (5 minutes of speech): bounds its memory.
+_FBANK_CHUNK = 30_000
 # Extensions libsndfile decodes; anything else needs an audioread backend (ffmpeg, gstreamer...).
 _SOUNDFILE_EXTS = {
     ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
@@ -53,7 +59,8 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
 
     WAV/FLAC/OGG/MP3 of any bit depth (8/16/24/32-bit int or float) go through soundfile; other
     containers (m4a, ...) through audioread where a backend (ffmpeg, gstreamer) is installed.
-    Channels are averaged; other sample rates are resampled with soxr (librosa).
+    Channels are averaged (block by block, as the file is read); other sample rates are
+    resampled with soxr (librosa). A file longer than `MAX_SECONDS` is rejected before decoding.
 
     Args:
       path: the audio file.
@@ -66,12 +73,11 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
         non-finite samples.
     """
     path = pathlib.Path(path)
-    data, rate = _decode(path)  # float64 [N, C] in [-1, 1], int
-    if data.size == 0 or data.shape[0] == 0:
-        raise errors.BadInputError(path, "empty audio")
-    if not np.all(np.isfinite(data)):
+    mono, rate = _decode(path)  # float64 [N] in [-1, 1] (channels averaged), int
+    if mono.size == 0:
+        raise errors.BadInputError(path, "empty audio (0 samples)")
+    if not np.all(np.isfinite(mono)):
         raise errors.BadInputError(path, "non-finite samples")
-    mono = data.mean(axis=1)
     if rate != SAMPLE_RATE:
         import librosa
 
@@ -82,17 +88,43 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
     return samples
 
 
+def check_duration(path: str | os.PathLike, seconds: float) -> None:
+    """Refuses audio longer than `MAX_SECONDS` (or of no sensible length) before it is decoded.
+
+    Raises:
+      errors.BadInputError: naming the length and the limit.
+    """
+    if not seconds >= 0 or seconds == float("inf"):
+        raise errors.BadInputError(path, f"its header gives no sensible length ({seconds})")
+    if seconds > MAX_SECONDS:
+        raise errors.BadInputError(
+            path,
+            f"{seconds:.0f} s of audio, longer than the {MAX_SECONDS:.0f} s a file may hold "
+            f"(audio.MAX_SECONDS, which bounds memory); cut it into parts, e.g. `ffmpeg -i IN "
+            f"-f segment -segment_time {MAX_SECONDS:.0f} OUT%03d.wav`",
+        )
+
+
 def _decode(path: pathlib.Path) -> tuple[np.ndarray, int]:
-    """Returns float64 `[N, C]` samples in [-1, 1] and the sample rate, or raises BadInputError."""
+    """Returns float64 `[N]` mono samples in [-1, 1] and the sample rate, or raises
+    BadInputError."""
     import soundfile
 
     ext = path.suffix.lower()
+    if path.is_dir():
+        raise errors.BadInputError(path, "a directory, not a file")
     if not path.is_file():
         raise errors.BadInputError(path, "unreadable or not audio (no such file)")
     _check_wav_length(path)
     try:
-        data, rate = soundfile.read(str(path), dtype="float64", always_2d=True)
-        return data, int(rate)
+        with soundfile.SoundFile(str(path)) as f:
+            rate, frames = int(f.samplerate), int(f.frames)
+            if rate <= 0:
+                raise errors.BadInputError(path, f"sample rate {rate} in its header")
+            check_duration(path, frames / rate)
+            return _read_mono(f, frames), rate
+    except errors.BadInputError:
+        raise
     except Exception as err:  # libsndfile raises its own error types, and RuntimeError
         # libsndfile repeats the path; the BadInputError already names it.
         sf_reason = f"soundfile: {_one_line(err).replace(f'Error opening {str(path)!r}: ', '')}"
@@ -149,6 +181,19 @@ class _NoDecoder(Exception):
     pass
 
 
+def _read_mono(f, frames: int, block: int = 1 << 16) -> np.ndarray:
+    """An open `soundfile.SoundFile`'s samples, channels averaged a block at a time: float64
+    `[N]` (never the whole `[N, C]` at once)."""
+    mono = np.empty(max(frames, 0), np.float64)
+    n = 0
+    for data in f.blocks(blocksize=block, dtype="float64", always_2d=True):
+        if n + len(data) > mono.size:  # more than the header said (a stream of unknown length)
+            mono = np.concatenate([mono[:n], np.empty(len(data), np.float64)])
+        mono[n : n + len(data)] = data.mean(axis=1)
+        n += len(data)
+    return mono[:n]
+
+
 def _decode_audioread(path: pathlib.Path) -> tuple[np.ndarray, int]:
     try:
         import audioread
@@ -157,11 +202,12 @@ def _decode_audioread(path: pathlib.Path) -> tuple[np.ndarray, int]:
     try:
         with audioread.audio_open(str(path)) as f:
             rate, channels = int(f.samplerate), int(f.channels)
+            check_duration(path, float(f.duration))
             raw = b"".join(f)
     except audioread.NoBackendError:
         raise _NoDecoder("audioread: no backend for this format") from None
     pcm = np.frombuffer(raw, dtype="<i2").astype(np.float64) / 32768.0
-    return pcm[: pcm.size - pcm.size % channels].reshape(-1, channels), rate
+    return pcm[: pcm.size - pcm.size % channels].reshape(-1, channels).mean(axis=1), rate
 
 
 def _one_line(err: BaseException) -> str:
@@ -313,26 +359,41 @@ def wen2019_fbank(samples_int16: np.ndarray) -> np.ndarray:
       float32 `[int(N / 160) + 1, 64]`, each bin zero-mean and unit-std over time.
     """
     x = np.asarray(samples_int16).astype(np.float64)
+    n_frames = int(x.size / _HOP) + 1
+    # Long speech a chunk of frames at a time: memory bounded, every frame computed alike.
+    chunks = [
+        _log_mel_frames(x, a, min(a + _FBANK_CHUNK, n_frames))
+        for a in range(0, n_frames, _FBANK_CHUNK)
+    ]
+    return _normalise(chunks[0] if len(chunks) == 1 else np.concatenate(chunks))
+
+
+def _log_mel_frames(x: np.ndarray, a: int, b: int) -> np.ndarray:
+    """The log mel filterbank of frames `a..b-1` of float64 samples `x`: `[b - a, 64]`."""
     n = x.size
     n_frames = int(n / _HOP) + 1
     n_full = min(n_frames, (n - _WIN) // _HOP + 1) if n >= _WIN else 0
-    frames = np.empty((n_frames, _WIN))
-    if n_full:
-        frames[:n_full] = np.lib.stride_tricks.sliding_window_view(x, _WIN)[::_HOP][:n_full]
+    lo = max(a - 1, 0)  # the frame before `a` gives its pre-emphasis carry
+    frames = np.empty((b - lo, _WIN))
+    full_end = min(max(n_full, lo), b)
+    if full_end > lo:
+        frames[: full_end - lo] = np.lib.stride_tricks.sliding_window_view(x, _WIN)[::_HOP][
+            lo:full_end
+        ]
     # The last few frames run past the end: each repeats what it has cyclically (numpy.resize),
     # and a frame with nothing left is zeros.
-    starts = np.arange(n_full, n_frames)[:, None] * _HOP
+    starts = np.arange(full_end, b)[:, None] * _HOP
     avail = np.clip(n - starts, 0, _WIN)
     offsets = np.arange(_WIN)[None, :] % np.maximum(avail, 1)
     tail = x[np.minimum(starts + offsets, max(n - 1, 0))] if n else np.zeros(offsets.shape)
-    frames[n_full:] = np.where(avail > 0, tail, 0.0)
+    frames[full_end - lo :] = np.where(avail > 0, tail, 0.0)
     # Pre-emphasis carries over from the last sample of the previous (filled) frame.
     prior = np.concatenate([[0.0], frames[:-1, -1]])[:, None]
     frames = frames - _PREEMPH * np.concatenate([prior, frames[:, :-1]], axis=1)
+    frames = frames[a - lo :]
     spectrum = np.fft.rfft(frames * np.hamming(_WIN), _NFFT)
     power = spectrum.real**2 + spectrum.imag**2
-    logmel = np.log(np.maximum(power @ _sphinx_filters(), _LOG_FLOOR))
-    return _normalise(logmel)
+    return np.log(np.maximum(power @ _sphinx_filters(), _LOG_FLOOR))
 
 
 def librosa_logmel(samples_int16: np.ndarray) -> np.ndarray:

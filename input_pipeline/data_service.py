@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 import tensorflow as tf
 
+from v2f_jax.input_pipeline import errors
+
 START_SERVERS = (
     "start the dispatcher (`v2f data-service dispatcher --port PORT --workers HOST:PORT,...`) "
     "and one `v2f data-service worker --dispatcher DISPATCHER_HOST:PORT --port PORT` per "
@@ -48,12 +50,12 @@ START_SERVERS = (
 Transform = Callable[[dict], dict]
 
 
-class DataServiceError(RuntimeError):
+class DataServiceError(errors.ServiceError, RuntimeError):
     """The service's batches cannot be put back in order: a batch missing or duplicated, the
     reorder buffer full, a batch too long in coming, or an error from the service."""
 
 
-class DispatcherUnreachableError(ConnectionError):
+class DispatcherUnreachableError(errors.ServiceError, ConnectionError):
     """Nothing answers at the dispatcher's address; the message says how to start it."""
 
 

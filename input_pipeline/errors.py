@@ -16,3 +16,8 @@ class BadInputError(ValueError):
         self.path = os.fspath(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+class ServiceError(Exception):
+    """The tf.data service (`v2f data-service`) cannot be reached or stopped answering; the
+    message names the address and how to start or restart the servers."""

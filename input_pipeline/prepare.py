@@ -14,6 +14,7 @@ byte-identical shards and metadata for any worker count.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -76,36 +77,76 @@ def reject(path: str, reason: str, kind: str) -> dict:
 # ------------------------------------------------------------------------------------ scanning
 
 
-def read_meta(meta_file: str | os.PathLike) -> tuple[dict[str, MetaRow], list[dict]]:
-    """Parses `vox1_meta.csv` (tab-separated, with header).
+@dataclasses.dataclass
+class Meta:
+    """A parsed `vox1_meta.csv`."""
+
+    rows: dict[str, MetaRow]  # VoxCeleb id -> its row
+    rejects: list[dict]  # `kind="meta"` rejects of lines that cannot be used
+    refused: dict[str, str]  # VoxCeleb id -> why its voices are rejected (a conflicting row)
+    columns: tuple[str, ...]  # the header's columns
+
+    def __iter__(self):  # `rows, rejects = read_meta(...)`, as before
+        return iter((self.rows, self.rejects))
+
+
+def read_meta(meta_file: str | os.PathLike) -> Meta:
+    """Parses `vox1_meta.csv`: tab-separated, with a header naming at least the `VoxCeleb1 ID`
+    and `VGGFace1 ID` columns (any order; others ignored). UTF-8 with or without a BOM, LF or
+    CRLF line ends.
+
+    A line that cannot be used is a `kind="meta"` reject naming `FILE:LINE` and the reason (not
+    valid UTF-8, a field count other than the header's, an empty ID, a VoxCeleb1 ID seen before).
+    A face folder (`VGGFace1 ID`) claimed by two or more VoxCeleb1 IDs cannot say whose face it
+    is: every one of those rows is refused, and their voices are rejects naming both lines and
+    how they differ (Gender, Set).
 
     Returns:
-      VoxCeleb id -> MetaRow, and `kind="meta"` rejects for malformed or duplicate rows.
+      A `Meta` (iterates as `rows, rejects`).
 
     Raises:
-      errors.BadInputError: the file is unreadable or lacks the id/name columns.
+      errors.BadInputError: the file is unreadable, empty, or lacks the id/name columns.
     """
     meta_file = os.fspath(meta_file)
     try:
-        with open(meta_file, encoding="utf-8-sig") as f:
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise errors.BadInputError(meta_file, f"unreadable meta file ({err})") from None
-    if not lines:
-        raise errors.BadInputError(meta_file, "empty meta file")
+        with open(meta_file, "rb") as f:
+            raw = f.read()
+    except OSError as err:
+        raise errors.BadInputError(meta_file, f"unreadable meta file ({err.strerror})") from None
+    # Bytes that are not UTF-8 stay as surrogates, so one bad name costs its line, not the file.
+    lines = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8", "surrogateescape").splitlines()
+    if not lines or not lines[0].strip():
+        raise errors.BadInputError(meta_file, "empty meta file (no header line)")
     header = [h.strip() for h in lines[0].split("\t")]
     missing = [c for c in META_COLUMNS[:2] if c not in header]
     if missing:
+        how = " (it looks comma-separated)" if "," in lines[0] and "\t" not in lines[0] else ""
         raise errors.BadInputError(
-            meta_file, f"meta header lacks {missing}; expected tab-separated {list(META_COLUMNS)}"
+            meta_file,
+            f"meta header lacks {missing}{how}; expected tab-separated {list(META_COLUMNS)}",
         )
     col = {c: header.index(c) for c in META_COLUMNS if c in header}
-    rows, rejects = {}, []
+    rows: dict[str, MetaRow] = {}
+    rejects: list[dict] = []
+    refused: dict[str, str] = {}
     for lineno, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
-        fields = [x.strip() for x in line.split("\t")]
         where = f"{meta_file}:{lineno}"
+        if _has_surrogates(line):
+            bad = line.encode("utf-8", "surrogateescape")
+            byte = "a byte"
+            try:
+                bad.decode("utf-8")
+            except UnicodeDecodeError as err:
+                byte = f"byte 0x{bad[err.start]:02x} at column {err.start + 1}"
+            reason = f"not valid UTF-8 ({byte}); save {os.path.basename(meta_file)} as UTF-8"
+            rejects.append(reject(where, reason, "meta"))
+            fields = line.split("\t")
+            if len(fields) == len(header) and not _has_surrogates(fields[col["VoxCeleb1 ID"]]):
+                refused[fields[col["VoxCeleb1 ID"]].strip()] = f"meta line {lineno} is {reason}"
+            continue
+        fields = [x.strip() for x in line.split("\t")]
         if len(fields) != len(header):
             reason = f"{len(fields)} tab-separated fields, the header has {len(header)}"
             rejects.append(reject(where, reason, "meta"))
@@ -120,10 +161,43 @@ def read_meta(meta_file: str | os.PathLike) -> tuple[dict[str, MetaRow], list[di
         if not row.voxceleb_id or not row.name:
             rejects.append(reject(where, "empty VoxCeleb1 ID or VGGFace1 ID", "meta"))
         elif row.voxceleb_id in rows:
-            rejects.append(reject(where, f"duplicate VoxCeleb1 ID {row.voxceleb_id}", "meta"))
+            first = rows[row.voxceleb_id].line
+            reason = f"duplicate VoxCeleb1 ID {row.voxceleb_id} (line {first} is kept)"
+            rejects.append(reject(where, reason, "meta"))
         else:
             rows[row.voxceleb_id] = row
-    return rows, rejects
+
+    # One face folder, one speaker.
+    by_name: dict[str, list[MetaRow]] = {}
+    for row in rows.values():
+        by_name.setdefault(row.name, []).append(row)
+    for name, claims in sorted(by_name.items()):
+        if len(claims) < 2:
+            continue
+        claims.sort(key=lambda r: r.line)
+        shown = ", ".join(f"{r.voxceleb_id} (line {r.line})" for r in claims)
+        differ = [
+            f"{what} {' vs '.join(repr(v) for v in values)}"
+            for what, values in (
+                ("Gender", sorted({r.gender for r in claims})),
+                ("Set", sorted({r.set for r in claims})),
+            )
+            if len(values) > 1
+        ]
+        reason = (
+            f"face folder {name} is claimed by {len(claims)} VoxCeleb1 IDs: {shown}"
+            + (f", which differ in {' and '.join(differ)}" if differ else "")
+            + f"; a face folder is one speaker's: fix {os.path.basename(meta_file)}"
+        )
+        for r in claims:
+            del rows[r.voxceleb_id]
+            refused[r.voxceleb_id] = reason
+            rejects.append(reject(f"{meta_file}:{r.line}", reason, "meta"))
+    return Meta(rows, rejects, refused, tuple(header))
+
+
+def _has_surrogates(text: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
 
 
 def list_files(
@@ -223,7 +297,14 @@ def plan(
     if split_rule not in SPLIT_RULES:
         raise ValueError(f"split must be one of {SPLIT_RULES}, got {split_rule!r}")
     voices_dir, faces_dir = os.fspath(voices_dir), os.fspath(faces_dir)
-    meta, rejects = read_meta(meta_file)
+    parsed = read_meta(meta_file)
+    if split_rule == "meta" and "Set" not in parsed.columns:
+        raise errors.BadInputError(
+            meta_file,
+            "--split meta follows the meta file's Set column, and this one has none (its "
+            f"columns: {', '.join(parsed.columns)}); add it, or use --split names",
+        )
+    meta, rejects = parsed.rows, list(parsed.rejects)
     voice_files, bad = list_files(voices_dir, AUDIO_EXTS + (FBANK_EXT,), "voice")
     rejects += bad
     face_files, bad = list_files(faces_dir, FACE_EXTS, "face")
@@ -253,7 +334,8 @@ def plan(
             continue
         row = meta.get(parts[0])
         if row is None:
-            rejects.append(reject(path, f"voice id {parts[0]} not in the meta file", "meta"))
+            reason = parsed.refused.get(parts[0], f"voice id {parts[0]} not in the meta file")
+            rejects.append(reject(path, reason, "meta"))
             continue
         voices_by_name.setdefault(row.name, []).append((rel, row))
 
@@ -366,19 +448,168 @@ def _audio_seconds(path: str) -> float:
         return 0.0  # formats soundfile cannot open only lose their share of the throughput stat
 
 
+def _died(task: tuple, exitcode: int | None) -> tuple[str, object, float, float]:
+    """The reject of a file whose decoding process died twice (the OOM killer, a crash)."""
+    if exitcode is None:
+        return "reject", "no decoding process could be started for it", 0.0, 0.0
+    if exitcode < 0:
+        how = f"killed by {_signal_name(-exitcode)}"
+        how += ": out of memory?" if -exitcode == 9 else ""
+    else:
+        how = f"exit status {exitcode}"
+    return "reject", f"the decoding process died while reading it, twice ({how})", 0.0, 0.0
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _run_child(fn: Callable, task, conn) -> None:
+    """In a process of its own: `fn(task)`, sent back through `conn`."""
+    conn.send(fn(task))
+    conn.close()
+
+
+_START_TRIES = 6  # a fork server killed a moment ago is noticed (and restarted) within ~2 s
+
+
+def _run_alone(fn: Callable, task, ctx) -> tuple[object, int | None]:
+    """`fn(task)` in a process of its own: `(result, None)`, or `(None, exit code)` when that
+    process died before answering (None: none could be started)."""
+    for attempt in range(_START_TRIES):
+        receive, send = ctx.Pipe(duplex=False)
+        try:
+            proc = ctx.Process(target=_run_child, args=(fn, task, send), daemon=True)
+            proc.start()  # a dead fork server is started anew by a later try
+        except (EOFError, OSError):
+            receive.close()
+            send.close()
+            time.sleep(0.1 * (attempt + 1))  # until the dead one is reaped
+            continue
+        send.close()
+        try:
+            result = receive.recv()
+        except EOFError:
+            proc.join()
+            return None, proc.exitcode
+        finally:
+            receive.close()
+        proc.join()
+        return result, None
+    return None, None
+
+
+def _pool_pids(pool) -> set[int]:
+    return set(getattr(pool, "_processes", None) or {})
+
+
+def _abandon(pool, pids: set[int]) -> None:
+    """Stops a process pool now: pending work cancelled, and every process it ever had (`pids`:
+    the pool forgets a dead one's siblings) killed. A pool that lost a process may have others
+    blocked on its queues, which would otherwise hang the interpreter's exit, or outlive it."""
+    import signal
+
+    pool.shutdown(wait=False, cancel_futures=True)
+    for pid in pids | _pool_pids(pool):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def _map_ordered(
-    fn: Callable, tasks: list, workers: int
-) -> Iterator[tuple[str, object, float, float]]:
+    fn: Callable,
+    tasks: list,
+    workers: int,
+    on_death: Callable[[object, int | None], object] = _died,
+    log: Callable[[str], None] | None = None,
+) -> Iterator:
+    """`map(fn, tasks)` over `workers` processes, in task order, memory bounded by a window of
+    tasks in flight.
+
+    A process that dies (the OOM killer, a crash in a decoder; the fork server too) does not
+    hang the job: the tasks in flight are run again one at a time, each in a process of its
+    own, and then a new pool goes on; a task that kills its own process too gives
+    `on_death(task, exit code)` as its result.
+    """
     if workers <= 1 or len(tasks) <= 1:
         yield from map(fn, tasks)
         return
+    import collections
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
     # forkserver: the parent has TensorFlow loaded (threads), so forking it is unsafe. The server
     # imports __main__ and this module once; workers fork from it instead of re-importing both.
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["__main__", "v2f_jax.input_pipeline.prepare"])
-    chunk = max(1, min(8, len(tasks) // (workers * 8)))
-    with ctx.Pool(min(workers, len(tasks))) as pool:
-        yield from pool.imap(fn, tasks, chunksize=chunk)
+    workers = min(workers, len(tasks))
+    window = workers * 8
+    pending: collections.deque = collections.deque()  # futures of tasks next..next+len-1
+    next_task, submitted = 0, 0
+    pool = None
+    finished = False
+    fruitless = 0  # pools in a row that broke before taking a task
+    try:
+        while next_task < len(tasks):
+            try:
+                if pool is None:
+                    pool = ProcessPoolExecutor(workers, mp_context=ctx)
+                    pids: set[int] = set()
+                while submitted < len(tasks) and len(pending) < window:
+                    pending.append(pool.submit(fn, tasks[submitted]))
+                    submitted += 1
+                    pids |= _pool_pids(pool)
+                result = pending[0].result()
+            except (BrokenProcessPool, EOFError, OSError):
+                if pool is not None:
+                    _abandon(pool, pids)
+                pool = None
+                in_flight = submitted - next_task
+                fruitless = 0 if in_flight else fruitless + 1
+                if fruitless >= 3:  # no process will start: decode the rest here, one by one
+                    if log is not None:
+                        log("decoding processes cannot be started; decoding in this one")
+                    yield from map(fn, tasks[next_task:])
+                    next_task = len(tasks)
+                    break
+                if log is not None and in_flight:
+                    log(
+                        f"a decoding process died (out of memory?) with {in_flight} file(s) "
+                        "in flight; decoding them again, one process each"
+                    )
+                futures = list(pending) + [None] * (submitted - next_task - len(pending))
+                for future, task in zip(futures, tasks[next_task:submitted]):
+                    if (
+                        future is not None
+                        and future.done()
+                        and not future.cancelled()
+                        and (future.exception() is None)
+                    ):
+                        yield future.result()
+                    else:
+                        result, exitcode = _run_alone(fn, task, ctx)
+                        yield (
+                            result
+                            if exitcode is None and result is not None
+                            else on_death(task, exitcode)
+                        )
+                    next_task += 1
+                pending.clear()
+                continue
+            pending.popleft()
+            next_task += 1
+            yield result
+        finished = True
+    finally:
+        if pool is not None:
+            if finished:
+                pool.shutdown(wait=True)
+            else:
+                _abandon(pool, pids)
 
 
 # ------------------------------------------------------------------------------------ writing
@@ -406,15 +637,29 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def read_done(out_dir: str, shard: str, key: str) -> dict | None:
-    """The `.done` record of a finished shard whose inputs are unchanged, else None."""
+def read_done(out_dir: str, shard: str, key: str, why: list | None = None) -> dict | None:
+    """The `.done` record of a finished shard whose inputs are unchanged and whose bytes are
+    still the ones it lists (size and sha256), else None; `why` gets the reason a finished
+    shard is not kept (missing, or its bytes changed)."""
+    path = os.path.join(out_dir, shard)
     try:
-        with open(os.path.join(out_dir, shard + ".done")) as f:
+        with open(path + ".done") as f:
             done = json.load(f)
-        size = os.path.getsize(os.path.join(out_dir, shard))
     except (OSError, ValueError):
+        if why is not None and os.path.exists(path):
+            why.append(f"{path}: no readable .done record (a run cut short?); rebuilt")
         return None
-    if done.get("key") != key or done.get("bytes") != size:
+    if not isinstance(done, dict) or done.get("key") != key:
+        return None
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        if why is not None:
+            why.append(f"{path}: missing; rebuilt")
+        return None
+    if done.get("bytes") != size or done.get("sha256") != _sha256(path):
+        if why is not None:
+            why.append(f"{path}: its bytes are not those its .done lists (damaged?); rebuilt")
         return None
     return done
 
@@ -441,16 +686,18 @@ def write_shard(out_dir: str, shard: str, key: str, items, results) -> dict:
         else:
             rejects.append(reject(it.path, out, "voice" if it.kind == "voices" else "face"))
     final = os.path.join(out_dir, shard)
-    with files.replacing(final) as tmp:
-        records.write_records(tmp, serialized)
-        digest = _sha256(tmp)
+    data = records.tfrecord_bytes(serialized)
+    # No .done while the shard is rewritten: readers of an older manifest see it is changing.
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(final + ".done")
+    files.write_bytes(final, data)
     done = {
         "shard": shard,
         "key": key,
         "items": len(items),
         "records": len(serialized),
-        "bytes": os.path.getsize(final),
-        "sha256": digest,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
         "frames": frames,
         "counts": counts,
         "rejects": rejects,
@@ -472,8 +719,19 @@ def prepare(
     shards_per_split: int | None = None,
     progress: bool = True,
     require_test_split: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> dict:
     """Writes the records, `manifest.json` and `rejects.jsonl` into `out_dir`.
+
+    `out_dir` must be missing, empty, or a folder `v2f prepare` writes into (its own hidden
+    `.v2f-prepare` marker, or a v2f manifest): one that holds another tool's `manifest.json`,
+    `rejects.jsonl`, `tfds/` or shard-like names is refused, and files prepare did not write
+    are never touched. It may not lie inside the voices or faces directory (prepare would read
+    its own output). A finished shard is kept only while its inputs are unchanged and its bytes
+    are still those its `.done` record lists; a damaged or deleted one is rebuilt (and `log`
+    says so). Rewriting a shard first removes its `.done`, so the readers of the manifest of an
+    earlier run refuse the records until this run writes its own manifest: records of two runs
+    (another --frontend, say) are never read together.
 
     Args:
       voices_dir: `<voxceleb id>/<video>/<utt>.wav|.m4a|...` or the reference's `.npy` log-mels.
@@ -491,6 +749,8 @@ def prepare(
       progress: show a tqdm bar.
       require_test_split: refuse records without test identities (`v2f prepare` does: eval and
         the sample grid need held-out people); records to train on need training ones always.
+      log: gets a line for each finished shard that is rebuilt, and each decoding process
+        that died (None: silent).
 
     Returns:
       `{"manifest", "rejects", "shards_written", "shards_skipped", "stats"}`; stats holds
@@ -498,18 +758,18 @@ def prepare(
       seconds) and `audio_s` (seconds of audio decoded) of the files decoded in this run.
 
     Raises:
-      errors.BadInputError: a missing input directory or an unusable meta file.
+      errors.BadInputError: a missing input directory, an unusable meta file, or an `out_dir`
+        that is not prepare's to write (inside an input, or holding another tool's files).
+      files.WriteError: a write failed (a full disk): named; the finished shards are kept.
       ValueError: bad options; no identity has both voices and faces; a required split without
         identities, or whose voices or faces were all rejected (then no manifest is written;
         the finished shards stay for the next run).
     """
-    from v2f_jax.input_pipeline import records
-
     if face_mode not in FACE_MODES:
         raise ValueError(f"face_mode must be one of {FACE_MODES}, got {face_mode!r}")
     frontend_params = audio.frontend_params(frontend)
     out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
+    check_out_dir(out_dir, voices_dir, faces_dir)
     p = plan(voices_dir, faces_dir, meta_file, split_rule, frontend)
     if not any(p.identities[s] for s in SPLITS):
         raise ValueError(
@@ -527,6 +787,30 @@ def prepare(
         "image_size": constants.IMAGE_SIZE,
     }
 
+    claim_out_dir(out_dir)
+    lock = OutLock(out_dir)
+    try:
+        return _prepare(p, out_dir, options, face_mode, split_rule, frontend, workers,
+                        shards_per_split, progress, require_test_split, log)  # fmt: skip
+    finally:
+        lock.release()
+
+
+def _prepare(
+    p: Plan,
+    out_dir: str,
+    options: dict,
+    face_mode,
+    split_rule,
+    frontend,
+    workers,
+    shards_per_split,
+    progress,
+    require_test_split,
+    log,
+) -> dict:
+    from v2f_jax.input_pipeline import records
+
     # Every shard, its items and key; which are already finished.
     shards: dict[tuple[str, str], list[str]] = {}
     done: dict[str, dict] = {}
@@ -541,7 +825,10 @@ def prepare(
             drop = "face_mode" if kind == "voices" else "frontend"
             key = shard_key(shard_items, {k: v for k, v in options.items() if k != drop})
             shards[(split, kind)].append(name)
-            prior = read_done(out_dir, name, key)
+            why: list[str] = []
+            prior = read_done(out_dir, name, key, why)
+            for line in why if log is not None else ():
+                log(line)
             if prior is not None:
                 done[name] = prior
             else:
@@ -554,7 +841,7 @@ def prepare(
              "faces_cpu_s": 0.0, "audio_s": 0.0}  # fmt: skip
     from tqdm import tqdm
 
-    results = _map_ordered(_process, tasks, workers)
+    results = _map_ordered(_process, tasks, workers, log=log)
     bar = tqdm(total=len(tasks), disable=not progress, unit="file", desc="prepare")
     try:
         # Results come back in task order, so each shard is written as soon as it is complete.
@@ -586,9 +873,10 @@ def prepare(
         p.rejects + [r for d in done.values() for r in d["rejects"]],
         key=lambda r: (r["kind"], r["path"]),
     )
-    with open(os.path.join(out_dir, "rejects.jsonl"), "w") as f:
-        for r in all_rejects:
-            f.write(json.dumps(r, sort_keys=True) + "\n")
+    files.write_text(
+        os.path.join(out_dir, "rejects.jsonl"),
+        "".join(json.dumps(r, sort_keys=True) + "\n" for r in all_rejects),
+    )
     manifest = _manifest(p, shards, done, options, split_rule, all_rejects)
     if empty:
         split, kind = empty[0]
@@ -621,6 +909,102 @@ def _empty_split_reason(split: str, split_rule: str, meta_file) -> str:
         f"no {split} identities: of the people with both voices and faces, none falls in the "
         f"{split} split ({rule}); add people for it, or choose the other --split"
     )
+
+
+# The names prepare writes in --out (besides shards, their .done records and hidden temporaries).
+OWN_NAMES = (manifest_lib.FILENAME, "rejects.jsonl", "tfds", "face_embedder")
+
+
+def check_out_dir(out_dir: str, *inputs) -> None:
+    """Refuses an --out that is a file, or lies inside (or is) one of the input directories.
+
+    Raises:
+      errors.BadInputError: naming --out and the reason.
+    """
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise errors.BadInputError(out_dir, "exists and is not a directory")
+    out = os.path.realpath(out_dir)
+    for given in inputs:
+        folder = os.path.realpath(os.fspath(given))
+        if out == folder or out.startswith(folder.rstrip(os.sep) + os.sep):
+            raise errors.BadInputError(
+                out_dir,
+                f"is inside the input directory {os.fspath(given)}: prepare would read its own "
+                "output as input on the next run; choose an --out outside the inputs",
+            )
+
+
+def _ours(out_dir: str, names: list[str]) -> bool:
+    """Whether `out_dir` is prepare's: its marker, a v2f manifest, or a `.done` record of ours
+    (a first run that was interrupted before this version wrote markers)."""
+    if manifest_lib.PREPARE_MARKER in names:
+        return True
+    try:
+        with open(os.path.join(out_dir, manifest_lib.FILENAME), "rb") as f:
+            if json.loads(f.read()).get("format") == manifest_lib.FORMAT:
+                return True
+    except (OSError, ValueError, AttributeError):
+        pass
+    for name in names:
+        if name.endswith(".done") and _SHARD_RE.match(name):
+            try:
+                with open(os.path.join(out_dir, name)) as f:
+                    done = json.load(f)
+                if isinstance(done, dict) and done.get("shard") == name[: -len(".done")]:
+                    return True
+            except (OSError, ValueError):
+                pass
+    return False
+
+
+def claim_out_dir(out_dir: str) -> None:
+    """Makes `out_dir` prepare's (creating it, and its hidden marker) unless it holds files of
+    the names prepare writes that another tool wrote: then refused, nothing touched.
+
+    Raises:
+      errors.BadInputError: naming the files that are not prepare's.
+    """
+    try:
+        names = sorted(os.listdir(out_dir))
+    except FileNotFoundError:
+        names = []
+    if names and not _ours(out_dir, names):
+        clash = [n for n in names if n in OWN_NAMES or _SHARD_RE.match(n)]
+        if clash:
+            shown = ", ".join(clash[:5]) + (f" and {len(clash) - 5} more" if len(clash) > 5 else "")
+            raise errors.BadInputError(
+                out_dir,
+                f"holds files that `v2f prepare` did not write ({shown}); it would overwrite or "
+                "delete them: choose a new or empty --out (other files in --out are left alone)",
+            )
+    os.makedirs(out_dir, exist_ok=True)
+    marker = os.path.join(out_dir, manifest_lib.PREPARE_MARKER)
+    if not os.path.exists(marker):
+        files.write_text(marker, json.dumps({"written_by": "v2f prepare"}) + "\n")
+
+
+class OutLock:
+    """An exclusive `flock` on `OUT/.v2f-prepare.lock` for the run: two prepares never write
+    into one folder at once (the kernel drops it when the process ends, however it ends)."""
+
+    def __init__(self, out_dir: str):
+        import fcntl
+
+        self._fd = os.open(os.path.join(out_dir, ".v2f-prepare.lock"), os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise errors.BadInputError(
+                out_dir, "another `v2f prepare` is writing into it; wait for it to finish"
+            ) from None
+        except OSError:
+            pass  # a filesystem without locks: nothing to hold
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _remove_stale(out_dir: str, keep: set[str]) -> None:

@@ -23,9 +23,14 @@ machines.
 
 from __future__ import annotations
 
+import itertools
+import os
+import threading
+
 import numpy as np
 import tensorflow as tf
 
+from v2f_jax import files
 from v2f_jax.input_pipeline.constants import GENDER_CODES, IMAGE_SIZE, N_MELS, UNKNOWN_GENDER
 
 # This schema's version is `manifest.SCHEMA_VERSION`: prepare stamps it, readers check it there.
@@ -242,11 +247,37 @@ def shard_name(kind: str, split: str, index: int, count: int) -> str:
     return f"{kind}-{split}-{index:05d}-of-{count:05d}.tfrecord"
 
 
+_ram_files = itertools.count()
+
+
+def tfrecord_bytes(serialized: list[bytes]) -> bytes:
+    """The bytes of an uncompressed TFRecord file holding `serialized`, in order.
+
+    TensorFlow frames them (lengths and CRC32C checksums) in its in-memory file system; Python
+    writes the bytes, so a failed write is an OSError with its errno (TensorFlow's own file
+    writer reports a full disk as an OutOfRangeError without a reason).
+    """
+    path = f"ram://v2f-records/{os.getpid()}-{threading.get_ident()}-{next(_ram_files)}"
+    try:
+        with tf.io.TFRecordWriter(path) as writer:
+            for record in serialized:
+                writer.write(record)
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return f.read()
+    finally:
+        try:
+            tf.io.gfile.remove(path)
+        except tf.errors.OpError:
+            pass
+
+
 def write_records(path: str, serialized: list[bytes]) -> None:
-    """Writes serialised records to one uncompressed TFRecord file."""
-    with tf.io.TFRecordWriter(path) as writer:
-        for record in serialized:
-            writer.write(record)
+    """Writes serialised records to one uncompressed TFRecord file, whole or not at all.
+
+    Raises:
+      files.WriteError: naming `path` (a full disk, ...).
+    """
+    files.write_bytes(path, tfrecord_bytes(serialized))
 
 
 def count_records(path: str) -> int:

@@ -7,8 +7,11 @@ everything (what CI runs). Every test process and the processes they start share
 XLA compilation cache, so a program compiled by one test loads in the next.
 """
 
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Subprocesses the tests start (v2f commands, multi-host workers) inherit these.
@@ -20,6 +23,12 @@ os.environ["CUDA_VISIBLE_DEVICES"] = ""
 _FLAGS = "--xla_cpu_collective_call_terminate_timeout_seconds=1800"
 if _FLAGS.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAGS}".strip()
+# One persistent compilation cache for the whole session, the `v2f` processes the tests start
+# included (`train.compilation_cache="auto"` takes it from the environment): a step another test
+# compiled loads in a fraction of its compile time. Removed at exit.
+_CACHE = tempfile.mkdtemp(prefix="v2f-tests-xla-cache-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
 
 import jax  # noqa: E402 - after the XLA flags above
 import pytest  # noqa: E402

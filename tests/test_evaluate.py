@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from v2f_jax.evaluation import evaluate, face_embedder, metrics
+from v2f_jax.evaluation import evaluate, face_embedder, metrics, picture
 
 
 def _clusters(n_ids=12, per_id=5, dim=16, spread=0.05, seed=0):
@@ -297,6 +297,21 @@ def test_eval_command_writes_the_report(records, untrained_model_file, tmp_path,
     assert "| metric | model | nearest-identity baseline | chance | on |" in md
     assert f"| {100 * nearest['id_top1']:.1f}% | {100 / c['train_identities']:.1f}% |" in md
     assert (out / "eval.png").stat().st_size > 0
+    # One face per speaker from all its voices, beside the per-voice rows.
+    speakers = result["per_speaker"]
+    assert speakers["speakers"] == c["test_identities"] and speakers["clips"] == c["test_voices"]
+    for key in ("matching_1v2", "matching_1v2_gender", "recall_at_1"):
+        assert 0.0 <= speakers[key] <= 1.0, key
+    assert "| 1:2 matching, one face per speaker |" in md
+    # What the faces look like: checkerboard against real faces, Fréchet distance with its floor.
+    looks = result["picture"]
+    assert looks["checkerboard"]["ratio"] > 0 and looks["checkerboard"]["real"] > 0
+    assert looks["checkerboard"]["generated_faces"] == c["test_voices"]
+    assert looks["checkerboard"]["real_faces"] == c["test_faces"]
+    assert looks["frechet"]["generated"] > 0 and looks["frechet"]["real_split"] >= 0
+    assert looks["frechet"]["generated_faces"] == c["test_voices"]
+    assert "| checkerboard: period-2 share of high-frequency energy |" in md
+    assert "| Fréchet distance to real test faces (scorer's embedding) |" in md
     fe = face_embedder.load(out / "face_embedder.safetensors")
     assert fe.settings["steps"] == 20 and fe.settings["num_ids"] == c["train_identities"]
 
@@ -454,3 +469,102 @@ def test_eval_scores_the_nearest_identity_baseline_on_the_same_voices_and_faces(
     nearest = r["baselines"]["nearest_identity"]
     assert nearest["matching_1v2"] < 0.5 and nearest["recall_at_1"] == 0.0, nearest
     assert nearest["id_top1"] == 1.0  # training voices still find their own people
+
+
+# ------------------------------------------------------------ what the faces look like
+
+
+def _smooth_faces(n=6, size=64, seed=0):
+    """Faces made of a few low frequencies (periods of 16 pixels or more) in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    i, j = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    faces = np.zeros([n, size, size, 3])
+    for k in range(n):
+        for c in range(3):
+            for fu, fv in ((1, 0), (0, 2), (2, 3), (4, 1)):
+                phase = rng.uniform(0, 2 * np.pi)
+                faces[k, :, :, c] += 0.2 * np.cos(2 * np.pi * (fu * i + fv * j) / size + phase)
+    return faces
+
+
+def test_checkerboard_share_of_known_images():
+    i, j = np.meshgrid(np.arange(64), np.arange(64), indexing="ij")
+    board = np.broadcast_to(((-1.0) ** (i + j))[None, :, :, None], (2, 64, 64, 3))
+    stripes = np.broadcast_to(((-1.0) ** i)[None, :, :, None], (2, 64, 64, 3))
+    # All of a pure checkerboard's (or period-2 stripes') energy is at a period-2 frequency.
+    assert picture.period2_share(board) == pytest.approx(1.0)
+    assert picture.period2_share(stripes) == pytest.approx(1.0)
+    # Smooth faces have no high-frequency energy to speak of, and none at period 2.
+    smooth = _smooth_faces()
+    assert (
+        picture.period2_share(smooth + 1e-3 * np.random.default_rng(1).normal(size=smooth.shape))
+        < 0.01
+    )
+    # White noise spreads its energy evenly: 3 period-2 bins of 64 * 64 - 32 * 32 high ones.
+    noise = np.random.default_rng(2).normal(size=(200, 64, 64, 3))
+    assert picture.period2_share(noise) == pytest.approx(3 / 3072, rel=0.1)
+    # A faint checkerboard over smooth faces is what the measure sees, per channel.
+    marked = smooth.copy()
+    marked[..., 0] += 0.05 * board[0, ..., 0]
+    sums = picture.SpectrumSums()
+    for chunk in (marked[:2], marked[2:]):  # streamed in chunks: the same sums
+        sums.add(chunk)
+    shares = sums.shares()
+    assert shares[0] > 0.99 and shares[1] < 0.01 and shares[2] < 0.01
+
+
+def test_checkerboard_ratio_is_one_for_the_same_faces_and_large_for_a_marked_copy():
+    rng = np.random.default_rng(0)
+    real = np.clip(_smooth_faces(8) + 0.05 * rng.normal(size=(8, 64, 64, 3)), -1, 1)
+    a, b = picture.SpectrumSums(), picture.SpectrumSums()
+    a.add(real)
+    b.add(real)
+    same = picture.checkerboard(a, b)
+    assert same["ratio"] == pytest.approx(1.0) and same["ratio_per_channel"] == pytest.approx(
+        [1] * 3
+    )
+    assert same["generated_faces"] == same["real_faces"] == 8
+    i, j = np.meshgrid(np.arange(64), np.arange(64), indexing="ij")
+    marked = picture.SpectrumSums()
+    marked.add(real + 0.05 * ((-1.0) ** (i + j))[None, :, :, None])
+    assert picture.checkerboard(marked, b)["ratio"] > 5
+    with pytest.raises(ValueError, match="even"):
+        picture.SpectrumSums().add(np.zeros([1, 63, 64, 3]))
+
+
+def test_frechet_distance_of_known_sets():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(500, 8))
+    a -= a.mean(0)
+    assert picture.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+    # A shift by d adds |d|^2; a scaled copy (S_b = 4 S_a) adds tr(S_a) (tr(S + 4S - 2 * 2S)).
+    d = np.arange(8) / 10
+    assert picture.frechet_distance(a, a + d) == pytest.approx(d @ d, rel=1e-6)
+    trace = np.trace(np.cov(a, rowvar=False))
+    assert picture.frechet_distance(a, 2 * a) == pytest.approx(trace, rel=1e-6)
+    # Two samples of one Gaussian: small sets are far apart (the bias `real_split` shows), large
+    # ones close.
+    small = picture.frechet_distance(rng.normal(size=(50, 8)), rng.normal(size=(50, 8)))
+    large = picture.frechet_distance(rng.normal(size=(5000, 8)), rng.normal(size=(5000, 8)))
+    assert large < 0.05 < small
+    assert np.isnan(picture.frechet_distance(a[:1], a))
+
+
+def test_frechet_figures_split_real_faces_by_identity():
+    emb, labels, _, _ = _clusters(n_ids=10, per_id=6, dim=8, spread=0.2)
+    first, second = picture.split_real(labels)
+    assert not set(first) & set(second) and len(first) + len(second) == len(labels)
+    assert all((labels[first] == k).sum() == 3 == (labels[second] == k).sum() for k in range(10))
+    # Faces that are real photos of the right people reach the real-vs-real floor; one face
+    # drawn for every voice is far from it.
+    gen = emb[first]
+    figures = picture.frechet_figures(gen, emb, labels)
+    assert figures["generated"] == pytest.approx(figures["real_split"])
+    assert figures["generated_faces"] == figures["split_faces"] == 30
+    assert figures["reference_faces"] == 30
+    constant = picture.frechet_figures(np.repeat(emb[:1], 30, axis=0), emb, labels)
+    assert constant["generated"] > 3 * figures["real_split"]
+    # Fewer generated faces than half the real ones: the floor uses as many, one per identity
+    # in turn.
+    few = picture.frechet_figures(emb[first][:5], emb, labels)
+    assert few["split_faces"] == 5

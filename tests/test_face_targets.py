@@ -121,6 +121,7 @@ def test_face_targets_without_records_are_refused_with_the_way_out(tmp_path):
         train.load_face_targets(config, None)
 
 
+@pytest.mark.slow
 def test_g_learns_to_draw_its_speakers_pooled_mean_face():
     """In a GAN run, G's loss gets weight x the error of its pooled face to its speaker's target,
     and G's faces move to the target (4 x 4 cells here)."""

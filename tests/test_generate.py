@@ -115,3 +115,69 @@ def generate_features(path):
     from v2f_jax.input_pipeline import audio
 
     return audio.voice_features(path, "wen2019")
+
+
+def test_speaker_groups_from_folders_lists_and_files(tmp_path):
+    anna = tmp_path / "anna" / "video1"
+    anna.mkdir(parents=True)
+    for name in ("b.wav", "a.flac", "notes.txt"):
+        (anna / name).write_bytes(b"")
+    (tmp_path / "ben").mkdir()
+    loose = tmp_path / "ben" / "c.wav"
+    loose.write_bytes(b"")
+    groups = generate.speaker_groups(
+        [tmp_path / "anna", f"cleo=x.wav,{loose}", str(loose), "cleo=y.wav,x.wav"]
+    )
+    assert groups == {
+        "anna": [str(anna / "a.flac"), str(anna / "b.wav")],  # audio files only, sorted
+        "cleo": ["x.wav", str(loose), "y.wav"],  # merged, each clip once
+        "ben": [str(loose)],  # a file: the speaker is its folder
+    }
+    assert generate.speaker_groups([tmp_path / "ben"]) == {"ben": [str(loose)]}
+
+
+def test_fused_voices_are_the_unit_mean_of_unit_embeddings():
+    emb = np.array([[3.0, 0.0], [0.0, 0.5]])
+    np.testing.assert_allclose(generate.fuse_voices(emb), [2**-0.5, 2**-0.5], rtol=1e-6)
+    one = np.array([[0.6, 0.8]])
+    np.testing.assert_allclose(generate.fuse_voices(one), one[0], rtol=1e-6)
+    with pytest.raises(ValueError):
+        generate.fuse_voices(np.zeros([0, 2]))
+
+
+def test_generate_per_speaker_draws_one_face_from_all_clips(examples_dir, tmp_path):
+    import shutil
+
+    import soundfile
+
+    model, _ = _model()
+    path = model_files.save_model(model, tmp_path / "tiny.safetensors")
+    folder = tmp_path / "voices" / "alan"
+    folder.mkdir(parents=True)
+    for name in ("Alan_Tudyk.wav", "Damian_Lewis.wav"):
+        shutil.copyfile(examples_dir / name, folder / name)
+    silent = tmp_path / "silence.wav"
+    soundfile.write(silent, np.zeros(16000, np.int16), 16000, subtype="PCM_16")
+    witney = examples_dir / "Witney_Carson.wav"
+    out = tmp_path / "faces"
+    argv = ["generate", "--model", path, "--per-speaker", "--out", str(out), "--audio"]
+    argv += [str(folder), f"witney={witney},{silent}", f"nobody={tmp_path / 'none.wav'}"]
+    # The silent clip and the missing file are reported (exit 1); both voiced speakers drawn.
+    assert cli.main(argv) == 1
+    report = json.loads((out / "generate.json").read_text())
+    assert report["per_speaker"] is True
+    alan, witney_item, nobody = report["items"]
+    assert alan["speaker"] == "alan" and alan["png"] == "alan.png"
+    assert [c["path"] for c in alan["clips"]] == sorted(str(p) for p in folder.iterdir())
+    assert witney_item["png"] == "witney.png" and len(witney_item["clips"]) == 1
+    assert witney_item["skipped"][0]["path"] == str(silent)
+    assert "png" not in nobody and nobody["reason"] == "no usable clip"
+    # Each face is G of the fused embedding of that speaker's clips: one clip, its own face.
+    clips = [generate_features(p) for p in sorted(folder.iterdir())] + [generate_features(witney)]
+    emb = generate.embed_voices(model.config, model.embedder, clips)
+    fused = np.stack([generate.fuse_voices(emb[:2]), emb[2]])
+    want = images.to_uint8(generate.generate_faces(model.config, model.generator, fused))
+    for name, face in zip(("alan.png", "witney.png"), want):
+        np.testing.assert_array_equal(cv2.imread(str(out / name))[..., ::-1], face)
+    sheet = cv2.imread(str(out / "contact_sheet.png"))
+    assert sheet.shape[1] > 2 * 128

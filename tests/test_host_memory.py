@@ -87,6 +87,7 @@ def _median(values):
     return sorted(values)[len(values) // 2]
 
 
+@pytest.mark.slow
 def test_the_training_step_stops_page_faulting_its_temporaries(tmp_path):
     """glibc's default maps the step's temporaries afresh every step: ~75k page faults (one per
     4 KiB) in each of these steps. Under the settings the typical step reuses them and faults

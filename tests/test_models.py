@@ -109,3 +109,91 @@ def test_padded_embedder_equals_the_cropped_one(dtype, tol):
         np.testing.assert_allclose(m_out, c_out, rtol=tol, atol=tol, err_msg=f"train T={length}")
         for a, b in zip(jax.tree_util.tree_leaves(m_vars), jax.tree_util.tree_leaves(c_vars)):
             np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=f"stats T={length}")
+
+
+# ------------------------------------------------------------------- G's upsampling forms
+
+UPSAMPLE_FORMS = [(u, b) for u in models.UPSAMPLES for b in (False, True)]
+
+
+def _tiny_generator(upsample, blur):
+    config = config_lib.load_config(
+        "configs/tiny.py", [f"model.upsample={upsample}", f"model.upsample_blur={blur}"]
+    )
+    nets = models.Networks(config.model, num_ids=3)
+    params = nets.generator.init(jax.random.PRNGKey(0), jnp.zeros((1, nets.embed_dim)))
+    return config, nets, params
+
+
+def test_wen2019_keeps_the_reference_transposed_convs_by_default():
+    """`model.upsample=""` is each architecture's own form; wen2019's is "deconv"."""
+    for arch, form in (("wen2019", "deconv"), ("paper", "nearest")):
+        config = config_lib.load_config(f"configs/{arch}.py")
+        assert config.model.upsample == "" and config.model.upsample_blur is False
+        assert models.generator_form(config.model) == (form, False)
+        assert models.Networks(config.model, num_ids=3).generator.upsample == form
+    _, _, params = _tiny_generator("", False)
+    assert sorted(params["params"]) == [f"deconv{i}" for i in range(6)]
+
+
+@pytest.mark.parametrize("upsample,blur", UPSAMPLE_FORMS)
+def test_every_upsampling_form_draws_64x64_faces(upsample, blur):
+    from v2f_jax.evaluation import picture
+
+    _, nets, params = _tiny_generator(upsample, blur)
+    names = sorted(params["params"])
+    if upsample == "deconv":
+        assert names == [f"deconv{i}" for i in range(6)]
+    else:
+        assert names == [f"conv{i}" for i in range(1, 6)] + ["deconv0"]
+    emb = models.unit(jax.random.normal(jax.random.PRNGKey(1), (8, nets.embed_dim)))
+    faces = np.asarray(nets.generator.apply(params, emb))
+    assert faces.shape == (8, 64, 64, 3) and np.isfinite(faces).all()
+    # At initialisation the transposed convs' fine detail is nearly all checkerboard (their taps
+    # sum differently over the four output phases); every other form has next to none.
+    share = picture.period2_share(faces)
+    assert share > 0.5 if (upsample, blur) == ("deconv", False) else share < 0.05
+
+
+def test_resize_matches_jax_image_resize():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 7, 3))
+    for method in ("nearest", "bilinear"):
+        want = jax.image.resize(x, (2, 10, 14, 3), method)
+        np.testing.assert_allclose(models.resize2x(x, method), want, atol=1e-6, err_msg=method)
+    with pytest.raises(ValueError, match="bicubic"):
+        models.resize2x(x, "bicubic")
+
+
+def test_blur_removes_a_period_2_pattern_and_keeps_a_constant():
+    i, j = np.meshgrid(np.arange(8), np.arange(8), indexing="ij")
+    board = jnp.asarray(((-1.0) ** (i + j))[None, :, :, None])
+    inside = np.asarray(models.blur(board))[0, 1:-1, 1:-1, 0]
+    np.testing.assert_allclose(inside, 0.0, atol=1e-7)
+    np.testing.assert_allclose(models.blur(jnp.full((1, 6, 6, 2), 0.3)), 0.3, atol=1e-7)
+
+
+def test_subpixel_layer_is_icnr_initialised_and_pixel_shuffles_as_pytorch():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 7, 3))
+    layer = models.SubpixelConv2d(4)
+    variables = layer.init(jax.random.PRNGKey(1), x)
+    assert variables["params"]["kernel"].shape == (3, 3, 3, 16)
+    y = np.asarray(layer.apply(variables, x))
+    assert y.shape == (2, 10, 14, 4)
+    # ICNR: the four sub-pixels of a channel start equal, a conv then nearest x2 upsampling.
+    for di, dj in ((0, 1), (1, 0), (1, 1)):
+        np.testing.assert_array_equal(y[:, di::2, dj::2], y[:, ::2, ::2])
+    # PixelShuffle's order: input channel c * 4 + i * 2 + j -> sub-pixel (i, j) of channel c.
+    z = np.arange(2 * 3 * 8).reshape(1, 2, 3, 8).astype(np.float32)
+    out = np.asarray(models.depth_to_space(jnp.asarray(z)))
+    assert out.shape == (1, 4, 6, 2)
+    assert out[0, 2 * 1 + 1, 2 * 2 + 0, 1] == z[0, 1, 2, 1 * 4 + 1 * 2 + 0]
+
+
+def test_an_unknown_upsampling_is_refused_by_name():
+    config = config_lib.load_config("configs/tiny.py", ["--config.model.upsample=bicubic"])
+    from v2f_jax import config_checks
+
+    with pytest.raises(config_lib.ConfigError, match="model.upsample"):
+        config_checks.check_networks(config)
+    with pytest.raises(ValueError, match="bicubic"):
+        models.Generator(upsample="bicubic").init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))

@@ -10,6 +10,8 @@ That the GAN step gives the same numbers on any number of devices is tests/test_
 import json
 import os
 import pathlib
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -51,17 +53,35 @@ def _env(devices: int) -> dict:
     )
 
 
+def readme_host_command() -> list[str]:
+    """The command every host runs, as the README's "Running on GPUs and TPU pods" gives it
+    (host 0's; the comment on its last line names the other hosts' --process-id)."""
+    text = (REPO / "README.md").read_text()
+    start = text.index("**Several hosts:**")
+    block = re.search(r"```bash\n(.*?)```", text[start:], re.S).group(1)
+    return shlex.split(block.replace("\\\n", " "), comments=True)
+
+
 def _host_cmd(records: str, workdir: pathlib.Path, port: int, pid: int, overrides) -> list:
-    cmd = [sys.executable, "-m", "v2f_jax.cli", "train", "--config", str(REPO / CONFIG)]
-    cmd += ["--records", records, "--workdir", str(workdir), *overrides]
-    return cmd + [
-        "--coordinator",
-        f"127.0.0.1:{port}",
-        "--num-processes",
-        "2",
-        "--process-id",
-        str(pid),
-    ]
+    """The README's command for host `pid` of two, on this test's config, records and workdir,
+    with its coordinator on 127.0.0.1 (its `--config.*` overrides are the README run's own: this
+    run's replace them)."""
+    readme = readme_host_command()
+    assert readme[:2] == ["v2f", "train"], readme
+    values = {
+        "--config": str(REPO / CONFIG),
+        "--records": records,
+        "--workdir": str(workdir),
+        "--coordinator": f"127.0.0.1:{port}",
+        "--num-processes": "2",
+        "--process-id": str(pid),
+    }
+    flags = [a for a in readme[2:] if a.startswith("--") and not a.startswith("--config.")]
+    assert set(flags) == set(values), flags  # the README names exactly what each host needs
+    cmd = [sys.executable, "-m", "v2f_jax.cli", "train"]
+    for flag in flags:
+        cmd += [flag, values[flag]]
+    return cmd + list(overrides)
 
 
 def _start_hosts(records: str, workdir: pathlib.Path, logs: list, overrides) -> list:
@@ -101,6 +121,15 @@ def _assert_same_final_state(a_dir: pathlib.Path, b_dir: pathlib.Path, steps: in
     assert int(a.step) == int(b.step) == steps
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
         np.testing.assert_array_equal(x, y)
+
+
+def test_the_readme_names_every_flag_a_host_needs():
+    """What the two-process tests below run is the README's multi-host command."""
+    cmd = _host_cmd("records", pathlib.Path("run"), 8476, 1, [])
+    assert cmd[4:] == [
+        "--config", str(REPO / CONFIG), "--records", "records", "--workdir", "run",
+        "--coordinator", "127.0.0.1:8476", "--num-processes", "2", "--process-id", "1",
+    ]  # fmt: skip
 
 
 FEEDS = {
@@ -175,3 +204,14 @@ def test_sigterm_to_one_host_stops_both_at_one_step_and_the_rerun_resumes_exactl
     assert reference.returncode == 0, out[-3000:]
     assert _last_metrics(multi)["train/e_loss"] == _last_metrics(single)["train/e_loss"]
     _assert_same_final_state(multi, single, LONG_STEPS)
+
+
+def test_coordinator_auto_outside_a_cluster_is_exit_2_naming_the_flags(tmp_path):
+    """`--coordinator auto` asks JAX to find the cluster; on a lone machine it says so."""
+    env = {k: v for k, v in _env(1).items() if not k.startswith(("SLURM_", "OMPI_", "TPU_"))}
+    cmd = [sys.executable, "-m", "v2f_jax.cli", "train", "--config", str(REPO / CONFIG)]
+    cmd += ["--records", str(tmp_path), "--workdir", str(tmp_path / "run"), "--coordinator", "auto"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "--coordinator auto" in proc.stderr and "--num-processes" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()

@@ -27,7 +27,7 @@ QUICK = {
         "--config.train.steps=4 --config.train.batch_size=8 --config.checkpoint.every=4 "
         "--config.train.log_every=2"
     ),
-    "v2f train --config configs/tiny.py": (
+    "v2f train --config configs/recipe.py:tiny": (
         "--config.train.steps=4 --config.train.batch_size=8 --config.checkpoint.every=4 "
         "--config.train.log_every=2 --config.train.sample_every=4"
     ),
@@ -44,7 +44,7 @@ def readme_commands(after: str) -> list[str]:
 
 @pytest.mark.slow
 def test_the_readme_recipe_for_your_own_data_runs_end_to_end(tmp_path):
-    commands = readme_commands("The small run below")
+    commands = readme_commands("The same recipe at the demo's size")
     assert [c.split()[1] for c in commands] == [
         "synth", "prepare", "train", "train", "eval", "export", "generate",
     ]  # fmt: skip

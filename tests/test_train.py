@@ -173,6 +173,7 @@ def test_embedder_pretraining_then_gan_starts_from_its_e(embedder_run, reference
     runs.assert_bitwise_equal(gan.embedder, e_state.embedder)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_the_same_command_resumes_to_bitwise_equal_params(
     records_dir, env, embedder_run, reference_run, tmp_path
 ):
@@ -194,6 +195,7 @@ def test_sigkill_mid_run_then_the_same_command_resumes_to_bitwise_equal_params(
     assert logged == list(range(5, STEPS + 1, 5))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_exits_zero_and_resumes_bitwise(
     records_dir, env, embedder_run, reference_run, tmp_path
 ):
@@ -239,6 +241,7 @@ def _poisoned(config, records_dir, poison: dict[int, str], drop: tuple[int, ...]
     return batches
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_the_run_naming_the_step_and_the_loss(records_dir, tmp_path):
     config = _config(
         "configs/tiny.py", *COMMON, "--config.train.steps=12", "--config.train.sample_every=0"
@@ -297,6 +300,7 @@ def test_skip_leaves_no_trace_of_the_bad_update_and_has_a_limit(records_dir, tmp
     assert err.value.step == 6 and err.value.names[:2] == ["e_face_loss", "e_loss"]
 
 
+@pytest.mark.slow
 def test_several_steps_per_call_and_every_feed_give_the_same_parameters(records_dir, tmp_path):
     """K=4 steps per dispatch (lax.scan), with a remainder run one step at a time, log and
     checkpoint intervals that K does not divide: bitwise the parameters of K=1 on CPU. So does
@@ -313,7 +317,11 @@ def test_several_steps_per_call_and_every_feed_give_the_same_parameters(records_
     runs_ = {
         # The K=4 run also writes a profile of steps 5-8 (tracing changes no number).
         "k1": ["--config.train.steps_per_call=1"],
-        "k4": ["--config.train.steps_per_call=4", "--config.train.profile_steps=(5, 8)"],
+        "k4": [
+            "--config.train.steps_per_call=4",
+            "--config.train.profile_steps=(5, 8)",
+            "--config.train.compilation_cache=workdir",  # not the session's shared cache
+        ],
         "resident": [
             "--config.train.steps_per_call=4",
             "--config.data.on_device=True",

@@ -84,6 +84,7 @@ def test_joint_embedder_training_updates_e_and_its_statistics():
     assert _changed(before.embedder["batch_stats"], after.embedder["batch_stats"])
 
 
+@pytest.mark.slow
 def test_fifty_steps_on_a_fixed_batch_learn():
     """The critics separate real from fake and learn identities; G learns to draw them.
 
@@ -259,6 +260,35 @@ def test_a_cosine_learning_rate_decays_to_zero_over_decay_steps():
     np.testing.assert_allclose(ratios, want, atol=1e-6)
 
 
+def _update_ratios(*overrides: str, updates: int) -> list[float]:
+    """Each update's size under `overrides` over the constant-rate update's, same gradients."""
+    scheduled = state_lib.make_optimizer(tiny_config(*overrides).optim)
+    constant = state_lib.make_optimizer(tiny_config().optim)
+    params, grads = {"w": np.ones(3, np.float32)}, {"w": np.ones(3, np.float32)}
+    s_scheduled, s_constant = scheduled.init(params), constant.init(params)
+    ratios = []
+    for _ in range(updates):
+        u_scheduled, s_scheduled = scheduled.update(grads, s_scheduled, params)
+        u_constant, s_constant = constant.update(grads, s_constant, params)
+        ratios.append(float(u_scheduled["w"][0] / u_constant["w"][0]))
+    return ratios
+
+
+def test_a_warmup_rises_linearly_to_the_rate_then_holds_or_decays():
+    """`optim.warmup_steps=4`: update t is t/4 of the constant-rate update, then all of it; with
+    `optim.decay_steps=8` too, a cosine from the rate at update 4 to 0 at update 8."""
+    np.testing.assert_allclose(
+        _update_ratios("--config.optim.warmup_steps=4", updates=7),
+        [0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0],
+        atol=1e-6,
+    )
+    both = _update_ratios(
+        "--config.optim.warmup_steps=4", "--config.optim.decay_steps=8", updates=10
+    )
+    cosine = [(1 + np.cos(np.pi * min(t - 4, 4) / 4)) / 2 for t in range(4, 10)]
+    np.testing.assert_allclose(both, [0.0, 0.25, 0.5, 0.75, *cosine], atol=1e-6)
+
+
 def test_generator_ema_follows_g_and_is_what_a_model_exports():
     """`train.ema_decay`: the average starts at G's initial weights and moves by (1 - decay)
     towards G after every step; G itself trains exactly as without it."""
@@ -293,3 +323,27 @@ def test_generator_ema_follows_g_and_is_what_a_model_exports():
         *(jax.tree_util.tree_leaves(t) for t in (exported.generator, averaged.generator_ema))
     ):
         np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("arch", ["wen2019", "paper"])
+def test_r1_penalises_ds_gradient_at_the_real_faces(arch):
+    """`train.r1_weight`: the critics' loss gains weight / 2 x the mean |dD/dface|^2 over the
+    real faces (`d_r1`), differentiated through in the step's own conv forms; D's and C's
+    losses themselves are what they were."""
+    batch = make_batch()
+    config = tiny_config(f"--config.model.arch={arch}", "--config.train.r1_weight=10.0")
+    state, history = run_steps(config, batch, 1)
+    plain_state, plain = run_steps(tiny_config(f"--config.model.arch={arch}"), batch, 1)
+    assert "d_r1" not in plain[0]
+    assert history[0]["d_loss"] == pytest.approx(plain[0]["d_loss"], rel=1e-5)
+    assert _changed(state.critics, plain_state.critics)
+    # The penalty on the critics that step 1 starts from, in plain XLA convs.
+    xla = tiny_config(f"--config.model.arch={arch}", "--config.model.impl=xla")
+    nets = models.Networks(xla.model, NUM_IDS)
+    critics = state_lib.create_gan_state(xla, nets).critics
+    method = None if arch == "wen2019" else train_step._adv_only
+    grads = jax.grad(
+        lambda f: jnp.sum(nets.critics.apply({"params": critics}, f, method=method)[0])
+    )(jnp.asarray(batch["face"]))
+    want = float(jnp.mean(jnp.sum(jnp.square(grads), axis=(1, 2, 3))))
+    assert history[0]["d_r1"] == pytest.approx(want, rel=1e-3)

@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from v2f_jax import config_lib, models
+from v2f_jax import config_lib, files, models
 from v2f_jax import state as state_lib
 
 PyTree = Any
@@ -274,11 +274,7 @@ def write_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) 
     if jax.process_index() != 0:
         return
     path = os.path.join(os.fspath(workdir), CONFIG)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(config_lib.to_dict(config), f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    files.write_text(path, json.dumps(config_lib.to_dict(config), indent=2, sort_keys=True) + "\n")
 
 
 def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 from v2f_jax.training import host_memory
 
@@ -41,15 +43,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command; its exit status. Ctrl-C or SIGTERM at any moment (outside `v2f train`
+    and the servers, which handle them themselves) ends it with one line and 128 + the signal's
+    number; every file it was writing is removed by the unwinding (`files.replacing`), not left
+    half done."""
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    # `--config.a.b=value` overrides are collected by the commands that take a config.
-    args, extra = parser.parse_known_args(argv)
-    unknown = [a for a in extra if not a.startswith("--config.")]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.config_overrides = [a for a in extra if a.startswith("--config.")]
-    return int(args._module.run(args) or 0)
+    previous = _terminate_as_interrupt()
+    command = next((a for a in argv if a in COMMANDS), "")
+    try:
+        parser = build_parser()
+        # `--config.a.b=value` overrides are collected by the commands that take a config.
+        args, extra = parser.parse_known_args(argv)
+        unknown = [a for a in extra if not a.startswith("--config.")]
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.config_overrides = [a for a in extra if a.startswith("--config.")]
+        return int(args._module.run(args) or 0)
+    except KeyboardInterrupt:
+        name = _interrupted_by[0] if _interrupted_by else "SIGINT"
+        who = f"v2f {command}" if command else "v2f"
+        print(f"{who}: interrupted ({name}); nothing half written is left", file=sys.stderr)
+        return 128 + signal.Signals[name].value
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+_interrupted_by: list[str] = []
+
+
+def _terminate_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt (main thread only); returns the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    del _interrupted_by[:]
+
+    def handler(signum, frame):
+        _interrupted_by.append(signal.Signals(signum).name)
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def entry() -> None:

@@ -2,27 +2,38 @@
 
 Every value the networks, the step and the loop read is checked here, so a wrong one is a
 `config_lib.ConfigError` that names the key (`v2f train` exits 2) instead of a traceback from
-deep inside Flax or XLA minutes later. `take_from_records` carries the records' data properties
-(front end, mel bins, image size) into the config, refusing a config that insists on others.
+deep inside Flax or XLA minutes later. `RULES` holds one rule (type and range) for every setting
+of configs/wen2019.py (a test holds them to it: a new setting needs its rule); a key no rule
+knows is refused as a typo. The same rules check a workdir's config.json before a resume.
+`take_from_records` carries the records' data properties (front end, mel bins, image size) into
+the config, refusing a config that insists on others; `check_batch` holds the batch to the
+training split.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import ml_collections
 
 from v2f_jax.config_lib import ConfigError
+from v2f_jax.input_pipeline import audio
 
 ARCHS = ("wen2019", "paper")
 DTYPES = ("float32", "bfloat16")
 PARALLEL_MODES = ("jit", "pmap")
 TASKS = ("gan", "embedder")
 ON_NONFINITE = ("stop", "skip")
+PRECISIONS = ("default", "high", "highest")  # jax.default_matmul_precision's names
 # `train.embedder_init` that asks for a randomly initialised E on purpose.
 RANDOM_EMBEDDER = "random"
+# The longest crop a step may read (frames of 10 ms: 100 s). The reference crops 300-800.
+MAX_CROP_FRAMES = 10_000
+# The most batches `data.prefetch_to_device` may hold on the devices ahead of the step.
+MAX_PREFETCH = 64
 
 
 def _is_int(value: Any) -> bool:
@@ -36,116 +47,251 @@ def _is_number(value: Any) -> bool:
 def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
     node = config
     for name in dotted.split("."):
-        if name not in node:
+        if not isinstance(node, (dict, ml_collections.ConfigDict)) or name not in node:
             raise ConfigError(f"config has no {dotted!r}: is it a v2f config?")
         node = node[name]
     return node
 
 
-def _int_at_least(config, dotted: str, low: int) -> None:
-    value = _get(config, dotted)
-    if not _is_int(value) or value < low:
-        raise ConfigError(f"config.{dotted}={value!r}: must be an integer >= {low}")
+# --- one rule a setting ----------------------------------------------------------------------
+# A rule takes the value and returns None (fine) or what the value must be ("an integer >= 1").
 
 
-def _one_of(config, dotted: str, choices: tuple[str, ...]) -> None:
-    value = _get(config, dotted)
-    if value not in choices:
-        raise ConfigError(f"config.{dotted}={value!r}: must be one of {choices}")
+Rule = Callable[[Any], "str | None"]
 
 
-def _positive_ints(config, dotted: str, length: int | None = None) -> None:
-    value = _get(config, dotted)
-    ok = isinstance(value, (tuple, list)) and value and all(_is_int(v) and v > 0 for v in value)
-    if not ok:
-        raise ConfigError(f"config.{dotted}={value!r}: must be a tuple of positive integers")
-    if length is not None and len(value) != length:
-        raise ConfigError(f"config.{dotted}={value!r}: must have {length} entries")
+def integer(low: int = 0, high: int | None = None) -> Rule:
+    def rule(value):
+        if _is_int(value) and value >= low and (high is None or value <= high):
+            return None
+        return f"an integer >= {low}" + ("" if high is None else f" and <= {high}")
+
+    return rule
+
+
+def number(low: float = 0.0, *, above: bool = False, below: float | None = None) -> Rule:
+    """A finite number >= `low` (> `low` where `above`), < `below` where given."""
+
+    def rule(value):
+        ok = _is_number(value) and (value > low if above else value >= low)
+        if ok and (below is None or value < below):
+            return None
+        if below is not None:
+            return f"a number in [{low:g}, {below:g})"
+        return f"a finite number {'>' if above else '>='} {low:g}"
+
+    return rule
+
+
+def boolean(value) -> str | None:
+    return None if isinstance(value, bool) else "true or false"
+
+
+def one_of(*choices: str) -> Rule:
+    def rule(value):
+        return None if isinstance(value, str) and value in choices else f"one of {choices}"
+
+    return rule
+
+
+def text(what: str) -> Rule:
+    def rule(value):
+        return None if isinstance(value, str) else what
+
+    return rule
+
+
+def positive_ints(length: int | None = None, high: int | None = None) -> Rule:
+    """A non-empty tuple of positive integers (of `length` entries, each <= `high`)."""
+
+    def rule(value):
+        want = "a tuple of positive integers" + ("" if high is None else f" <= {high}")
+        if not isinstance(value, (tuple, list)) or not value:
+            return want
+        if not all(_is_int(v) and 0 < v and (high is None or v <= high) for v in value):
+            return want
+        if length is not None and len(value) != length:
+            return f"{want}, {length} entries"
+        return None
+
+    return rule
+
+
+def _impl(value) -> str | None:
+    from v2f_jax.ops import conv
+
+    try:
+        conv.forms_for(value, "cpu")  # accepts the legacy "reference"
+    except (ValueError, TypeError) as err:
+        return str(err).partition("must be ")[2] or str(err)
+    return None
+
+
+def _upsample(value) -> str | None:
+    from v2f_jax import models
+
+    choices = ("", *models.UPSAMPLES)
+    return None if isinstance(value, str) and value in choices else f"one of {choices}"
+
+
+def _face_target_pool(value) -> str | None:
+    if _is_int(value) and value >= 1 and not 64 % value:
+        return None
+    return "a cell side in pixels that divides 64 (1, 2, 4, 8, 16, 32 or 64)"
+
+
+def _profile_steps(value) -> str | None:
+    want = "() (no trace) or (a, b): loop steps with 1 <= a <= b"
+    if not isinstance(value, (tuple, list)):
+        return want
+    if not value:
+        return None
+    if len(value) != 2 or not all(_is_int(v) for v in value):
+        return want
+    return None if 1 <= value[0] <= value[1] else want
+
+
+def _service_address(value) -> str | None:
+    want = "'' or grpc://HOST:PORT (a `v2f data-service dispatcher`)"
+    if not isinstance(value, str):
+        return want
+    if not value:
+        return None
+    rest = value.removeprefix("grpc://")
+    host, sep, port = rest.rpartition(":")
+    if "://" in rest or not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return want
+    return None
+
+
+# Every setting of configs/wen2019.py and what its value must be (tests/ check that none lacks
+# one). Ranges that depend on other settings or on the records are checked after these.
+RULES: dict[str, Rule] = {
+    "seed": integer(0, 2**32 - 1),
+    "data.n_mels": integer(1),
+    "data.frontend": one_of("", *audio.FRONTENDS),
+    "data.crop_lengths": positive_ints(high=MAX_CROP_FRAMES),
+    "data.image_size": integer(1),
+    "data.face_flip": boolean,
+    "data.shuffle_buffer": integer(1),
+    "data.prefetch_to_device": integer(0, MAX_PREFETCH),
+    "data.on_device": boolean,
+    "data.in_host_memory": boolean,
+    "data.arrays_dir": text("a folder path or ''"),
+    "data.service_address": _service_address,
+    "model.arch": one_of(*ARCHS),
+    "model.embed_dim": integer(1),
+    "model.voice_channels": positive_ints(),
+    "model.gen_channels": positive_ints(length=5),  # 1x1 -> 4x4, then four doublings: 64x64
+    "model.trunk_channels": positive_ints(),
+    "model.upsample": _upsample,  # "": the architecture's own
+    "model.upsample_blur": boolean,
+    "model.dtype": one_of(*DTYPES),
+    "model.impl": _impl,
+    "model.matmul_precision": one_of(*PRECISIONS),
+    "model.num_ids": integer(0),
+    "optim.lr": number(0.0, above=True),
+    "optim.b1": number(0.0, below=1.0),
+    "optim.b2": number(0.0, below=1.0),
+    "optim.decay_steps": integer(0),
+    "optim.warmup_steps": integer(0),
+    "train.task": one_of(*TASKS),
+    "train.batch_size": integer(1),
+    "train.steps": integer(1),
+    "train.embed_noise": number(0.0),
+    "train.identity_weight": number(0.0),
+    "train.ema_decay": number(0.0, below=1.0),
+    "train.voice_mixup": number(0.0),
+    "train.train_embedder": boolean,
+    "train.face_target_weight": number(0.0),
+    "train.face_target_pool": _face_target_pool,
+    "train.r1_weight": number(0.0),
+    "train.embedder_init": text("a workdir or model file, or 'random'"),
+    "train.parallel": one_of(*PARALLEL_MODES),
+    "train.steps_per_call": integer(1),
+    "train.profile_steps": _profile_steps,
+    "train.compilation_cache": text("'auto', 'workdir', a folder, or ''"),
+    "train.log_every": integer(1),
+    "train.sample_every": integer(0),
+    "train.on_nonfinite": one_of(*ON_NONFINITE),
+    "train.max_nonfinite_skips": integer(0),
+    "checkpoint.every": integer(1),
+    "checkpoint.keep": integer(1),
+    "eval.face_embedder_steps": integer(1),
+    "eval.gallery_size": integer(0),
+}
+
+
+def _leaves(node, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, (dict, ml_collections.ConfigDict)):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def value_problems(config, keys=None) -> list[str]:
+    """Each setting of `config` (a ConfigDict or plain dict) that breaks its rule, or is not a
+    v2f setting at all, as `config.KEY=VALUE: must be ...`; [] when all are fine.
+
+    Args:
+      keys: check only these (default: every setting `config` has, and every rule's key).
+    """
+    have = _leaves(config)
+    found = []
+    sections = {key.split(".")[0] for key in RULES if "." in key}
+    for key in keys if keys is not None else sorted(have.keys() | RULES.keys()):
+        if key in sections:
+            found.append(f"config.{key}={have[key]!r}: must be a section of settings")
+            continue
+        if key not in RULES:
+            found.append(
+                f"config.{key}: not a v2f setting (configs/wen2019.py declares every one; a "
+                f"typo, or a setting of another version?)"
+            )
+            continue
+        if key not in have:
+            try:
+                _get(config, key)
+            except ConfigError:
+                found.append(f"config.{key}: missing (is it a v2f config?)")
+            continue
+        want = RULES[key](have[key])
+        if want is not None:
+            found.append(f"config.{key}={have[key]!r}: must be {want}")
+    return found
+
+
+def check_values(config, keys=None) -> None:
+    """Raises ConfigError naming the first setting `value_problems` finds."""
+    found = value_problems(config, keys)
+    if found:
+        raise ConfigError(found[0])
 
 
 def check(config: ml_collections.ConfigDict) -> None:
-    """Every setting's type and range; the networks' shapes (traced, nothing computed).
+    """Every setting's type and range (`RULES`), the settings that must agree with each other,
+    and the networks' shapes (traced, nothing computed).
 
     Raises:
       ConfigError: the first wrong setting, by its key.
     """
-    from v2f_jax.input_pipeline import audio
-
-    _int_at_least(config, "seed", 0)
-    check_networks(config)
-    _positive_ints(config, "data.crop_lengths")
-    _int_at_least(config, "data.shuffle_buffer", 1)
-    prefetch = config.data.prefetch_to_device
-    if not _is_int(prefetch) or prefetch < 0:
-        raise ConfigError(f"config.data.prefetch_to_device={prefetch!r}: must be an integer >= 0")
-    for key in ("on_device", "in_host_memory"):
-        if not isinstance(config.data[key], bool):
-            raise ConfigError(f"config.data.{key}: must be true or false")
+    check_values(config)
     if config.data.on_device and config.data.in_host_memory:
         raise ConfigError(
             "config.data.on_device and config.data.in_host_memory: choose one place for the split"
         )
-    if not isinstance(config.data.arrays_dir, str):
-        raise ConfigError("config.data.arrays_dir: must be a folder path or ''")
-    if not isinstance(config.data.service_address, str):
-        raise ConfigError("config.data.service_address: must be a string (grpc://host:port or '')")
-    _one_of(config, "data.frontend", ("", *audio.FRONTENDS))
-    _positive_ints(config, "model.trunk_channels")
-    for key in ("optim.lr", "optim.b1", "optim.b2"):
-        value = _get(config, key)
-        low_ok = value > 0 if key == "optim.lr" else value >= 0
-        if not _is_number(value) or not low_ok or (key != "optim.lr" and value >= 1):
-            want = "a number > 0" if key == "optim.lr" else "a number in [0, 1)"
-            raise ConfigError(f"config.{key}={value!r}: must be {want}")
-    _one_of(config, "train.task", TASKS)
-    _int_at_least(config, "train.batch_size", 1)
-    _int_at_least(config, "train.steps", 1)
-    ema = config.train.ema_decay
-    if not _is_number(ema) or not 0 <= ema < 1:
-        raise ConfigError(f"config.train.ema_decay={ema!r}: must be a number in [0, 1)")
-    decay = config.optim.decay_steps
-    if not _is_int(decay) or decay < 0:
-        raise ConfigError(f"config.optim.decay_steps={decay!r}: must be an integer >= 0")
-    weight = config.train.identity_weight
-    if not _is_number(weight) or weight < 0:
-        raise ConfigError(f"config.train.identity_weight={weight!r}: must be a number >= 0")
-    face_weight = config.train.face_target_weight
-    if not _is_number(face_weight) or not 0 <= face_weight < float("inf"):
-        raise ConfigError(
-            f"config.train.face_target_weight={face_weight!r}: must be a finite number >= 0"
-        )
-    pool = config.train.face_target_pool
-    if not _is_int(pool) or pool < 1 or 64 % pool:
-        raise ConfigError(
-            f"config.train.face_target_pool={pool!r}: must be a cell side in pixels that "
-            "divides 64 (1, 2, 4, 8, 16, 32 or 64)"
-        )
-    mixup = config.train.voice_mixup
-    if not _is_number(mixup) or not 0 <= mixup < float("inf"):
-        raise ConfigError(
-            f"config.train.voice_mixup={mixup!r}: must be a finite number >= 0 (0: off)"
-        )
-    if mixup > 0 and face_weight > 0 and config.train.task == "gan":
+    if (
+        config.train.voice_mixup > 0
+        and config.train.face_target_weight > 0
+        and config.train.task == "gan"
+    ):
         raise ConfigError(
             "config.train.voice_mixup > 0 and config.train.face_target_weight > 0 do not "
             "combine in a GAN run: set one of them to 0"
         )
-    noise = _get(config, "train.embed_noise")
-    if not _is_number(noise) or noise < 0:
-        raise ConfigError(f"config.train.embed_noise={noise!r}: must be a number >= 0")
-    if not isinstance(_get(config, "train.train_embedder"), bool):
-        raise ConfigError("config.train.train_embedder: must be true or false")
-    if not isinstance(_get(config, "train.embedder_init"), str):
-        raise ConfigError("config.train.embedder_init: must be a path, or 'random'")
-    _one_of(config, "train.parallel", PARALLEL_MODES)
-    _int_at_least(config, "train.log_every", 1)
-    _int_at_least(config, "train.sample_every", 0)
-    _one_of(config, "train.on_nonfinite", ON_NONFINITE)
-    _int_at_least(config, "train.max_nonfinite_skips", 0)
-    _int_at_least(config, "checkpoint.every", 1)
-    _int_at_least(config, "checkpoint.keep", 1)
-    _int_at_least(config, "eval.face_embedder_steps", 1)
-    _int_at_least(config, "eval.gallery_size", 0)
     _check_shapes(config)
 
 
@@ -156,19 +302,21 @@ def check_networks(config: ml_collections.ConfigDict) -> None:
     Raises:
       ConfigError: the first wrong setting, by its key.
     """
-    from v2f_jax.ops import conv
+    check_values(config, NETWORK_KEYS)
 
-    _int_at_least(config, "data.n_mels", 1)
-    _int_at_least(config, "data.image_size", 1)
-    _one_of(config, "model.arch", ARCHS)
-    _one_of(config, "model.dtype", DTYPES)
-    try:
-        conv.forms_for(_get(config, "model.impl"), "cpu")  # accepts the legacy "reference"
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    _int_at_least(config, "model.embed_dim", 1)
-    _positive_ints(config, "model.voice_channels")
-    _positive_ints(config, "model.gen_channels", 5)  # 1x1 -> 4x4, then four doublings: 64x64
+
+NETWORK_KEYS = (
+    "data.n_mels",
+    "data.image_size",
+    "model.arch",
+    "model.dtype",
+    "model.impl",
+    "model.embed_dim",
+    "model.voice_channels",
+    "model.gen_channels",
+    "model.upsample",
+    "model.upsample_blur",
+)
 
 
 def _check_shapes(config: ml_collections.ConfigDict) -> None:
@@ -277,3 +425,20 @@ def take_from_records(config: ml_collections.ConfigDict, records) -> None:
                 f"config.{key}={wanted!r}, but the records in {records.root} have {value!r} "
                 f"({records.manifest_path}); {hint}"
             )
+
+
+def check_batch(config: ml_collections.ConfigDict, records) -> None:
+    """The global batch fits the records' training split: a batch never repeats a sample, and
+    a smaller split would have no whole batch to train on.
+
+    Raises:
+      ConfigError: naming the key, the split's size and the manifest.
+    """
+    train = records.split("train")
+    batch, smallest = int(config.train.batch_size), min(train["num_voices"], train["num_faces"])
+    if batch > smallest:
+        raise ConfigError(
+            f"config.train.batch_size={batch} is larger than the training split of the records "
+            f"in {records.root} ({train['num_voices']} voices, {train['num_faces']} faces; "
+            f"{records.manifest_path}): a batch may not repeat a sample; use at most {smallest}"
+        )

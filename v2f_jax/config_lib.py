@@ -44,13 +44,17 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
         raise ConfigError(f"{path}: cannot be loaded ({type(err).__name__}: {err})") from None
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path}: defines no get_config()")
-    if arg is None:
-        config = module.get_config()
-    else:
-        try:
-            config = module.get_config(arg)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"{path}:{arg}: {err}") from None
+    where = path if arg is None else f"{path}:{arg}"
+    try:
+        config = module.get_config() if arg is None else module.get_config(arg)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {err}") from None
+    except Exception as err:  # the user's code: say which file and why, not a traceback
+        raise ConfigError(f"{where}: get_config() failed ({type(err).__name__}: {err})") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(
+            f"{where}: get_config() returned a {type(config).__name__}, not a ConfigDict"
+        )
     with_defaults(config)
     apply_overrides(config, overrides)
     return config
@@ -101,6 +105,9 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> None:
             if name not in node:
                 raise ConfigError(f"unknown config key {'.'.join(parents[: depth + 1])!r}")
             node = node[name]
+            if not isinstance(node, ml_collections.ConfigDict):
+                where = ".".join(parents[: depth + 1])
+                raise ConfigError(f"config.{where}={node!r} is not a section: cannot set {dotted}")
         if leaf not in node:
             raise ConfigError(f"unknown config key {dotted!r}")
         node[leaf] = _coerce(raw, node[leaf], dotted)

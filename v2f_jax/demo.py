@@ -19,6 +19,7 @@ import shutil
 import time
 from collections.abc import Callable
 
+from v2f_jax import files
 from v2f_jax.input_pipeline import manifest as manifest_lib
 
 # Tuned so the run takes under 5 minutes on 2 CPU cores and 1:2 matching is clearly above
@@ -190,7 +191,8 @@ def run_demo(
     faces_result = generate.generate(model_files.load_model(model_path), held_out, out / "faces")
     stage("generate", start)
     seconds["total"] = round(time.perf_counter() - t0, 1)
-    (out / "demo.json").write_text(
+    files.write_text(
+        out / "demo.json",
         json.dumps(
             {
                 "seconds": seconds,
@@ -217,7 +219,7 @@ def run_demo(
             },
             indent=2,
         )
-        + "\n"
+        + "\n",
     )
     return DemoResult(
         out_dir=str(out),

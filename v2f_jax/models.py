@@ -4,6 +4,10 @@ All channels-last. Two architectures, chosen by `config.model.arch`:
 - `wen2019`: the public PyTorch code of Wen et al. (parameter counts equal its state dicts);
 - `paper`: Maniyar et al. 2022, Fig. 4: nearest-upsample + 3x3 conv generator, and D and C each
   with their own 3x3 conv trunk.
+
+`config.model.upsample` (and `upsample_blur`) choose how G upsamples, whatever the architecture:
+"" keeps the architecture's own form; "deconv", "nearest", "bilinear" and "subpixel" are
+described at `Generator`.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -144,34 +149,146 @@ class SpeakerHead(nn.Module):
         return logits, nn.Dense(self.face_dim, name="face_fc")(unit(embedding))
 
 
+UPSAMPLES = ("deconv", "nearest", "bilinear", "subpixel")
+
+
+def generator_form(model_config: ml_collections.ConfigDict) -> tuple[str, bool]:
+    """`(upsample, blur)` of the G that `model_config` builds: `model.upsample`, where "" is the
+    architecture's own ("deconv" for wen2019, "nearest" for the paper's), and
+    `model.upsample_blur`."""
+    upsample = model_config.upsample or ("deconv" if model_config.arch == "wen2019" else "nearest")
+    return upsample, bool(model_config.upsample_blur)
+
+
+def _shift_pad(x, axis: int):
+    """`x` with its first and last entries along `axis` repeated once (edge padding)."""
+    first = jax.lax.slice_in_dim(x, 0, 1, axis=axis)
+    last = jax.lax.slice_in_dim(x, x.shape[axis] - 1, x.shape[axis], axis=axis)
+    return jnp.concatenate([first, x, last], axis=axis)
+
+
+def blur(x):
+    """The binomial [1, 2, 1] / 4 filter along H and W of `[B, H, W, C]`, edges repeated.
+
+    Its response at the period-2 frequency is 0: `a, b, a, b` becomes `(a + b) / 2` everywhere,
+    so a stride-2 layer's checkerboard does not pass it (a constant image stays as it is).
+    """
+    for axis in (1, 2):
+        p = _shift_pad(x, axis)
+        n = x.shape[axis]
+        lo = jax.lax.slice_in_dim(p, 0, n, axis=axis)
+        mid = jax.lax.slice_in_dim(p, 1, n + 1, axis=axis)
+        hi = jax.lax.slice_in_dim(p, 2, n + 2, axis=axis)
+        x = 0.25 * lo + 0.5 * mid + 0.25 * hi
+    return x
+
+
+def resize2x(x, method: str):
+    """`[B, H, W, C]` -> `[B, 2H, 2W, C]`: "nearest" (each pixel a 2x2 block) or "bilinear"
+    (half-pixel centres, as `jax.image.resize` and PyTorch's `align_corners=False`: weights 3/4
+    and 1/4 of the two nearest input pixels along each axis, edges repeated)."""
+    if method == "nearest":
+        b, h, w, c = x.shape
+        x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
+        return x.reshape(b, 2 * h, 2 * w, c)
+    if method != "bilinear":
+        raise ValueError(f"resize2x: method must be 'nearest' or 'bilinear', not {method!r}")
+    for axis in (1, 2):
+        p = _shift_pad(x, axis)
+        n = x.shape[axis]
+        prev = jax.lax.slice_in_dim(p, 0, n, axis=axis)
+        nxt = jax.lax.slice_in_dim(p, 2, n + 2, axis=axis)
+        even, odd = 0.75 * x + 0.25 * prev, 0.75 * x + 0.25 * nxt
+        both = jnp.stack([even, odd], axis=axis + 1)  # [.., n, 2, ..]
+        shape = list(x.shape)
+        shape[axis] = 2 * n
+        x = both.reshape(shape)
+    return x
+
+
+def depth_to_space(x, r: int = 2):
+    """PyTorch's `PixelShuffle(r)`, channels-last: `[B, H, W, C*r*r]` -> `[B, rH, rW, C]`, input
+    channel `c*r*r + i*r + j` going to sub-pixel `(i, j)` of output channel `c`."""
+    b, h, w, crr = x.shape
+    c = crr // (r * r)
+    x = x.reshape(b, h, w, c, r, r).transpose(0, 1, 4, 2, 5, 3)
+    return x.reshape(b, h * r, w * r, c)
+
+
+class SubpixelConv2d(nn.Module):
+    """x2 upsampling by a 3x3 conv to `features * 4` channels and `depth_to_space` (Shi et al.
+    2016), ICNR-initialised (Aitken et al. 2017): the four sub-pixels of each output channel
+    start with the same kernel and bias, so at step 0 the layer is a conv followed by nearest
+    x2 upsampling, free of checkerboard. Parameters: float32 `kernel [3, 3, in, 4 * features]`
+    (PyTorch's default Conv2d bounds over fan-in `in * 9`), `bias [4 * features]`.
+    """
+
+    features: int
+    dtype: Dtype = jnp.float32
+    convs: ops.conv.ConvForms = ops.conv.XLA
+
+    @nn.compact
+    def __call__(self, x):
+        in_features = x.shape[-1]
+        bound = 1.0 / np.sqrt(in_features * 9)
+
+        def icnr(shape):
+            def init(key, _shape, dtype=jnp.float32):
+                base = jax.random.uniform(key, shape, dtype, -bound, bound)
+                return jnp.repeat(base, 4, axis=-1)
+
+            return init
+
+        kernel = self.param(
+            "kernel",
+            icnr((3, 3, in_features, self.features)),
+            (3, 3, in_features, 4 * self.features),
+        )
+        bias = self.param("bias", icnr((self.features,)), (4 * self.features,))
+        y = self.convs.conv2d(x.astype(self.dtype), kernel, 1, 1, bias=bias)
+        return depth_to_space(y, 2)
+
+
 class Generator(nn.Module):
     """G: unit embedding `[B, embed_dim]` -> face `[B, 64, 64, 3]`, nominally in [-1, 1].
 
-    The output is not squashed, as published. `upsample="transpose"` is wen2019 (4x4 stride-2
-    transposed convs); `upsample="nearest"` is the paper's nearest-neighbour x2 + 3x3 conv.
+    A 4x4 transposed conv from 1x1 to 4x4 (`deconv0`), then one x2 upsampling layer per further
+    channel count, then a 1x1 conv to RGB; ReLU between layers. The output is not squashed, as
+    published. `upsample` is how each x2 layer upsamples:
+    - "deconv": wen2019's 4x4 stride-2 transposed convs (`deconv{i}`; the last `deconv5`, 1x1).
+      Its taps sum differently over the four output phases, which draws a checkerboard.
+    - "nearest" (the paper's) or "bilinear": resize x2, then a 3x3 conv (`conv{i}`; `conv5`).
+    - "subpixel": a 3x3 conv to 4x the channels and `depth_to_space`, ICNR-initialised.
+    `blur`: the binomial [1, 2, 1] filter (`blur`) after each x2 layer, before its ReLU.
     """
 
     channels: Sequence[int] = (1024, 512, 256, 128, 64)
-    upsample: str = "transpose"
+    upsample: str = "deconv"
+    blur: bool = False
     dtype: Dtype = jnp.float32
     convs: ops.conv.ConvForms = ops.conv.XLA
 
     @nn.compact
     def __call__(self, embedding):
+        if self.upsample not in UPSAMPLES:
+            raise ValueError(
+                f"Generator: upsample must be one of {UPSAMPLES}, not {self.upsample!r}"
+            )
         x = embedding.astype(self.dtype)[:, None, None, :]
         kw = dict(dtype=self.dtype, convs=self.convs)
         conv_t, conv = ops.conv.ConvTranspose2d, ops.conv.Conv2d
         x = nn.relu(conv_t(self.channels[0], 4, 1, 0, name="deconv0", **kw)(x))
         for i, features in enumerate(self.channels[1:], start=1):
-            if self.upsample == "transpose":
+            if self.upsample == "deconv":
                 x = conv_t(features, 4, 2, 1, name=f"deconv{i}", **kw)(x)
+            elif self.upsample == "subpixel":
+                x = SubpixelConv2d(features, name=f"conv{i}", **kw)(x)
             else:
-                b, h, w, c = x.shape
-                x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
-                x = x.reshape(b, 2 * h, 2 * w, c)
-                x = conv(features, 3, 1, 1, name=f"conv{i}", **kw)(x)
+                x = conv(features, 3, 1, 1, name=f"conv{i}", **kw)(resize2x(x, self.upsample))
+            if self.blur:
+                x = blur(x)
             x = nn.relu(x)
-        if self.upsample == "transpose":
+        if self.upsample == "deconv":
             out = conv_t(3, 1, 1, 0, name=f"deconv{len(self.channels)}", **kw)
         else:
             out = conv(3, 1, 1, 0, name=f"conv{len(self.channels)}", **kw)
@@ -278,9 +395,11 @@ class Networks:
             dtype=dtype,
             convs=convs,
         )
+        upsample, blur = generator_form(model_config)
         self.generator = Generator(
             channels=tuple(model_config.gen_channels),
-            upsample="transpose" if arch == "wen2019" else "nearest",
+            upsample=upsample,
+            blur=blur,
             dtype=dtype,
             convs=convs,
         )

@@ -60,13 +60,20 @@ class EmbedderState:
 
 
 def make_optimizer(optim_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam as the reference sets it (lr 2e-4, betas 0.5/0.999, eps 1e-8); with
-    `optim.decay_steps` > 0 the learning rate follows a cosine from `lr` to 0 over that many
-    updates (then stays at 0)."""
+    """Adam as the reference sets it (lr 2e-4, betas 0.5/0.999, eps 1e-8), at a constant rate
+    unless asked otherwise. `optim.warmup_steps` > 0: the rate rises linearly from 0 to `lr` over
+    that many updates (large global batches). `optim.decay_steps` > 0: it then follows a cosine
+    to 0, reached at that many updates from the start (and stays there)."""
     lr = optim_config.lr
-    decay_steps = int(optim_config.decay_steps)
-    if decay_steps > 0:
-        lr = optax.cosine_decay_schedule(lr, decay_steps)
+    warmup, decay = int(optim_config.warmup_steps), int(optim_config.decay_steps)
+    if warmup > 0 and decay > 0:
+        lr = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(decay, warmup + 1))
+    elif warmup > 0:
+        lr = optax.join_schedules(
+            [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
+        )
+    elif decay > 0:
+        lr = optax.cosine_decay_schedule(lr, decay)
     return optax.adam(lr, b1=optim_config.b1, b2=optim_config.b2)
 
 

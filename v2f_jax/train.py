@@ -29,8 +29,9 @@ non-finite flag (nonfinite.py). The host blocks only at checkpoint steps (a chec
 only after its steps' flags were read); sample grids are drawn on a worker thread from a copy the
 device makes of E and G (samples.BackgroundGrids).
 
-SIGTERM: the step in flight finishes, a checkpoint is saved, and the run returns with
-`preempted=True` (`v2f train` exits 0); several hosts agree on the step (distributed.py).
+SIGTERM or SIGINT (Ctrl-C): the step in flight finishes, a checkpoint is saved, and the run
+returns with `preempted=True` (`v2f train` exits 0); several hosts agree on the step
+(distributed.py). A signal while the run starts stops it before its first step.
 """
 
 from __future__ import annotations
@@ -292,12 +293,14 @@ def train(
     if records is not None and not isinstance(records, manifest_lib.Records):
         records = manifest_lib.Records.open(records)
     config = resolve_config(config, records)
+    if records is not None:
+        config_checks.check_batch(config, records)
     task = config.train.task
     total = int(config.train.steps)
     is_chief = jax.process_index() == 0
     config_checks.check_devices(config, jax.device_count() if devices is None else len(devices))
     # One run per workdir; a resumed run keeps the settings its checkpoints were trained with.
-    lock = workdir_lib.start_run(workdir, config, is_chief)
+    lock = workdir_lib.start_run(workdir, config, is_chief, records)
 
     compilation.use_persistent_cache(config.train.compilation_cache, workdir)
     nets = models.Networks(config.model, int(config.model.num_ids))
@@ -352,6 +355,16 @@ def train(
         if start >= total:
             logger.info("nothing to do: the checkpoint is at step %d of %d", start, total)
             return result | metric_writers.last_logged(workdir) | {"nonfinite_skips": skips}
+        if stop.signalled:  # while the run was starting: nothing trained, nothing to save
+            logger.warning(
+                "stopped by %s before step %d of %d; nothing new to save; run the same command "
+                "again to %s",
+                distributed.stop_signal_name() or "a signal",
+                start + 1,
+                total,
+                "resume" if start else "start",
+            )
+            return result | {"preempted": True, "nonfinite_skips": skips}
 
         feed = device_prefetch.DevicePrefetch(
             make_batches(start),
@@ -429,8 +442,9 @@ def train(
             if stopping:
                 ckpt.wait()
                 logger.warning(
-                    "stopped by SIGTERM at step %d of %d; checkpoint saved; run the same "
+                    "stopped by %s at step %d of %d; checkpoint saved; run the same "
                     "command again to resume",
+                    distributed.stop_signal_name() or "the preemption notice",
                     n,
                     total,
                 )

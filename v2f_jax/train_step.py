@@ -75,10 +75,11 @@ def make_gan_step(
 ) -> Callable:
     """The alternating GAN step: critics (F, D, C) first, then G against the updated critics.
 
-    With `train.face_target_weight` > 0, G's loss also has that weight x the mean squared error
-    between its face, pooled (`face_targets`), and its speaker's pooled mean face. With
-    `train.voice_mixup` > 0, G draws from blends of two voices and C's loss on its faces asks for
-    the same blend of their speakers (voice_mixup.py).
+    With `train.r1_weight` > 0, the critics' loss also has that weight / 2 x R1, the mean squared
+    gradient norm of D's logit at the real faces. With `train.face_target_weight` > 0, G's loss
+    also has that weight x the mean squared error between its face, pooled (`face_targets`), and
+    its speaker's pooled mean face. With `train.voice_mixup` > 0, G draws from blends of two
+    voices and C's loss on its faces asks for the same blend of their speakers (voice_mixup.py).
     """
     optimizer = state_lib.make_optimizer(config.optim)
     embedder = nets.embedder.clone(axis_name=axis_name)
@@ -91,6 +92,7 @@ def make_gan_step(
     face_dim = face_targets_lib.target_dim(int(config.train.face_target_pool))
     face_loss = _face_target_loss(face_targets, face_weight, nets.num_ids, face_dim, axis_name)
     mixup_alpha = float(config.train.voice_mixup)
+    r1_weight = float(config.train.r1_weight)
     if mixup_alpha > 0 and face_loss is not None:
         raise ValueError("train.voice_mixup and a GAN's train.face_target_weight do not combine")
 
@@ -115,13 +117,28 @@ def make_gan_step(
     def critic_outputs(c_params, real, fake):
         """Adversarial logits for real and fake, identity logits for real: `[B], [B], [B, K]`."""
         b = real.shape[0]
-        both = jnp.concatenate([real, fake], axis=0)  # one trunk pass over 2B faces
+        # One trunk pass over 2B faces, each real face beside its fake: a device's rows of
+        # `both` are its own rows of `real` and `fake`, so no collective reshuffles them (a
+        # concatenation along the batch moves half of every device's rows to another device).
+        both = jnp.stack([real, fake], axis=1).reshape((2 * b, *real.shape[1:]))
         if shared_trunk:
             adv, ids = nets.critics.apply({"params": c_params}, both)
-            return adv[:b], adv[b:], ids[:b]
+            adv = adv.reshape(b, 2)
+            return adv[:, 0], adv[:, 1], ids.reshape(b, 2, -1)[:, 0]
         adv, _ = nets.critics.apply({"params": c_params}, both, method=_adv_only)
         ids = nets.critics.apply({"params": c_params}, real, method=_ids_only)
-        return adv[:b], adv[b:], ids
+        adv = adv.reshape(b, 2)
+        return adv[:, 0], adv[:, 1], ids
+
+    def r1_penalty(c_params, real):
+        """R1: the mean over real faces of |d D(face) / d face|^2 (D's logit)."""
+        method = None if shared_trunk else _adv_only
+
+        def adv_sum(faces):
+            return jnp.sum(nets.critics.apply({"params": c_params}, faces, method=method)[0])
+
+        grads = jax.grad(adv_sum)(real)
+        return jnp.mean(jnp.sum(jnp.square(grads.astype(jnp.float32)), axis=(1, 2, 3)))
 
     def step(state: state_lib.GanState, batch) -> tuple[state_lib.GanState, Metrics]:
         batch = device_inputs.to_model_inputs(batch)
@@ -165,7 +182,11 @@ def make_gan_step(
                 "c_loss": c_loss,
                 "c_acc": losses.accuracy(real_ids, batch["face_id"]),
             }
-            return d_real + d_fake + c_loss, metrics
+            loss = d_real + d_fake + c_loss
+            if r1_weight > 0:
+                metrics["d_r1"] = r1_penalty(c_params, batch["face"])
+                loss = loss + 0.5 * r1_weight * metrics["d_r1"]
+            return loss, metrics
 
         c_grads, c_metrics = jax.grad(critic_loss, has_aux=True)(state.critics)
         c_grads = mean_over_devices(c_grads)

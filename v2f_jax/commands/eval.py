@@ -5,6 +5,12 @@ test identities, and identity accuracy top-1/top-5 of faces generated from train
 scored by a face embedder trained on the training split's real faces only (cached by the records'
 manifest, and copied next to the report). Writes OUT/eval.json, OUT/eval.md, OUT/eval.png and
 OUT/face_embedder.safetensors; OUT defaults to WORKDIR/eval (or MODEL's stem + `_eval`).
+The report's three files are replaced together, each whole (a full disk leaves the previous
+report as it was).
+
+Exit status 2, before anything is trained or written: a source that cannot be used, records
+without a test split, or with fewer than two test identities that have both voices and faces
+(1:2 matching needs an impostor: never a `nan%` figure); also a write that failed (named).
 
 Examples:
   v2f eval --workdir runs/wen2019 --records records/

@@ -6,9 +6,12 @@ Sources: a training run (`--workdir DIR`, newest checkpoint or `--step N`), a mo
 --out's extension; or `--format torch`: --out is a directory that gets the reference's
 `voice_embedding.pth` and `generator.pth` (wen2019 models; needs torch). Every source is checked
 in full before anything is written (config, front end, every tensor's shape, dtype and
-finiteness); files are written with the permissions the umask gives.
+finiteness); files are written with the permissions the umask gives, whole or not at all: the
+new file replaces --out in one rename, so a command reading the old one (generate, eval) goes on
+reading it whole, and an export killed or out of disk space leaves the old file as it was.
 
-Exit status: 0 written, 2 a bad argument or a source that cannot be used (each problem named).
+Exit status: 0 written, 2 a bad argument, a source that cannot be used (each problem named), or
+a write that failed (a full disk: the file named, nothing half written left).
 
 Examples:
   v2f export --workdir runs/wen2019 --out wen2019.safetensors

@@ -3,7 +3,9 @@
 Each file goes through the front end that training uses (decode to 16 kHz mono, the reference's
 VAD, a [T, 64] float32 log mel normalised per bin). `features.json` in --out records the front
 end's parameters and, per input, its frames and seconds or the reason it was rejected. A bad file
-is reported on stderr and makes the exit status 1; the good files are still written.
+is reported on stderr and makes the exit status 1; the good files are still written. Audio longer
+than 10 minutes (audio.MAX_SECONDS) is such a file, found from its header before it is decoded.
+Every file is written whole or not at all; a write that fails (a full disk) is exit 2 naming it.
 
 Example: `v2f features --audio a.wav b.m4a --out feats/ --frontend wen2019`
 """
@@ -11,6 +13,7 @@ Example: `v2f features --audio a.wav b.m4a --out feats/ --frontend wen2019`
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import pathlib
 import sys
@@ -34,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from v2f_jax import files
     from v2f_jax.input_pipeline import errors
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -51,7 +55,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"v2f features: {err}", file=sys.stderr)
             results.append({"path": str(path), "reason": err.reason})
             continue
-        np.save(args.out / f"{stem}.npy", feats)
+        buffer = io.BytesIO()
+        np.save(buffer, feats)
+        try:
+            files.write_bytes(args.out / f"{stem}.npy", buffer.getvalue())
+        except files.WriteError as err:  # a full disk: named, nothing half written left
+            return arguments.usage_error("features", err)
         written.add(stem)
         results.append(
             {
@@ -69,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
         "n_rejected": n_bad,
         "files": results,
     }
-    (args.out / "features.json").write_text(json.dumps(summary, indent=2) + "\n")
+    try:
+        files.write_text(args.out / "features.json", json.dumps(summary, indent=2) + "\n")
+    except files.WriteError as err:
+        return arguments.usage_error("features", err)
     print(f"v2f features: wrote {len(written)} of {len(args.audio)} to {args.out}", file=sys.stderr)
     return 1 if n_bad else 0

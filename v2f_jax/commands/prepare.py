@@ -9,9 +9,25 @@ maps, genders, front end) and `rejects.jsonl` (one line per unusable file, with 
 rerun keeps finished shards; the same inputs give byte-identical shards for any --workers.
 Both splits need identities: the test split is what `v2f eval` and the sample grid hold out.
 
+--out: a new or empty folder, or one prepare wrote before (a rerun keeps what is still good and
+rebuilds a shard that was deleted or whose bytes changed, naming it). Refused: --out inside the
+voices or faces directory, and a folder holding another tool's manifest.json, rejects.jsonl or
+shard-like names (nothing there is overwritten or deleted; other files are left alone). Once a
+rerun rewrites a shard, the records are refused by their readers until it writes its manifest,
+so the shards of two runs (another --frontend, say) are never read together.
+
+Metadata: UTF-8 (a BOM and CRLF line ends are fine), tab-separated, a header naming at least
+`VoxCeleb1 ID` and `VGGFace1 ID`. A line that is not valid UTF-8, has the wrong number of fields
+or repeats a VoxCeleb1 ID is a reject naming FILE:LINE; a face folder claimed by two VoxCeleb1
+IDs is refused for both (their voices are rejects naming the lines); `--split meta` needs a Set
+column. Audio longer than 10 minutes (audio.MAX_SECONDS) is a reject, found from its header
+before it is decoded. A decoding process that dies (the OOM killer) does not stop the job: its
+files are decoded again one process each, and one that kills that too is a reject.
+
 Exit status: 0 done, 1 with --strict when a file was rejected, 2 bad arguments or inputs (a
-missing directory, an unusable meta file, no identities for a split, every file of a split
-rejected).
+missing directory, an unusable meta file, an --out that is not prepare's, no identities for a
+split, every file of a split rejected) or a write that failed (a full disk: the file is named,
+no partial file is left, finished shards are kept for the rerun).
 
 Example: `v2f prepare --voices vox1/wav --faces vggface --meta vox1_meta.csv --out records/`
 """
@@ -73,6 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from v2f_jax import files
     from v2f_jax.input_pipeline import errors
     from v2f_jax.input_pipeline import prepare as prepare_lib
 
@@ -89,12 +106,14 @@ def run(args: argparse.Namespace) -> int:
             shards_per_split=args.shards_per_split,
             progress=not args.no_progress,
             require_test_split=True,
+            log=lambda line: print(f"v2f prepare: {line}", file=sys.stderr, flush=True),
         )
     except (errors.BadInputError, ValueError) as err:
         return arguments.usage_error("prepare", err)
-    except OSError as err:  # --out not writable, or the disk full: finished shards are kept
-        print(f"v2f prepare: error: cannot write to {args.out}: {err}", file=sys.stderr)
-        return 2
+    except files.WriteError as err:  # the disk full: named; finished shards are kept
+        return arguments.usage_error("prepare", err)
+    except OSError as err:  # --out not writable
+        return arguments.usage_error("prepare", f"cannot write to {args.out}: {err}")
     print(summary(result, args.out))
     if args.strict and result["rejects"]:
         print(

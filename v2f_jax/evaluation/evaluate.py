@@ -6,7 +6,11 @@ TEST faces (1:2 matching, retrieval recall over galleries of `config.eval.galler
 identities, <= 0: all); faces generated from TRAIN voices are classified over the training
 identities (identity accuracy). `metrics.py` defines the figures, `report.py` writes them up.
 The same voices, faces and scorer also score a trivial model (`baselines.py`: the nearest training
-identity's mean face), so the report shows how far the model is above one.
+identity's mean face), so the report shows how far the model is above one. Each test speaker is
+also drawn once from all of its voices (their embeddings fused as `v2f generate --per-speaker`
+does) and scored the same way, and `picture.py` measures what the generated faces look like
+beside the real test faces: a checkerboard ratio and a Fréchet distance in the scorer's
+embedding, with a real-vs-real floor.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from v2f_jax import config_checks
-from v2f_jax.evaluation import baselines, face_embedder, metrics, report
+from v2f_jax import config_checks, files
+from v2f_jax.evaluation import baselines, face_embedder, metrics, picture, report
 from v2f_jax.inference import generate, images
 from v2f_jax.inference.model import Model
 from v2f_jax.input_pipeline import constants
@@ -164,6 +168,50 @@ def _nearest_identity_baseline(
     return out
 
 
+def _per_speaker(
+    model: Model,
+    fe: face_embedder.FaceEmbedder,
+    voice_emb: np.ndarray,
+    test: _Generated,
+    real: tuple[np.ndarray, np.ndarray, np.ndarray],
+    gallery_size: int,
+) -> dict:
+    """One face per test speaker from all of its voices (`generate.fuse_voices` of their unit
+    embeddings, as `v2f generate --per-speaker`), scored as the per-voice faces are.
+
+    Args:
+      voice_emb: `[N, D]` unit voice embeddings of the test voices, in `test`'s order.
+      real: `(embeddings [F, D], labels [F], genders [F])` of the real test faces.
+
+    Returns:
+      `{"matching_1v2", "matching_1v2_gender", "recall_at_<k>", "stderr", "speakers", "clips",
+      "fusion"}`: each speaker counts once.
+    """
+    f_emb, f_labels, f_genders = real
+    ids = np.unique(test.labels)
+    if not ids.size:
+        return {}
+    fused = np.stack([generate.fuse_voices(voice_emb[test.labels == i]) for i in ids])
+    faces = np.clip(generate.generate_faces(model.config, model.generator, fused), -1.0, 1.0)
+    emb = fe.embed(faces)
+    genders = np.array([test.genders[test.labels == i][0] for i in ids])
+    m_all = metrics.matching_1v2(emb, ids, f_emb, f_labels)
+    m_gender = metrics.matching_1v2(emb, ids, f_emb, f_labels, genders, f_genders, same_gender=True)
+    recall = metrics.retrieval_recall(emb, ids, f_emb, f_labels, gallery_size)
+    return {
+        "matching_1v2": m_all["accuracy"],
+        "matching_1v2_gender": m_gender["accuracy"],
+        **{f"recall_at_{k}": recall[f"recall_at_{k}"] for k in metrics.RECALL_KS},
+        "stderr": {
+            "matching_1v2": m_all["stderr"],
+            "matching_1v2_gender": m_gender["stderr"],
+        },
+        "speakers": int(ids.size),
+        "clips": int(len(test.labels)),
+        "fusion": generate.FUSION,
+    }
+
+
 def evaluate(
     model: Model,
     records: manifest_lib.Records,
@@ -203,6 +251,7 @@ def evaluate(
     from v2f_jax.input_pipeline import reader  # imports TensorFlow
 
     out_dir = os.fspath(out_dir)
+    check_evaluable(records)
     os.makedirs(out_dir, exist_ok=True)
     records_frontend = config_checks.records_frontend(records)
     if records_frontend != model.frontend_name:
@@ -249,14 +298,35 @@ def evaluate(
         faces = generate.generate_faces(model.config, model.generator, voices)
         return faces, fe.embed(np.clip(faces, -1.0, 1.0))
 
+    # The test voices' embeddings (for one face per speaker) and their faces' spectra (the
+    # checkerboard measure), gathered as the test split streams through.
+    test_voices, test_spectra = [], picture.SpectrumSums()
+
+    def embed_test(mels):
+        voices = generate.embed_voices(model.config, model.embedder, mels)
+        faces = np.clip(generate.generate_faces(model.config, model.generator, voices), -1.0, 1.0)
+        test_voices.append(voices)
+        test_spectra.add(faces)
+        return faces, fe.embed(faces)
+
     # Test split: generated faces of unseen speakers against their real faces.
     log("eval: test split")
-    test = _generated_embeddings(records, "test", embed, keep_faces=2)
+    test = _generated_embeddings(records, "test", embed_test, keep_faces=2)
     t_labels, t_genders = test.labels, test.genders
     f_imgs, f_labels, f_genders = reader.load_faces(records, "test")
     if not len(t_labels) or not len(f_imgs):
         raise ValueError(f"{records.root}: the test split has no voices or no faces to evaluate")
     f_emb = fe.embed(face_embedder.to_float(f_imgs))
+    real_spectra = picture.SpectrumSums()
+    for start in range(0, len(f_imgs), 256):
+        real_spectra.add(face_embedder.to_float(f_imgs[start : start + 256]))
+    looks = {
+        "checkerboard": picture.checkerboard(test_spectra, real_spectra),
+        "frechet": picture.frechet_figures(test.emb, f_emb, f_labels),
+    }
+    speakers = _per_speaker(
+        model, fe, np.concatenate(test_voices), test, (f_emb, f_labels, f_genders), gallery_size
+    )
 
     # Train split: is the generated face recognisably the (seen) speaker?
     log("eval: identity accuracy on training voices")
@@ -328,6 +398,8 @@ def evaluate(
         "gender_from_face": figures["gender_from_face"],
         "gender_reader_on_real_test_faces": real_gender["accuracy"],
         "real_photo": metrics.real_photo_matching(f_emb, f_labels, f_genders),
+        "per_speaker": speakers,
+        "picture": looks,
         "chance": {
             "gender_from_face": counts.pop("gender_chance"),
             "matching_1v2": metrics.CHANCE_1V2,
@@ -366,15 +438,52 @@ def evaluate(
         },
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    images.write_png(
-        os.path.join(out_dir, "eval.png"), report.picture(test.faces, f_imgs, f_labels, names)
+    grid = report.picture(test.faces, f_imgs, f_labels, names)
+    # The three together or none: a full disk leaves the previous report whole.
+    files.write_all(
+        {
+            os.path.join(out_dir, "eval.png"): images.encode_png(grid),
+            os.path.join(out_dir, "eval.json"): (
+                json.dumps(json_safe(result), indent=2, allow_nan=False) + "\n"
+            ).encode(),
+            os.path.join(out_dir, "eval.md"): report.report_markdown(result).encode(),
+        }
     )
-    with open(os.path.join(out_dir, "eval.json"), "w") as f:
-        json.dump(json_safe(result), f, indent=2, allow_nan=False)
-        f.write("\n")
-    with open(os.path.join(out_dir, "eval.md"), "w") as f:
-        f.write(report.report_markdown(result))
     return result
+
+
+MIN_TEST_IDENTITIES = 2  # 1:2 matching sets a speaker's face against another's
+
+
+def check_evaluable(records: manifest_lib.Records) -> None:
+    """Refuses records that cannot be scored, before anything is trained or written: no test
+    split, fewer than `MIN_TEST_IDENTITIES` test identities with both voices and faces (1:2
+    matching and retrieval would be `nan`), or no training face (the face embedder learns
+    from them).
+
+    Raises:
+      ValueError: naming the manifest and the reason.
+    """
+    where = records.manifest_path
+    if not records.has_split("test"):
+        raise ValueError(
+            f"{where}: no test split to evaluate on (records prepared without held-out "
+            "people); prepare records with test identities (`v2f prepare` holds out names A-E, "
+            "or follows the Set column with --split meta)"
+        )
+    usable = [
+        name
+        for name, info in records.identities("test").items()
+        if info.get("voices", 0) > 0 and info.get("faces", 0) > 0
+    ]
+    if len(usable) < MIN_TEST_IDENTITIES:
+        raise ValueError(
+            f"{where}: {len(usable)} test identit{'y' if len(usable) == 1 else 'ies'} with both "
+            f"voices and faces; evaluation needs at least {MIN_TEST_IDENTITIES} (1:2 matching "
+            "sets each speaker's face against another's): prepare records with more test people"
+        )
+    if not records.split("train")["num_faces"]:
+        raise ValueError(f"{where}: no training faces for the face embedder to learn from")
 
 
 def json_safe(tree):

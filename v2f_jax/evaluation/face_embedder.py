@@ -25,7 +25,7 @@ from flax import traverse_util
 from safetensors import numpy as st_numpy
 from safetensors import safe_open
 
-from v2f_jax import models, ops
+from v2f_jax import files, models, ops
 from v2f_jax.input_pipeline import manifest as manifest_lib
 
 PyTree = Any
@@ -209,9 +209,7 @@ def save(fe: FaceEmbedder, path: str | os.PathLike) -> str:
         "info": json.dumps(fe.info, sort_keys=True),
     }
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    st_numpy.save_file(tensors, tmp, metadata=metadata)
-    os.replace(tmp, path)
+    files.write_bytes(path, st_numpy.save(tensors, metadata=metadata))
     return path
 
 
@@ -296,7 +294,8 @@ def get_or_train(
         return fe, cached
     copy = os.path.join(os.fspath(out_dir), "face_embedder.safetensors")
     if cached and os.path.abspath(cached) != os.path.abspath(copy):
-        shutil.copyfile(cached, copy)
+        with files.replacing(copy) as tmp:
+            shutil.copyfile(cached, tmp)
     else:
         save(fe, copy)
     return fe, copy

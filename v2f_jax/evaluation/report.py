@@ -141,6 +141,7 @@ def report_markdown(r: dict) -> str:
         "",
         *header,
         *[f"| {name} | {cells(key)} | {on} |" for name, key, on in rows],
+        *_per_speaker_rows(r.get("per_speaker"), ch, nearest is not None),
         "",
         "Scores are cosine similarities of a face embedder trained on the training split's real "
         f"faces only (`{fe['file']}`, {fe['steps']} steps, top-1 {_pct(fe.get('train_top1'))} on "
@@ -151,6 +152,8 @@ def report_markdown(r: dict) -> str:
         "to the training identities' real faces; its chance is the larger gender's share of the "
         "test identities (what one face for every voice scores).",
         *_about_real_photo(r.get("real_photo")),
+        *_about_per_speaker(r.get("per_speaker")),
+        *_picture_table(r.get("picture")),
         *about_baseline,
         "",
         "![generated and real faces](eval.png)",
@@ -160,6 +163,67 @@ def report_markdown(r: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _per_speaker_rows(ps: dict | None, chance: dict, has_baseline: bool) -> list[str]:
+    """The table's rows for one face per speaker (reports older than them have none)."""
+    if not ps:
+        return []
+    err = ps.get("stderr", {})
+    on = f"{ps['speakers']} speakers, each from its voices"
+    rows = [
+        ("1:2 matching, one face per speaker", "matching_1v2", on),
+        ("1:2 matching, same-gender impostor, one face per speaker", "matching_1v2_gender", on),
+        ("retrieval recall@1, one face per speaker", "recall_at_1", ""),
+    ]
+    out = []
+    for name, key, where in rows:
+        model = f"{_pct(ps.get(key))}{_pm(err.get(key))}"
+        base = " n/a |" if has_baseline else ""
+        out.append(f"| {name} | {model} |{base} {_pct(chance[key])} | {where} |")
+    return out
+
+
+def _about_per_speaker(ps: dict | None) -> list[str]:
+    if not ps:
+        return []
+    return [
+        "",
+        f"One face per speaker: each test speaker's face is drawn once from all of its "
+        f"{ps['clips']} voices ({ps['speakers']} speakers; {ps.get('fusion', 'fused')}, as "
+        "`v2f generate --per-speaker`), where the other rows score a face per voice.",
+    ]
+
+
+def _num(x, digits: int = 4) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"
+
+
+def _picture_table(p: dict | None) -> list[str]:
+    """What the faces look like: the checkerboard measure and the Fréchet distance
+    (`picture.py`), as a table of eval.md (reports older than them have none)."""
+    if not p:
+        return []
+    cb, fd = p["checkerboard"], p["frechet"]
+    return [
+        "",
+        "| what the faces look like | generated (test voices) | real test faces |",
+        "|---|---:|---:|",
+        f"| checkerboard: period-2 share of high-frequency energy | {_num(cb['generated'])} "
+        f"(ratio {_num(cb['ratio'], 3)}) | {_num(cb['real'])} (ratio 1) |",
+        f"| Fréchet distance to real test faces (scorer's embedding) | {_num(fd['generated'], 3)} "
+        f"| {_num(fd['real_split'], 3)} (one half against the other) |",
+        "",
+        "Checkerboard: per colour channel, the energy of the faces' 2-D spectra at the three "
+        "period-2 frequencies (rows, columns and diagonals alternating pixel by pixel) over their "
+        "energy at every frequency of period 4 pixels or less, pooled over the faces and averaged "
+        "over the channels; the ratio is the generated faces' figure over the real test faces' "
+        "(1: as much pixel-scale checkerboard as photos have; a stride-2 transposed convolution "
+        "draws more). Fréchet distance: between Gaussians fitted to the scorer's embeddings of "
+        f"{fd['generated_faces']} generated faces and of {fd['reference_faces']} real test faces "
+        f"(half of each identity's); beside it, {fd['split_faces']} faces of the other half "
+        "against the same ones: the floor for faces as real as photos of the right people.",
+    ]
 
 
 def _about_real_photo(real: dict | None) -> list[str]:

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from v2f_jax import files
+
 _SCALE = 2  # 64x64 faces are small on a screen; nearest-neighbour keeps their pixels visible
 
 
@@ -61,17 +63,21 @@ def ascii_text(text) -> str:
     return str(text).encode("ascii", "replace").decode("ascii")
 
 
-def write_png(path: str | os.PathLike, image_rgb: np.ndarray) -> None:
-    """Writes uint8 RGB `[H, W, 3]` as a PNG (OpenCV stores BGR, hence the flip).
-
-    Encoded in memory and written by Python: any path the OS takes works, and a failed write
-    is an OSError with its errno (a full disk says so).
-
-    Raises:
-      OSError: the file could not be written.
-    """
+def encode_png(image_rgb: np.ndarray) -> bytes:
+    """uint8 RGB `[H, W, 3]` as the bytes of a PNG file (OpenCV stores BGR, hence the flip)."""
     ok, data = cv2.imencode(".png", np.ascontiguousarray(image_rgb[..., ::-1]))
     if not ok:
-        raise OSError(f"{path}: could not encode the PNG")
-    with open(path, "wb") as f:
-        f.write(data.tobytes())
+        raise ValueError("could not encode the PNG")
+    return data.tobytes()
+
+
+def write_png(path: str | os.PathLike, image_rgb: np.ndarray) -> None:
+    """Writes uint8 RGB `[H, W, 3]` as a PNG, whole or not at all (`files.write_bytes`).
+
+    Encoded in memory and written by Python: any path the OS takes works, and a failed write
+    is an OSError with its errno that names the path (a full disk says so).
+
+    Raises:
+      files.WriteError: the file could not be written.
+    """
+    files.write_bytes(path, encode_png(image_rgb), sync=False)

@@ -22,7 +22,7 @@ from flax import serialization, traverse_util
 from safetensors import numpy as st_numpy
 from safetensors import safe_open
 
-from v2f_jax import config_lib
+from v2f_jax import config_lib, files
 from v2f_jax.inference import validate
 from v2f_jax.inference.model import Model
 
@@ -45,6 +45,7 @@ def save_model(m: Model, path: str | os.PathLike) -> str:
     Raises:
       ValueError: another extension.
       ModelFileError: the model does not pass `validate.problems` (nothing is written).
+      files.WriteError: the write failed (a full disk), naming `path`; nothing is left of it.
     """
     path = os.fspath(path)
     suffix = os.path.splitext(path)[1]
@@ -62,10 +63,9 @@ def save_model(m: Model, path: str | os.PathLike) -> str:
         payload = _metadata(m) | traverse_util.unflatten_dict(tensors, sep="/")
         data = serialization.msgpack_serialize(payload)
     # Written by Python (not safetensors' own writer, which makes files 0600): the umask rules.
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    # Atomically: a command reading the old file (an open handle, a memory map) keeps reading
+    # it whole, and a write cut short (a full disk, kill -9) leaves the old file as it was.
+    files.write_bytes(path, data)
     return path
 
 

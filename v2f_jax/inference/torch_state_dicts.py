@@ -9,7 +9,9 @@ The reference (cmu-mlsp/reconstructing_faces_from_voices, `network.py`) builds b
                    model.12              Conv1d(k=3, s=2, p=1)  weight [out, in, 3], bias
     Generator      model.{0,2,4,6,8,10}  ConvTranspose2d        weight [in, out, kh, kw], bias
 
-Ours (`models.VoiceEmbedder`, `models.Generator(upsample="transpose")`), channels-last:
+Ours (`models.VoiceEmbedder`, `models.Generator(upsample="deconv")` without blur: the wen2019
+config's default; G's other forms, `model.upsample` and `model.upsample_blur`, have no PyTorch
+counterpart here and are refused), channels-last:
 
     E  params conv{i}.kernel [3, in, out], conv4.bias, bn{i}.scale/.bias;
        batch_stats bn{i}.mean/.var
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from v2f_jax import files
 from v2f_jax.configs import wen2019
 
 if TYPE_CHECKING:
@@ -141,7 +144,7 @@ def embedder_to_torch(embedder: Mapping[str, Any]) -> dict:
 
 
 def generator_from_torch(state_dict: Mapping[str, Any]) -> dict:
-    """`generator.pth`'s state dict -> the params of `models.Generator(upsample="transpose")`.
+    """`generator.pth`'s state dict -> the params of `models.Generator(upsample="deconv")`.
 
     Raises:
       StateDictError: keys or shapes that are not the reference's Generator.
@@ -159,7 +162,7 @@ def generator_from_torch(state_dict: Mapping[str, Any]) -> dict:
 
 
 def generator_to_torch(generator: Mapping[str, Any]) -> dict:
-    """Params of `models.Generator(upsample="transpose")` -> the reference's state dict (numpy).
+    """Params of `models.Generator(upsample="deconv")` -> the reference's state dict (numpy).
 
     Raises:
       StateDictError: not the wen2019 generator.
@@ -225,6 +228,16 @@ def export_torch(m: Model, out_dir: str | os.PathLike) -> tuple[str, str]:
             f"only wen2019 models have the reference's PyTorch layout; this one is "
             f"{m.config.model.arch!r}"
         )
+    from v2f_jax import models  # jax: only for a model to export
+
+    upsample, blur = models.generator_form(m.config.model)
+    if upsample != "deconv" or blur:
+        form = f"model.upsample={upsample!r}" + (", model.upsample_blur=True" if blur else "")
+        raise ValueError(
+            f"only wen2019 models with the reference's generator (transposed convs, no blur) have "
+            f"its PyTorch layout; this one's G upsamples by {form}: export it as .safetensors "
+            "or .msgpack instead"
+        )
     os.makedirs(out_dir, exist_ok=True)
     e_path = os.path.join(os.fspath(out_dir), "voice_embedding.pth")
     g_path = os.path.join(os.fspath(out_dir), "generator.pth")
@@ -270,7 +283,8 @@ def save_pth(state_dict: Mapping[str, np.ndarray], path: str | os.PathLike) -> N
     tensors = collections.OrderedDict(
         (k, torch.from_numpy(np.array(v, copy=True))) for k, v in state_dict.items()
     )
-    torch.save(tensors, os.fspath(path))
+    with files.replacing(path) as tmp:  # whole or not at all; a failed write names `path`
+        torch.save(tensors, tmp)
 
 
 def _tree_np(tree) -> dict:

@@ -26,6 +26,7 @@ import wave
 import cv2
 import numpy as np
 
+from v2f_jax import files
 from v2f_jax.input_pipeline import faces as facelib
 from v2f_jax.input_pipeline.constants import META_COLUMNS, SAMPLE_RATE, TEST_INITIALS
 from v2f_jax.synthetic import common, corpus_a, corpus_b
@@ -50,7 +51,7 @@ def write_png(path: str | os.PathLike, image_rgb: np.ndarray) -> None:
     ok, data = cv2.imencode(".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise RuntimeError(f"PNG encoding failed for {path}")
-    pathlib.Path(path).write_bytes(data.tobytes())
+    files.write_bytes(path, data.tobytes(), sync=False)
 
 
 def _video_ids(rng: np.random.Generator, count: int) -> list[str]:
@@ -164,9 +165,10 @@ def make_corpus(
     rows = ["\t".join(META_COLUMNS)] + [
         "\t".join((p.voxceleb_id, p.name, p.gender, p.nationality, p.split)) for p in people
     ]
-    (out / "vox1_meta.csv").write_text("\n".join(rows) + "\n", newline="\n")
-    (out / "identities.json").write_text(
-        json.dumps([dataclasses.asdict(p) for p in people], indent=1) + "\n"
+    files.write_text(out / "vox1_meta.csv", "\n".join(rows) + "\n")
+    files.write_text(
+        out / "identities.json",
+        json.dumps([dataclasses.asdict(p) for p in people], indent=1) + "\n",
     )
     test = [p for p in people if p.name.startswith(tuple(TEST_INITIALS))]
     return {

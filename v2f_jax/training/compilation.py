@@ -24,11 +24,15 @@ def use_persistent_cache(setting: str, workdir: str) -> str | None:
     """Points JAX's persistent compilation cache at `setting`'s folder; returns it (None: off).
 
     Args:
-      setting: `train.compilation_cache`: "workdir" (`WORKDIR/xla_cache`), a folder to share
-        between runs, or "" (off).
+      setting: `train.compilation_cache`: "auto" (`$JAX_COMPILATION_CACHE_DIR` where the
+        environment sets it, a folder every run on the machine or cluster shares; else
+        `WORKDIR/xla_cache`), "workdir" (`WORKDIR/xla_cache`), a folder to share between runs,
+        or "" (off).
       workdir: the run's directory.
     """
     path = None
+    if setting == "auto":
+        setting = os.environ.get("JAX_COMPILATION_CACHE_DIR") or "workdir"
     if setting == "workdir":
         path = os.path.join(workdir, "xla_cache")
     elif setting:

@@ -14,6 +14,8 @@ import os
 
 import numpy as np
 
+from v2f_jax import files
+
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tb"
 # What a person reads in the progress line, per task.
@@ -60,10 +62,7 @@ class MetricWriters:
                         keep.append(line if line.endswith("\n") else line + "\n")
                 except (ValueError, KeyError, TypeError):
                     pass  # a line cut by a kill
-        tmp = self.jsonl + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(keep)
-        os.replace(tmp, self.jsonl)
+        files.write_text(self.jsonl, "".join(keep))
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:

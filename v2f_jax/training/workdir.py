@@ -8,7 +8,9 @@ checkpoints were trained with.
   with (`config.json`) and the one a new command resolves. Settings that would change the state's
   shapes or what its numbers mean are refused, by key; the rest (`RESUMABLE`) are allowed and
   appended to `WORKDIR/config_changes.jsonl`.
-- `start_run`: both, then `config.json`; what `train.train` calls before anything else.
+- `start_run`: both, a check of the saved `config.json` (its values against
+  `config_checks.RULES`) and of `records.json` (the records the run trains on: a resume on other
+  records is refused), then `config.json`; what `train.train` calls before anything else.
 - `write_failure`: the errno, when an exception was the disk refusing a write (full, quota);
   `held_errors`: the background threads' reports of it, held back so it is reported once.
 """
@@ -31,7 +33,7 @@ from collections.abc import Callable, Iterator
 
 import ml_collections
 
-from v2f_jax import checkpointing, config_lib
+from v2f_jax import checkpointing, config_lib, files
 
 LOCK = "train.lock"
 CHANGES = "config_changes.jsonl"
@@ -126,6 +128,31 @@ class Lock:
         self.release()
 
 
+def check_not_in_use(workdir: str | os.PathLike) -> None:
+    """Refuses a workdir another live run holds, creating nothing (`v2f train` asks this first,
+    so "in use" is what such a run hears, whatever else is wrong with its command).
+
+    Raises:
+      WorkdirError: naming the holder's pid and host.
+    """
+    path = os.path.join(os.path.abspath(os.fspath(workdir)), LOCK)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # no lock file: nobody holds it (or the workdir is new)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise WorkdirError(
+            f"{os.path.dirname(path)} is in use by another `v2f train` ({_read_holder(fd)}); "
+            f"wait for it to finish or stop it, or train into another --workdir"
+        ) from None
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _read_holder(fd: int) -> str:
     try:
         holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
@@ -206,6 +233,7 @@ def _check_resume(workdir: str, config: ml_collections.ConfigDict) -> dict[str, 
         ) from None
     except (OSError, ValueError) as err:
         raise config_lib.ConfigError(f"{path}: unreadable ({err})") from None
+    _check_saved_config(saved, path)
     # Where E started is history once there is a checkpoint: keep the record of it, whatever
     # this command says (the same command resumes with or without the flag).
     started_from = saved.get("train", {}).get("embedder_init")
@@ -214,24 +242,109 @@ def _check_resume(workdir: str, config: ml_collections.ConfigDict) -> dict[str, 
     return resume_changes(saved, config_lib.to_dict(config), workdir)
 
 
+def _check_saved_config(saved, path: str) -> None:
+    """A `config.json` that holds what `write_config` wrote: a JSON object of sections whose
+    settings have the types and ranges `config_checks.RULES` asks (one edited by hand, or
+    damaged, is named before anything is compared or written).
+
+    Raises:
+      ConfigError: naming the file and the first wrong setting.
+    """
+    from v2f_jax import config_checks
+    from v2f_jax.configs import wen2019
+
+    hint = (
+        "it was edited by hand or damaged; put back the values this run was trained with, or "
+        "train into a new --workdir"
+    )
+    sections = [
+        k for k, v in wen2019.get_config().items() if isinstance(v, ml_collections.ConfigDict)
+    ]
+    if not isinstance(saved, dict):
+        raise config_lib.ConfigError(f"{path}: not a v2f config (a JSON object); {hint}")
+    for key in sections:
+        if key in saved and not isinstance(saved[key], dict):
+            raise config_lib.ConfigError(
+                f"{path}: config.{key}={saved[key]!r}: must be a section of settings; {hint}"
+            )
+    leaves = _leaves(saved)
+    known = [k for k in leaves if k in config_checks.RULES]  # other versions' settings aside
+    found = config_checks.value_problems(saved, known)
+    if found:
+        raise config_lib.ConfigError(f"{path}: {found[0]}; {hint}")
+
+
+RECORDS = "records.json"
+
+
+def records_identity(records) -> dict:
+    """What `WORKDIR/records.json` says of the records a run trains on."""
+    return {
+        "dir": records.root,
+        "manifest_sha256": records.manifest_sha256,
+        "train_identities": records.num_train_ids,
+    }
+
+
+def _check_records(workdir: str, records, resumed: bool) -> dict | None:
+    """The records identity to write, or None. A resumed run must read the records it started
+    with (the same manifest, wherever the directory now is).
+
+    Raises:
+      ConfigError: a workdir trained on other records.
+    """
+    if records is None:
+        return None
+    path = os.path.join(workdir, RECORDS)
+    new = records_identity(records)
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except FileNotFoundError:
+        return new  # a new run, or one from before runs recorded their records
+    except (OSError, ValueError) as err:
+        raise config_lib.ConfigError(
+            f"{path}: unreadable ({err}); train into a new --workdir"
+        ) from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("manifest_sha256"), str):
+        raise config_lib.ConfigError(
+            f"{path}: not what `v2f train` wrote (edited by hand?); train into a new --workdir"
+        )
+    if resumed and saved["manifest_sha256"] != new["manifest_sha256"]:
+        raise config_lib.ConfigError(
+            f"{workdir} was trained on the records in {saved.get('dir')} (manifest sha256 "
+            f"{saved['manifest_sha256'][:12]}), not on those in {records.root} (manifest "
+            f"sha256 {new['manifest_sha256'][:12]}): a resumed run must read the records it "
+            f"started with ({path}). Pass those --records, or train into a new --workdir."
+        )
+    return new
+
+
 def start_run(
-    workdir: str | os.PathLike, config: ml_collections.ConfigDict, is_chief: bool = True
+    workdir: str | os.PathLike,
+    config: ml_collections.ConfigDict,
+    is_chief: bool = True,
+    records=None,
 ) -> Lock | None:
-    """Claims `workdir` for a run of `config` (resolved): the lock (process 0 only), the
-    resume check (every process, so all of them refuse alike), then `config.json`. A resumed
-    run's `config.train.embedder_init` is set to the saved one (where its E came from).
+    """Claims `workdir` for a run of `config` (resolved) on `records` (a `manifest.Records`,
+    or None): the lock (process 0 only), the resume checks (every process, so all of them
+    refuse alike: the saved config.json is well formed, the settings carry over, the records
+    are the ones it trained on), then `config.json` and `records.json`. A resumed run's
+    `config.train.embedder_init` is set to the saved one (where its E came from).
 
     Returns:
       The held lock (None on other processes); release it when the run ends.
 
     Raises:
       WorkdirError: another run holds the workdir, or it cannot be written.
-      ConfigError: a resumed run changes settings its checkpoints cannot carry over.
+      ConfigError: a resumed run changes settings its checkpoints cannot carry over, a
+        config.json edited into something else, or other records.
     """
     workdir = os.path.abspath(os.fspath(workdir))
     lock = Lock(workdir).acquire() if is_chief else None
     try:
         changes = _check_resume(workdir, config)
+        identity = _check_records(workdir, records, bool(checkpoint_steps(workdir)))
         if changes and is_chief:
             shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
             logger.warning("resuming %s with changed settings: %s", workdir, shown)
@@ -239,6 +352,8 @@ def start_run(
             with open(os.path.join(workdir, CHANGES), "a") as f:
                 f.write(json.dumps(entry) + "\n")
         checkpointing.write_config(workdir, config)
+        if identity is not None and is_chief:
+            files.write_text(os.path.join(workdir, RECORDS), json.dumps(identity, indent=1) + "\n")
     except BaseException:
         if lock is not None:
             lock.release()
@@ -248,7 +363,7 @@ def start_run(
 
 # --- a disk that refuses writes ---------------------------------------------------------------
 
-_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_WRITE_ERRNOS = files.REFUSED_WRITE_ERRNOS
 # tensorstore (orbax's writer) reports the OS error as text: `... [os_error_code='28']`.
 _OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
 
@@ -256,6 +371,8 @@ _OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
 def write_failure(err: BaseException) -> int | None:
     """The errno of a full disk, exhausted quota or file-size limit anywhere in `err`'s chain
     (Python's OSError, or orbax's wrapped tensorstore error); None for anything else."""
+    if isinstance(err, (WorkdirError, config_lib.ConfigError)):
+        return None  # refused before training: named as such (exit 2), not a full disk
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
@@ -264,7 +381,7 @@ def write_failure(err: BaseException) -> int | None:
         match = _OS_ERROR_CODE.search(str(err))
         if match and int(match.group(1)) in _WRITE_ERRNOS:
             return int(match.group(1))
-        err = err.__cause__ or err.__context__
+        err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
     return None
 
 
@@ -272,7 +389,12 @@ def write_failure_message(workdir: str | os.PathLike, code: int) -> str:
     """One paragraph for a run stopped by `write_failure`: what, what is kept, what to do."""
     steps = checkpoint_steps(workdir)
     kept = f"the last complete checkpoint (step {steps[-1]})" if steps else "no checkpoint"
-    remedy = "Raise the file-size limit (ulimit -f)" if code == errno.EFBIG else "Free space"
+    remedy = {
+        errno.EFBIG: "Raise the file-size limit (ulimit -f)",
+        errno.EROFS: "Make it writable",
+        errno.EACCES: "Make it writable",
+        errno.EPERM: "Make it writable",
+    }.get(code, "Free space")
     return (
         f"could not write to {workdir}: {os.strerror(code)}. Training stopped; {kept} is kept. "
         f"{remedy} and run the same command again to resume."
