@@ -59,8 +59,9 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
 
     WAV/FLAC/OGG/MP3 of any bit depth (8/16/24/32-bit int or float) go through soundfile; other
     containers (m4a, ...) through audioread where a backend (ffmpeg, gstreamer) is installed.
-    Channels are averaged (block by block, as the file is read); other sample rates are
-    resampled with soxr (librosa). A file longer than `MAX_SECONDS` is rejected before decoding.
+    Channels are averaged and other sample rates resampled (soxr HQ, as librosa's "soxr_hq")
+    block by block, as the file is read. A file longer than `MAX_SECONDS` is rejected before
+    decoding.
 
     Args:
       path: the audio file.
@@ -73,19 +74,10 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
         non-finite samples.
     """
     path = pathlib.Path(path)
-    mono, rate = _decode(path)  # float64 [N] in [-1, 1] (channels averaged), int
+    mono = _decode(path)  # float64 [N] in [-1, 1] at SAMPLE_RATE (channels averaged)
     if mono.size == 0:
         raise errors.BadInputError(path, "empty audio (0 samples)")
-    if not np.all(np.isfinite(mono)):
-        raise errors.BadInputError(path, "non-finite samples")
-    if rate != SAMPLE_RATE:
-        import librosa
-
-        mono = librosa.resample(mono, orig_sr=rate, target_sr=SAMPLE_RATE, res_type="soxr_hq")
-    samples = np.clip(np.round(mono * 32768.0), -32768, 32767).astype(np.int16)
-    if samples.size == 0:
-        raise errors.BadInputError(path, "empty audio")
-    return samples
+    return np.clip(np.round(mono * 32768.0), -32768, 32767).astype(np.int16)
 
 
 def check_duration(path: str | os.PathLike, seconds: float) -> None:
@@ -105,8 +97,8 @@ def check_duration(path: str | os.PathLike, seconds: float) -> None:
         )
 
 
-def _decode(path: pathlib.Path) -> tuple[np.ndarray, int]:
-    """Returns float64 `[N]` mono samples in [-1, 1] and the sample rate, or raises
+def _decode(path: pathlib.Path) -> np.ndarray:
+    """Returns float64 `[N]` mono samples in [-1, 1] at `SAMPLE_RATE`, or raises
     BadInputError."""
     import soundfile
 
@@ -122,7 +114,7 @@ def _decode(path: pathlib.Path) -> tuple[np.ndarray, int]:
             if rate <= 0:
                 raise errors.BadInputError(path, f"sample rate {rate} in its header")
             check_duration(path, frames / rate)
-            return _read_mono(f, frames), rate
+            return _read_mono(f, path, frames, rate)
     except errors.BadInputError:
         raise
     except Exception as err:  # libsndfile raises its own error types, and RuntimeError
@@ -181,20 +173,44 @@ class _NoDecoder(Exception):
     pass
 
 
-def _read_mono(f, frames: int, block: int = 1 << 16) -> np.ndarray:
-    """An open `soundfile.SoundFile`'s samples, channels averaged a block at a time: float64
-    `[N]` (never the whole `[N, C]` at once)."""
-    mono = np.empty(max(frames, 0), np.float64)
+def _read_mono(f, path: pathlib.Path, frames: int, rate: int, block: int = 1 << 16) -> np.ndarray:
+    """An open `soundfile.SoundFile`'s samples as float64 `[N]` at `SAMPLE_RATE`: each block's
+    channels averaged and resampled (soxr HQ, streamed) as it is read, so that memory holds the
+    16 kHz result and one block, never the file at its own rate and channel count (10 minutes of
+    96 kHz stereo would be 0.9 GB as float64).
+
+    Raises:
+      errors.BadInputError: non-finite samples.
+    """
+    stream = None if rate == SAMPLE_RATE else _resampler(rate)
+    out = np.empty(int(np.ceil(max(frames, 0) * SAMPLE_RATE / rate)) + 1, np.float64)
     n = 0
+
+    def append(x: np.ndarray) -> None:
+        nonlocal out, n
+        if n + len(x) > out.size:  # more than the header said (a stream of unknown length)
+            out = np.concatenate([out[:n], np.empty(max(len(x), out.size // 2), np.float64)])
+        out[n : n + len(x)] = x
+        n += len(x)
+
     for data in f.blocks(blocksize=block, dtype="float64", always_2d=True):
-        if n + len(data) > mono.size:  # more than the header said (a stream of unknown length)
-            mono = np.concatenate([mono[:n], np.empty(len(data), np.float64)])
-        mono[n : n + len(data)] = data.mean(axis=1)
-        n += len(data)
-    return mono[:n]
+        mono = data.mean(axis=1)
+        if not np.all(np.isfinite(mono)):
+            raise errors.BadInputError(path, "non-finite samples")
+        append(mono if stream is None else stream.resample_chunk(mono))
+    if stream is not None:
+        append(stream.resample_chunk(np.zeros(0, np.float64), last=True))
+    return out[:n]
 
 
-def _decode_audioread(path: pathlib.Path) -> tuple[np.ndarray, int]:
+def _resampler(rate: int):
+    """soxr's streaming HQ resampler from `rate` to `SAMPLE_RATE` (librosa's "soxr_hq")."""
+    import soxr
+
+    return soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float64", quality="HQ")
+
+
+def _decode_audioread(path: pathlib.Path) -> np.ndarray:
     try:
         import audioread
     except ImportError:
@@ -207,7 +223,10 @@ def _decode_audioread(path: pathlib.Path) -> tuple[np.ndarray, int]:
     except audioread.NoBackendError:
         raise _NoDecoder("audioread: no backend for this format") from None
     pcm = np.frombuffer(raw, dtype="<i2").astype(np.float64) / 32768.0
-    return pcm[: pcm.size - pcm.size % channels].reshape(-1, channels).mean(axis=1), rate
+    mono = pcm[: pcm.size - pcm.size % channels].reshape(-1, channels).mean(axis=1)
+    if rate != SAMPLE_RATE:
+        mono = _resampler(rate).resample_chunk(mono, last=True)
+    return mono
 
 
 def _one_line(err: BaseException) -> str:

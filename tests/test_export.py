@@ -22,9 +22,15 @@ def _model(arch="wen2019"):
 
 
 @functools.cache
-def _build_model(arch, num_ids=7, seed=0):
+def _build_model(arch, num_ids=7, seed=0, upsample=None, blur=False):
+    """`upsample` None: the reference's transposed convs for wen2019 (what converts to PyTorch,
+    whatever configs/tiny.py draws with), the paper's own form for paper."""
     config = config_lib.load_config("configs/tiny.py")
     config.model.arch = arch
+    config.model.upsample = (
+        ("deconv" if arch == "wen2019" else "") if upsample is None else upsample
+    )
+    config.model.upsample_blur = blur
     config.model.num_ids = num_ids
     config.seed = seed
     nets = models.Networks(config.model, num_ids)
@@ -233,3 +239,39 @@ def test_export_command_converts_between_formats(tmp_path):
     for a, b in zip(_outputs(model, nets, mel, emb), _outputs(back, back.networks(), mel, emb)):
         np.testing.assert_allclose(a, b, atol=1e-6)
     assert cli.main(["export", "--model", src, "--out", str(tmp_path / "x.bin")]) == 2
+
+
+@pytest.mark.parametrize(
+    "upsample,blur",
+    [
+        ("deconv", True),
+        ("nearest", False),
+        ("bilinear", False),
+        ("conv_bilinear", False),
+        ("subpixel", True),
+    ],
+)
+def test_every_generator_form_round_trips_and_draws_but_has_no_torch_layout(
+    tmp_path, upsample, blur
+):
+    from v2f_jax.inference import generate, validate
+
+    model, nets = _build_model("wen2019", upsample=upsample, blur=blur)
+    want = validate.expected_shapes(model.config)
+    got = jax.tree_util.tree_map(np.shape, model.generator)
+    flat = {f"generator/{k}/{p}": v for k, d in got.items() for p, v in d.items()}
+    assert flat == {k: v for k, v in want.items() if k.startswith("generator/")}
+    path = model_files.save_model(model, tmp_path / "model.safetensors")
+    loaded = model_files.load_model(path)
+    assert models.generator_form(loaded.config.model) == (upsample, blur)
+    emb = np.random.default_rng(0).normal(size=(3, 16)).astype(np.float32)
+    np.testing.assert_array_equal(
+        generate.generate_faces(loaded.config, loaded.generator, emb),
+        generate.generate_faces(model.config, model.generator, emb),
+    )
+    # The reference's PyTorch generator is transposed convs without blur: refused by name.
+    with pytest.raises(ValueError, match="model.upsample"):
+        torch_state_dicts.export_torch(model, tmp_path / "pth")
+    assert not (tmp_path / "pth").exists()
+    out = str(tmp_path / "pth2")
+    assert cli.main(["export", "--model", path, "--format", "torch", "--out", out]) == 2

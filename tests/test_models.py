@@ -150,9 +150,10 @@ def test_every_upsampling_form_draws_64x64_faces(upsample, blur):
     faces = np.asarray(nets.generator.apply(params, emb))
     assert faces.shape == (8, 64, 64, 3) and np.isfinite(faces).all()
     # At initialisation the transposed convs' fine detail is nearly all checkerboard (their taps
-    # sum differently over the four output phases); every other form has next to none.
+    # sum differently over the four output phases); every other form has a tenth of that or
+    # less (white noise: 0.009).
     share = picture.period2_share(faces)
-    assert share > 0.5 if (upsample, blur) == ("deconv", False) else share < 0.05
+    assert share > 0.5 if (upsample, blur) == ("deconv", False) else share < 0.1
 
 
 def test_resize_matches_jax_image_resize():

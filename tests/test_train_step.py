@@ -325,15 +325,17 @@ def test_generator_ema_follows_g_and_is_what_a_model_exports():
         np.testing.assert_array_equal(x, y)
 
 
-@pytest.mark.parametrize("arch", ["wen2019", "paper"])
-def test_r1_penalises_ds_gradient_at_the_real_faces(arch):
+@pytest.mark.parametrize("arch,impl", [("wen2019", "auto"), ("paper", "xla")])
+def test_r1_penalises_ds_gradient_at_the_real_faces(arch, impl):
     """`train.r1_weight`: the critics' loss gains weight / 2 x the mean |dD/dface|^2 over the
-    real faces (`d_r1`), differentiated through in the step's own conv forms; D's and C's
-    losses themselves are what they were."""
+    real faces (`d_r1`), differentiated through in the step's own conv forms (on CPU "auto" is
+    the matmul forms with custom VJPs: R1 differentiates through their backward passes); D's
+    and C's losses themselves are what they were. The paper's critics (D on its own trunk) in
+    plain XLA convs: their double backward compiles for minutes in the matmul forms."""
     batch = make_batch()
-    config = tiny_config(f"--config.model.arch={arch}", "--config.train.r1_weight=10.0")
-    state, history = run_steps(config, batch, 1)
-    plain_state, plain = run_steps(tiny_config(f"--config.model.arch={arch}"), batch, 1)
+    arch_impl = (f"--config.model.arch={arch}", f"--config.model.impl={impl}")
+    state, history = run_steps(tiny_config(*arch_impl, "--config.train.r1_weight=10.0"), batch, 1)
+    plain_state, plain = run_steps(tiny_config(*arch_impl), batch, 1)
     assert "d_r1" not in plain[0]
     assert history[0]["d_loss"] == pytest.approx(plain[0]["d_loss"], rel=1e-5)
     assert _changed(state.critics, plain_state.critics)

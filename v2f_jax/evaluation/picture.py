@@ -2,21 +2,27 @@
 
 - Checkerboard (`checkerboard`): a stride-2 transposed convolution whose kernel taps do not sum
   alike over the four output phases leaves a pattern of period 2 pixels on every face it draws
-  (Odena et al. 2016). Per colour channel c, with `X_c(u, v)` the 2-D DFT of an `H x W` face
-  (H, W even) and `|X_c(u, v)|^2` its energy at frequency `(u / H, v / W)` cycles per pixel:
+  (Odena et al. 2016). Per face and colour channel, the channel's mean is taken off, the face is
+  multiplied by a 2-D Hann window `w[i] w[j]`, `w[i] = (1 - cos(2 pi i / H)) / 2` (so that the
+  discontinuity between opposite borders, which a DFT sees as an edge, and a border row or
+  column of odd pixels, as a zero-padded conv draws, count for next to nothing: the window is 0
+  on the first row and column, 0.0024 on the last), and `X_c(u, v)` is the 2-D DFT of the result
+  (H, W even; `|X_c(u, v)|^2` its energy at `(u / H, v / W)` cycles per pixel). Then
 
-      period-2 energy  P_c = |X_c(H/2, 0)|^2 + |X_c(0, W/2)|^2 + |X_c(H/2, W/2)|^2
-      high-frequency   Q_c = sum of |X_c(u, v)|^2 over every (u, v) with a period of 4 pixels
-                             or less along an axis: max(|f_u|, |f_v|) >= 1/4, f_u the signed
-                             frequency min(u, H - u) / H (the DC term never counts)
+      period-2 energy  P_c = energy at the bins within one bin (either axis, cyclically) of the
+                             three period-2 frequencies (H/2, 0), (0, W/2), (H/2, W/2): 27 bins,
+                             where the window spreads a period-2 pattern's energy
+      high-frequency   Q_c = energy at every bin with a period of 4 pixels or less along an axis:
+                             max(|f_u|, |f_v|) >= 1/4, f_u the signed frequency min(u, H - u) / H
 
-  The three period-2 frequencies are the vertical, horizontal and diagonal alternation of the
-  four 2x2 phases: `X(H/2, W/2) = sum x[i, j] (-1)^(i + j)`, and so on. A set of faces scores
+  The three frequencies are the vertical, horizontal and diagonal alternation of the four 2x2
+  phases (`X(H/2, W/2) = sum x[i, j] (-1)^(i + j)`, and so on). A set of faces scores
   `share_c = sum P_c / sum Q_c` over its faces (energies pooled over faces, so a face with
   little texture weighs little), and the figure is the mean of `share_c` over the channels.
   `eval.json` reports the generated faces' figure over the real test faces' (`ratio`; 1.0: as
-  much period-2 texture as real photos have among their fine detail; a 64x64 white-noise image
-  scores 3 / 3072 of its high-frequency bins, a pure checkerboard 1, a smooth face ~0).
+  much period-2 texture as real photos have among their fine detail). A pure checkerboard or
+  period-2 stripes score 1, white noise 27 / 3072 (its energy is spread evenly over the 3072
+  high-frequency bins of a 64x64 face), smooth faces ~0.
 - Fréchet distance (`frechet_distance`): between Gaussians fitted to two sets of embeddings
   (Heusel et al. 2017's FID, here in the scorer's unit face embedding rather than Inception's):
   `|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))`. It is biased upward by small sets, so
@@ -33,7 +39,8 @@ import numpy as np
 
 
 def frequency_masks(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Bool `[H, W]` masks over `np.fft.fft2`'s bins: `(period-2 bins, high-frequency bins)`.
+    """Bool `[H, W]` masks over `np.fft.fft2`'s bins: `(period-2 bins, high-frequency bins)`
+    (module docstring).
 
     Raises:
       ValueError: an odd side (no period-2 frequency).
@@ -43,9 +50,21 @@ def frequency_masks(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     fu = np.minimum(np.arange(height), height - np.arange(height)) / height
     fv = np.minimum(np.arange(width), width - np.arange(width)) / width
     high = np.maximum(fu[:, None], fv[None, :]) >= 0.25
-    period2 = np.zeros([height, width], bool)
-    period2[height // 2, 0] = period2[0, width // 2] = period2[height // 2, width // 2] = True
+
+    def near(n: int, centre: int) -> np.ndarray:
+        d = np.abs(np.arange(n) - centre) % n
+        return np.minimum(d, n - d) <= 1
+
+    u_half, u_zero = near(height, height // 2)[:, None], near(height, 0)[:, None]
+    v_half, v_zero = near(width, width // 2)[None, :], near(width, 0)[None, :]
+    period2 = (u_half & v_zero) | (u_zero & v_half) | (u_half & v_half)
     return period2, high
+
+
+def _hann(n: int) -> np.ndarray:
+    """The periodic Hann window `(1 - cos(2 pi i / n)) / 2`: its DFT has three taps, so it moves
+    a frequency's energy to that bin and its two neighbours only."""
+    return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)
 
 
 class SpectrumSums:
@@ -65,6 +84,8 @@ class SpectrumSums:
         if not faces.shape[0]:
             return
         p_mask, h_mask = frequency_masks(faces.shape[1], faces.shape[2])
+        window = _hann(faces.shape[1])[:, None] * _hann(faces.shape[2])[None, :]
+        faces = (faces - faces.mean(axis=(1, 2), keepdims=True)) * window[None, :, :, None]
         power = np.abs(np.fft.fft2(faces, axes=(1, 2))) ** 2  # [N, H, W, C]
         p, h = power[:, p_mask].sum(axis=(0, 1)), power[:, h_mask].sum(axis=(0, 1))
         self.period2 = p if self.period2 is None else self.period2 + p

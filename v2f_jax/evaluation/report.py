@@ -214,10 +214,11 @@ def _picture_table(p: dict | None) -> list[str]:
         f"| Fréchet distance to real test faces (scorer's embedding) | {_num(fd['generated'], 3)} "
         f"| {_num(fd['real_split'], 3)} (one half against the other) |",
         "",
-        "Checkerboard: per colour channel, the energy of the faces' 2-D spectra at the three "
-        "period-2 frequencies (rows, columns and diagonals alternating pixel by pixel) over their "
-        "energy at every frequency of period 4 pixels or less, pooled over the faces and averaged "
-        "over the channels; the ratio is the generated faces' figure over the real test faces' "
+        "Checkerboard: per colour channel, the energy of the faces' 2-D spectra (each face "
+        "Hann-windowed, so that its borders do not count) at the three period-2 frequencies "
+        "(rows, columns and diagonals alternating pixel by pixel) over their energy at every "
+        "frequency of period 4 pixels or less, pooled over the faces and averaged over the "
+        "channels; the ratio is the generated faces' figure over the real test faces' "
         "(1: as much pixel-scale checkerboard as photos have; a stride-2 transposed convolution "
         "draws more). Fréchet distance: between Gaussians fitted to the scorer's embeddings of "
         f"{fd['generated_faces']} generated faces and of {fd['reference_faces']} real test faces "
