@@ -65,7 +65,9 @@ def ascii_text(text) -> str:
 
 def encode_png(image_rgb: np.ndarray) -> bytes:
     """uint8 RGB `[H, W, 3]` as the bytes of a PNG file (OpenCV stores BGR, hence the flip)."""
-    ok, data = cv2.imencode(".png", np.ascontiguousarray(image_rgb[..., ::-1]))
+    # zlib's own default level: half the size of OpenCV's fast default, in milliseconds.
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 6]
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(image_rgb[..., ::-1]), params)
     if not ok:
         raise ValueError("could not encode the PNG")
     return data.tobytes()
