@@ -58,6 +58,21 @@ def v2f(*argv, limit: int | None = None, timeout: float = 300, **kwargs):
     )
 
 
+# Python source that prints, on stderr's last line, this process's own peak resident memory in
+# KB. Not getrusage's ru_maxrss: it survives exec, so a child forked from a big pytest process
+# would report the parent's peak.
+PRINT_PEAK_RSS_KB = (
+    "import re as _re, sys as _sys; "
+    "print(_re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read())[1], "
+    "file=_sys.stderr)"
+)
+
+
+def peak_rss_kb(stderr: str) -> int:
+    """The figure `PRINT_PEAK_RSS_KB` printed: the last line of a child's stderr."""
+    return int(stderr.strip().splitlines()[-1])
+
+
 def leftovers(root: pathlib.Path) -> list[str]:
     """Temporary files under `root` (`.NAME.tmpPID`, `NAME.tmpPID`): what a write that failed or
     was cut short must not leave behind."""
