@@ -55,14 +55,8 @@ def get_config() -> ml_collections.ConfigDict:
     # ICNR-initialised). Only "deconv" without blur converts to
     # the reference's PyTorch generator.
     cfg.model.upsample = ""
-    # The last x2 layer's form, one of the same ("": as `upsample`): the output's period-2
-    # pattern comes from it alone, so "bilinear" here removes the checkerboard at a fraction of
-    # an all-"bilinear" G's cost.
-    cfg.model.upsample_last = ""
     # A binomial [1, 2, 1] blur after each x2 layer of G (zero response at period 2).
     cfg.model.upsample_blur = False
-    # The same blur once, on the face G draws (its x2 layers keep their full detail).
-    cfg.model.output_blur = False
     cfg.model.dtype = "float32"  # compute dtype: "float32" | "bfloat16"; parameters stay float32
     # Conv implementation, all exactly equivalent (v2f_jax/ops/conv.py): "auto" picks per backend,
     # "xla" forces plain XLA convs; or "subpixel", "matmul", "winograd".

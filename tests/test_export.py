@@ -22,9 +22,7 @@ def _model(arch="wen2019"):
 
 
 @functools.cache
-def _build_model(
-    arch, num_ids=7, seed=0, upsample=None, blur=False, upsample_last="", output_blur=False
-):
+def _build_model(arch, num_ids=7, seed=0, upsample=None, blur=False):
     """`upsample` None: the reference's transposed convs for wen2019 (what converts to PyTorch,
     whatever configs/tiny.py draws with), the paper's own form for paper."""
     config = config_lib.load_config("configs/tiny.py")
@@ -33,8 +31,6 @@ def _build_model(
         ("deconv" if arch == "wen2019" else "") if upsample is None else upsample
     )
     config.model.upsample_blur = blur
-    config.model.upsample_last = upsample_last
-    config.model.output_blur = output_blur
     config.model.num_ids = num_ids
     config.seed = seed
     nets = models.Networks(config.model, num_ids)
@@ -267,7 +263,7 @@ def test_every_generator_form_round_trips_and_draws_but_has_no_torch_layout(
     assert flat == {k: v for k, v in want.items() if k.startswith("generator/")}
     path = model_files.save_model(model, tmp_path / "model.safetensors")
     loaded = model_files.load_model(path)
-    assert models.generator_form(loaded.config.model) == (upsample, upsample, blur, False)
+    assert models.generator_form(loaded.config.model) == (upsample, blur)
     emb = np.random.default_rng(0).normal(size=(3, 16)).astype(np.float32)
     np.testing.assert_array_equal(
         generate.generate_faces(loaded.config, loaded.generator, emb),
@@ -279,28 +275,3 @@ def test_every_generator_form_round_trips_and_draws_but_has_no_torch_layout(
     assert not (tmp_path / "pth").exists()
     out = str(tmp_path / "pth2")
     assert cli.main(["export", "--model", path, "--format", "torch", "--out", out]) == 2
-
-
-@pytest.mark.parametrize(
-    "upsample_last,output_blur,named",
-    [("bilinear", False, "model.upsample_last='bilinear'"), ("", True, "model.output_blur=True")],
-)
-def test_a_generator_with_another_last_layer_or_blur_round_trips_but_has_no_torch_layout(
-    tmp_path, upsample_last, output_blur, named
-):
-    from v2f_jax.inference import generate
-
-    model, _ = _build_model(
-        "wen2019", upsample="deconv", upsample_last=upsample_last, output_blur=output_blur
-    )
-    loaded = model_files.load_model(model_files.save_model(model, tmp_path / "m.safetensors"))
-    want = ("deconv", upsample_last or "deconv", False, output_blur)
-    assert models.generator_form(loaded.config.model) == want
-    emb = np.random.default_rng(0).normal(size=(3, 16)).astype(np.float32)
-    np.testing.assert_array_equal(
-        generate.generate_faces(loaded.config, loaded.generator, emb),
-        generate.generate_faces(model.config, model.generator, emb),
-    )
-    with pytest.raises(ValueError, match=named):
-        torch_state_dicts.export_torch(model, tmp_path / "pth")
-    assert not (tmp_path / "pth").exists()

@@ -116,15 +116,9 @@ def test_padded_embedder_equals_the_cropped_one(dtype, tol):
 UPSAMPLE_FORMS = [(u, b) for u in models.UPSAMPLES for b in (False, True)]
 
 
-def _tiny_generator(upsample, blur, upsample_last="", output_blur=False):
+def _tiny_generator(upsample, blur):
     config = config_lib.load_config(
-        "configs/tiny.py",
-        [
-            f"model.upsample={upsample}",
-            f"model.upsample_last={upsample_last}",
-            f"model.upsample_blur={blur}",
-            f"model.output_blur={output_blur}",
-        ],
+        "configs/tiny.py", [f"model.upsample={upsample}", f"model.upsample_blur={blur}"]
     )
     nets = models.Networks(config.model, num_ids=3)
     params = nets.generator.init(jax.random.PRNGKey(0), jnp.zeros((1, nets.embed_dim)))
@@ -135,9 +129,8 @@ def test_wen2019_keeps_the_reference_transposed_convs_by_default():
     """`model.upsample=""` is each architecture's own form; wen2019's is "deconv"."""
     for arch, form in (("wen2019", "deconv"), ("paper", "nearest")):
         config = config_lib.load_config(f"configs/{arch}.py")
-        assert config.model.upsample == config.model.upsample_last == ""
-        assert config.model.upsample_blur is False
-        assert models.generator_form(config.model) == (form, form, False, False)
+        assert config.model.upsample == "" and config.model.upsample_blur is False
+        assert models.generator_form(config.model) == (form, False)
         assert models.Networks(config.model, num_ids=3).generator.upsample == form
     _, _, params = _tiny_generator("", False)
     assert sorted(params["params"]) == [f"deconv{i}" for i in range(6)]
@@ -161,32 +154,6 @@ def test_every_upsampling_form_draws_64x64_faces(upsample, blur):
     # less (white noise: 0.009).
     share = picture.period2_share(faces)
     assert share > 0.5 if (upsample, blur) == ("deconv", False) else share < 0.1
-
-
-@pytest.mark.parametrize(
-    "upsample_last,output_blur,names",
-    [
-        ("bilinear", False, ["conv4", "conv5"] + [f"deconv{i}" for i in range(4)]),
-        ("", True, [f"deconv{i}" for i in range(6)]),
-    ],
-)
-def test_a_bilinear_last_layer_or_an_output_blur_alone_removes_the_checkerboard(
-    upsample_last, output_blur, names
-):
-    """Under transposed convs, `upsample_last=bilinear` (the last x2 layer resizes and
-    convolves; the others keep their form and names) or `output_blur` (one blur on the face):
-    the output's period-2 share falls from the transposed convs' majority to a white-noise
-    level."""
-    from v2f_jax.evaluation import picture
-
-    _, nets, params = _tiny_generator("deconv", False, upsample_last, output_blur)
-    assert sorted(params["params"]) == names
-    emb = models.unit(jax.random.normal(jax.random.PRNGKey(1), (8, nets.embed_dim)))
-    faces = np.asarray(nets.generator.apply(params, emb))
-    assert faces.shape == (8, 64, 64, 3)
-    _, deconv_nets, deconv_params = _tiny_generator("deconv", False)
-    assert picture.period2_share(np.asarray(deconv_nets.generator.apply(deconv_params, emb))) > 0.5
-    assert picture.period2_share(faces) < 0.1
 
 
 def test_resize_matches_jax_image_resize():
@@ -223,12 +190,11 @@ def test_subpixel_layer_is_icnr_initialised_and_pixel_shuffles_as_pytorch():
     assert out[0, 2 * 1 + 1, 2 * 2 + 0, 1] == z[0, 1, 2, 1 * 4 + 1 * 2 + 0]
 
 
-@pytest.mark.parametrize("key", ["upsample", "upsample_last"])
-def test_an_unknown_upsampling_is_refused_by_name(key):
-    config = config_lib.load_config("configs/tiny.py", [f"--config.model.{key}=bicubic"])
+def test_an_unknown_upsampling_is_refused_by_name():
+    config = config_lib.load_config("configs/tiny.py", ["--config.model.upsample=bicubic"])
     from v2f_jax import config_checks
 
-    with pytest.raises(config_lib.ConfigError, match=f"model.{key}"):
+    with pytest.raises(config_lib.ConfigError, match="model.upsample"):
         config_checks.check_networks(config)
     with pytest.raises(ValueError, match="bicubic"):
-        models.Generator(**{key: "bicubic"}).init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))
+        models.Generator(upsample="bicubic").init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))

@@ -185,9 +185,7 @@ RULES: dict[str, Rule] = {
     "model.gen_channels": positive_ints(length=5),  # 1x1 -> 4x4, then four doublings: 64x64
     "model.trunk_channels": positive_ints(),
     "model.upsample": _upsample,  # "": the architecture's own
-    "model.upsample_last": _upsample,  # "": as model.upsample
     "model.upsample_blur": boolean,
-    "model.output_blur": boolean,
     "model.dtype": one_of(*DTYPES),
     "model.impl": _impl,
     "model.matmul_precision": one_of(*PRECISIONS),
@@ -317,9 +315,7 @@ NETWORK_KEYS = (
     "model.voice_channels",
     "model.gen_channels",
     "model.upsample",
-    "model.upsample_last",
     "model.upsample_blur",
-    "model.output_blur",
 )
 
 

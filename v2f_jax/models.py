@@ -5,15 +5,15 @@ All channels-last. Two architectures, chosen by `config.model.arch`:
 - `paper`: Maniyar et al. 2022, Fig. 4: nearest-upsample + 3x3 conv generator, and D and C each
   with their own 3x3 conv trunk.
 
-`config.model.upsample` (and `upsample_last`, `upsample_blur`) choose how G upsamples, whatever
-the architecture: "" keeps the architecture's own form; "deconv", "nearest", "bilinear",
-"conv_bilinear" and "subpixel" are described at `Generator`.
+`config.model.upsample` (and `upsample_blur`) choose how G upsamples, whatever the architecture:
+"" keeps the architecture's own form; "deconv", "nearest", "bilinear", "conv_bilinear" and
+"subpixel" are described at `Generator`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -152,28 +152,12 @@ class SpeakerHead(nn.Module):
 UPSAMPLES = ("deconv", "nearest", "bilinear", "conv_bilinear", "subpixel")
 
 
-class GeneratorForm(NamedTuple):
-    """How a G upsamples (`Generator`), field for field its `model.*` settings: `upsample` its
-    x2 layers, `upsample_last` the last of them, `upsample_blur` after each, `output_blur` once
-    on the face it draws."""
-
-    upsample: str
-    upsample_last: str
-    upsample_blur: bool
-    output_blur: bool
-
-
-def generator_form(model_config: ml_collections.ConfigDict) -> GeneratorForm:
-    """The form of the G that `model_config` builds: `model.upsample`, where "" is the
-    architecture's own ("deconv" for wen2019, "nearest" for the paper's); `model.upsample_last`,
-    where "" is `upsample`; `model.upsample_blur` and `model.output_blur`."""
+def generator_form(model_config: ml_collections.ConfigDict) -> tuple[str, bool]:
+    """`(upsample, blur)` of the G that `model_config` builds: `model.upsample`, where "" is the
+    architecture's own ("deconv" for wen2019, "nearest" for the paper's), and
+    `model.upsample_blur`."""
     upsample = model_config.upsample or ("deconv" if model_config.arch == "wen2019" else "nearest")
-    return GeneratorForm(
-        upsample,
-        model_config.upsample_last or upsample,
-        bool(model_config.upsample_blur),
-        bool(model_config.output_blur),
-    )
+    return upsample, bool(model_config.upsample_blur)
 
 
 def _shift_pad(x, axis: int):
@@ -279,49 +263,42 @@ class Generator(nn.Module):
       (bilinear x2's [1, 3, 3, 1] / 4 kernel has a zero at period 2); each layer's detail is
       that of its input's resolution.
     - "subpixel": a 3x3 conv to 4x the channels and `depth_to_space`, ICNR-initialised.
-    `upsample_last`: the last x2 layer's form ("": `upsample`); the period-2 pattern at the output
-    resolution comes from that layer alone. The 1x1 conv to RGB follows its naming.
-    `upsample_blur`: the binomial [1, 2, 1] filter (`blur`) after each x2 layer, before its ReLU.
-    `output_blur`: the same filter once, on the face drawn: no period-2 pattern leaves G, and
-    the layers before it learn to draw what survives it.
+    `blur`: the binomial [1, 2, 1] filter (`blur`) after each x2 layer, before its ReLU.
     """
 
     channels: Sequence[int] = (1024, 512, 256, 128, 64)
     upsample: str = "deconv"
-    upsample_last: str = ""
-    upsample_blur: bool = False
-    output_blur: bool = False
+    blur: bool = False
     dtype: Dtype = jnp.float32
     convs: ops.conv.ConvForms = ops.conv.XLA
 
     @nn.compact
     def __call__(self, embedding):
-        forms = [self.upsample] * (len(self.channels) - 2) + [self.upsample_last or self.upsample]
-        for form in forms:
-            if form not in UPSAMPLES:
-                raise ValueError(f"Generator: upsample must be one of {UPSAMPLES}, not {form!r}")
+        if self.upsample not in UPSAMPLES:
+            raise ValueError(
+                f"Generator: upsample must be one of {UPSAMPLES}, not {self.upsample!r}"
+            )
         x = embedding.astype(self.dtype)[:, None, None, :]
         kw = dict(dtype=self.dtype, convs=self.convs)
         conv_t, conv = ops.conv.ConvTranspose2d, ops.conv.Conv2d
         x = nn.relu(conv_t(self.channels[0], 4, 1, 0, name="deconv0", **kw)(x))
-        for i, (form, features) in enumerate(zip(forms, self.channels[1:]), start=1):
-            if form == "deconv":
+        for i, features in enumerate(self.channels[1:], start=1):
+            if self.upsample == "deconv":
                 x = conv_t(features, 4, 2, 1, name=f"deconv{i}", **kw)(x)
-            elif form == "subpixel":
+            elif self.upsample == "subpixel":
                 x = SubpixelConv2d(features, name=f"conv{i}", **kw)(x)
-            elif form == "conv_bilinear":
+            elif self.upsample == "conv_bilinear":
                 x = resize2x(conv(features, 3, 1, 1, name=f"conv{i}", **kw)(x), "bilinear")
             else:
-                x = conv(features, 3, 1, 1, name=f"conv{i}", **kw)(resize2x(x, form))
-            if self.upsample_blur:
+                x = conv(features, 3, 1, 1, name=f"conv{i}", **kw)(resize2x(x, self.upsample))
+            if self.blur:
                 x = blur(x)
             x = nn.relu(x)
-        if forms[-1] == "deconv":
+        if self.upsample == "deconv":
             out = conv_t(3, 1, 1, 0, name=f"deconv{len(self.channels)}", **kw)
         else:
             out = conv(3, 1, 1, 0, name=f"conv{len(self.channels)}", **kw)
-        face = out(x)
-        return (blur(face) if self.output_blur else face).astype(jnp.float32)
+        return out(x).astype(jnp.float32)
 
 
 class FaceTrunk(nn.Module):
@@ -424,9 +401,11 @@ class Networks:
             dtype=dtype,
             convs=convs,
         )
+        upsample, blur = generator_form(model_config)
         self.generator = Generator(
             channels=tuple(model_config.gen_channels),
-            **generator_form(model_config)._asdict(),
+            upsample=upsample,
+            blur=blur,
             dtype=dtype,
             convs=convs,
         )

@@ -10,8 +10,8 @@ The reference (cmu-mlsp/reconstructing_faces_from_voices, `network.py`) builds b
     Generator      model.{0,2,4,6,8,10}  ConvTranspose2d        weight [in, out, kh, kw], bias
 
 Ours (`models.VoiceEmbedder`, `models.Generator(upsample="deconv")` without blur: the wen2019
-config's default; G's other forms (`model.upsample`, `upsample_last`, `upsample_blur`,
-`output_blur`) have no PyTorch counterpart here and are refused), channels-last:
+config's default; G's other forms, `model.upsample` and `model.upsample_blur`, have no PyTorch
+counterpart here and are refused), channels-last:
 
     E  params conv{i}.kernel [3, in, out], conv4.bias, bn{i}.scale/.bias;
        batch_stats bn{i}.mean/.var
@@ -230,12 +230,12 @@ def export_torch(m: Model, out_dir: str | os.PathLike) -> tuple[str, str]:
         )
     from v2f_jax import models  # jax: only for a model to export
 
-    form = models.generator_form(m.config.model)
-    if form != ("deconv", "deconv", False, False):
-        settings = ", ".join(f"model.{k}={v!r}" for k, v in form._asdict().items() if v)
+    upsample, blur = models.generator_form(m.config.model)
+    if upsample != "deconv" or blur:
+        form = f"model.upsample={upsample!r}" + (", model.upsample_blur=True" if blur else "")
         raise ValueError(
             f"only wen2019 models with the reference's generator (transposed convs, no blur) have "
-            f"its PyTorch layout; this one's G has {settings}: export it as .safetensors "
+            f"its PyTorch layout; this one's G upsamples by {form}: export it as .safetensors "
             "or .msgpack instead"
         )
     os.makedirs(out_dir, exist_ok=True)
