@@ -305,7 +305,8 @@ def test_several_steps_per_call_and_every_feed_give_the_same_parameters(records_
     """K=4 steps per dispatch (lax.scan), with a remainder run one step at a time, log and
     checkpoint intervals that K does not divide: bitwise the parameters of K=1 on CPU. So does
     the split held in device memory (`data.on_device`), fed on the loop's thread, and the split
-    held in host memory (`data.in_host_memory`, memory-mapped from `data.arrays_dir`)."""
+    held in host memory (`data.in_host_memory`, memory-mapped from `data.arrays_dir`). A pmap
+    run saves the checkpoints a jit run saves, with the same parameters to float32 rounding."""
     common = [
         "--config.train.batch_size=8",
         "--config.train.steps=10",
@@ -332,6 +333,7 @@ def test_several_steps_per_call_and_every_feed_give_the_same_parameters(records_
             "--config.data.in_host_memory=True",
             f"--config.data.arrays_dir={tmp_path / 'arrays'}",
         ],
+        "pmap": ["--config.train.parallel=pmap"],
     }
     for name, overrides in runs_.items():
         config = _config("configs/tiny.py", *common, *overrides)
@@ -343,6 +345,13 @@ def test_several_steps_per_call_and_every_feed_give_the_same_parameters(records_
     runs.assert_bitwise_equal(
         runs.final_state(tmp_path / "k1"), runs.final_state(tmp_path / "host_memory")
     )
+    assert runs.saved_steps(tmp_path / "pmap") == runs.saved_steps(tmp_path / "k1") == [5, 10]
+    for a, b in zip(
+        jax.tree_util.tree_leaves(runs.final_state(tmp_path / "pmap")),
+        jax.tree_util.tree_leaves(runs.final_state(tmp_path / "k1")),
+    ):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert runs.saved_steps(tmp_path / "k4") == [8, 10]  # after the calls that crossed 5, 10
     runs.assert_bitwise_equal(runs.final_state(tmp_path / "k1"), runs.final_state(tmp_path / "k4"))
     logged = [json.loads(line)["step"] for line in open(tmp_path / "k4" / "metrics.jsonl")]

@@ -101,10 +101,14 @@ class DataParallel:
         )
 
     def get_state(self, state: PyTree) -> PyTree:
-        """The device state as one replicated copy (what checkpoints and exports save)."""
+        """The device state as one replicated copy (what checkpoints and exports save).
+
+        Under pmap, the first local device's copy, read from that device alone: indexing the
+        stacked array instead would run a gather across every device, per leaf, at each save.
+        """
         if self.mode == "jit":
             return state
-        return jax.tree_util.tree_map(lambda x: x[0], state)
+        return jax.tree_util.tree_map(lambda x: x.addressable_data(0)[0], state)
 
     def _check_rows(self, batch: dict[str, np.ndarray], axis: int) -> int:
         """The number of local devices, which must divide every array's batch `axis`."""
