@@ -78,6 +78,7 @@ def test_vad_keeps_what_the_reference_keeps(examples_dir, speech, name):
     assert low - FRAME <= kept <= high + FRAME, (kept, low, high)
 
 
+@pytest.mark.slow
 def test_librosa_frontend_differs_from_the_reference(examples_dir, speech):
     """Why there are two front ends: same nominal parameters, clearly different features."""
     ref = np.load(examples_dir / "reference-fbank" / "Alan_Tudyk.npy")

@@ -37,6 +37,7 @@ def _bench(capsys, *argv):
     return json.loads(lines[0])
 
 
+@pytest.mark.slow
 def test_step_mode_reports_throughput_flops_and_peak(capsys):
     out = _bench(
         capsys,

@@ -308,6 +308,7 @@ def _wait_until_serving(proc, log, timeout_s=60):
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_servers_started_by_the_command_line(tmp_path):
     """`v2f data-service dispatcher` and `worker`, each its own process, and a second worker in
     this one: half the batches come over gRPC from another process."""

@@ -135,6 +135,7 @@ def test_one_device_four_devices_and_pmap_agree():
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.slow
 def test_pmap_with_joint_embedder_matches_jit():
     """BatchNorm statistics are over the global batch under pmap too."""
     config, batch = tiny_config("--config.train.train_embedder=True"), make_batch()
@@ -154,6 +155,7 @@ def test_step_compiles_once():
     assert len(traces) == 1
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_runs_and_stays_finite():
     state, history = run_steps(tiny_config("--config.model.dtype=bfloat16"), make_batch(), 5)
     assert all(np.isfinite(v) for h in history for v in h.values())
@@ -226,6 +228,7 @@ def test_every_crop_length_runs_in_one_compiled_step():
     assert len(traces) == 1
 
 
+@pytest.mark.slow
 def test_identity_weight_scales_cs_term_in_gs_loss_and_only_g_trains_differently():
     """`train.identity_weight`: G's loss is adversarial + weight x identity; the critics' first
     update is G's previous faces', the same whatever the weight."""
@@ -325,7 +328,9 @@ def test_generator_ema_follows_g_and_is_what_a_model_exports():
         np.testing.assert_array_equal(x, y)
 
 
-@pytest.mark.parametrize("arch,impl", [("wen2019", "auto"), ("paper", "xla")])
+@pytest.mark.parametrize(
+    "arch,impl", [("wen2019", "auto"), pytest.param("paper", "xla", marks=pytest.mark.slow)]
+)
 def test_r1_penalises_ds_gradient_at_the_real_faces(arch, impl):
     """`train.r1_weight`: the critics' loss gains weight / 2 x the mean |dD/dface|^2 over the
     real faces (`d_r1`), differentiated through in the step's own conv forms (on CPU "auto" is
