@@ -2,8 +2,9 @@
 on any machine (a GPU host included), so multi-device code is tested everywhere the same way.
 
 `python -m pytest` is the quick tier: tests marked `slow` (end-to-end runs, and the costlier
-variants of quick tests: bfloat16, the paper's architecture, a second feed) or `multiprocess` (several local JAX processes) are deselected. `python -m pytest --full` runs
-everything (what CI runs). Every test process and the processes they start share one persistent
+variants of quick tests: bfloat16, the paper's architecture, a second feed) or `multiprocess`
+(several local JAX processes) are deselected. `python -m pytest --full` runs everything (what CI
+runs). Every test process and the processes they start share one persistent
 XLA compilation cache, so a program compiled by one test loads in the next.
 """
 
