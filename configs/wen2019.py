@@ -50,10 +50,10 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.model.trunk_channels = (32, 64, 128, 256, 512)
     # How G upsamples x2 (v2f_jax/models.py: Generator): "" the architecture's own (wen2019: the
     # reference's 4x4 stride-2 transposed convs, which draw a checkerboard; paper: nearest x2 +
-    # 3x3 conv), or "deconv", "nearest", "bilinear" (resize + 3x3 conv), "conv_bilinear" (3x3
-    # conv, then bilinear x2), "subpixel" (3x3 conv to 4x the channels + depth-to-space,
-    # ICNR-initialised). Only "deconv" without blur converts to
-    # the reference's PyTorch generator.
+    # 3x3 conv), or "deconv", "nearest", "bilinear" (resize + 3x3 conv, edges repeated),
+    # "conv_bilinear" (3x3 conv, then bilinear x2), "subpixel" (3x3 conv to 4x the channels +
+    # depth-to-space, ICNR-initialised). Only "deconv" without blur converts to the reference's
+    # PyTorch generator.
     cfg.model.upsample = ""
     # A binomial [1, 2, 1] blur after each x2 layer of G (zero response at period 2).
     cfg.model.upsample_blur = False

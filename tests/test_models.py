@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from v2f_jax import config_lib, models
+from v2f_jax import config_lib, models, ops
 from v2f_jax import state as state_lib
 
 # The reference's PyTorch state dicts (weights + biases + BatchNorm affine; no running stats).
@@ -173,6 +173,46 @@ def test_blur_removes_a_period_2_pattern_and_keeps_a_constant():
     inside = np.asarray(models.blur(board))[0, 1:-1, 1:-1, 0]
     np.testing.assert_allclose(inside, 0.0, atol=1e-7)
     np.testing.assert_allclose(models.blur(jnp.full((1, 6, 6, 2), 0.3)), 0.3, atol=1e-7)
+
+
+def _bilinear_as_transposed_conv(x, kernel, bias):
+    """Bilinear x2 (half-pixel) of `x` taken as zero beyond its edges, then a 3x3 conv (padding
+    1), written as what it is: a stride-2 transposed conv whose 6x6 kernel is built here from
+    bilinear's taps (an input pixel reaches up[2i-1..2i+2] with 1/4, 3/4, 3/4, 1/4)."""
+    taps = {-1: 0.25, 0: 0.75, 1: 0.75, 2: 0.25}
+    # y[j] = sum_i x[i] K[j - 2i + 2], K[m] = sum_k w[k] taps[m + k - 3], per axis.
+    lift = np.zeros((6, 3), np.float32)
+    for m in range(6):
+        for k in range(3):
+            lift[m, k] = taps.get(m + k - 3, 0.0)
+    kernel6 = jnp.einsum("mk,nl,klio->mnio", lift, lift, kernel)
+    return ops.conv.conv_transpose(x, kernel6, 2, 2, bias)
+
+
+@pytest.mark.parametrize("impl", ops.conv.IMPLS)
+def test_bilinear_layer_is_a_smoothed_transposed_conv_and_draws_no_checkerboard(impl):
+    """`BilinearConv2d`, in every conv form, gives the transposed conv it stands for, and its
+    gradients; whatever its kernel, its four output phases treat a flat input alike, so they
+    cannot draw a checkerboard."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 5, 4))
+    layer = models.BilinearConv2d(3, convs=ops.conv.ConvForms(impl))
+    variables = layer.init(jax.random.PRNGKey(1), x)
+    kernel, bias = variables["params"]["kernel"], variables["params"]["bias"]
+    assert kernel.shape == (3, 3, 4, 3) and bias.shape == (3,)
+
+    def layer_fn(x, kernel, bias):
+        return layer.apply({"params": {"kernel": kernel, "bias": bias}}, x)
+
+    want = _bilinear_as_transposed_conv(x, kernel, bias)
+    np.testing.assert_allclose(layer_fn(x, kernel, bias), want, atol=1e-5)
+    cotangent = jax.random.normal(jax.random.PRNGKey(2), want.shape)
+    got_grads = jax.vjp(layer_fn, x, kernel, bias)[1](cotangent)
+    want_grads = jax.vjp(_bilinear_as_transposed_conv, x, kernel, bias)[1](cotangent)
+    for got, expected in zip(got_grads, want_grads):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=2e-4)
+    # A flat input comes out flat (but for the border, where the zeros beyond it reach).
+    y = np.asarray(layer_fn(jnp.full((1, 8, 8, 4), 0.7), kernel, bias))[:, 2:-2, 2:-2]
+    np.testing.assert_allclose(y, np.broadcast_to(y[:, :1, :1], y.shape), atol=1e-6)
 
 
 def test_subpixel_layer_is_icnr_initialised_and_pixel_shuffles_as_pytorch():

@@ -215,6 +215,30 @@ def depth_to_space(x, r: int = 2):
     return x.reshape(b, h * r, w * r, c)
 
 
+class BilinearConv2d(nn.Module):
+    """Bilinear x2 upsampling (half-pixel centres) of the input taken as zero beyond its edges,
+    then a 3x3 conv: a stride-2 transposed conv whose 6x6 kernel is the 3x3 kernel smoothed by
+    bilinear's [1, 3, 3, 1] / 4, which is zero at period 2 (`ops.conv.bilinear_up_conv2d`). The
+    zeros beyond the edges tell G where the border is (edges repeated instead cost 5 points of
+    1:2 matching on the demo, RESULTS.md).
+
+    `[B, H, W, in]` -> `[B, 2H, 2W, features]` in `dtype`. Parameters: the 3x3 conv's float32
+    `kernel [3, 3, in, features]` and `bias [features]` (as `Conv2d(features, 3)`).
+    """
+
+    features: int
+    dtype: Dtype = jnp.float32
+    convs: ops.conv.ConvForms = ops.conv.XLA
+
+    @nn.compact
+    def __call__(self, x):
+        in_features = x.shape[-1]
+        init = ops.conv.torch_linear_init(in_features * 9)
+        kernel = self.param("kernel", init, (3, 3, in_features, self.features), jnp.float32)
+        bias = self.param("bias", init, (self.features,), jnp.float32)
+        return self.convs.bilinear_up_conv2d(x.astype(self.dtype), kernel, bias)
+
+
 class SubpixelConv2d(nn.Module):
     """x2 upsampling by a 3x3 conv to `features * 4` channels and `depth_to_space` (Shi et al.
     2016), ICNR-initialised (Aitken et al. 2017): the four sub-pixels of each output channel
@@ -257,7 +281,8 @@ class Generator(nn.Module):
     published. `upsample` is how each x2 layer upsamples:
     - "deconv": wen2019's 4x4 stride-2 transposed convs (`deconv{i}`; the last `deconv5`, 1x1).
       Its taps sum differently over the four output phases, which draws a checkerboard.
-    - "nearest" (the paper's) or "bilinear": resize x2, then a 3x3 conv (`conv{i}`; `conv5`).
+    - "nearest" (the paper's): resize x2, then a 3x3 conv (`conv{i}`; `conv5`).
+    - "bilinear": bilinear x2, then a 3x3 conv (`BilinearConv2d`: `conv{i}`; `conv5`).
     - "conv_bilinear": a 3x3 conv at the input's resolution, then bilinear x2 (`conv{i}`; `conv5`):
       a quarter of the resize forms' multiply-adds (9/16 of "deconv"'s), and no period-2 pattern
       (bilinear x2's [1, 3, 3, 1] / 4 kernel has a zero at period 2); each layer's detail is
@@ -287,6 +312,8 @@ class Generator(nn.Module):
                 x = conv_t(features, 4, 2, 1, name=f"deconv{i}", **kw)(x)
             elif self.upsample == "subpixel":
                 x = SubpixelConv2d(features, name=f"conv{i}", **kw)(x)
+            elif self.upsample == "bilinear":
+                x = BilinearConv2d(features, name=f"conv{i}", **kw)(x)
             elif self.upsample == "conv_bilinear":
                 x = resize2x(conv(features, 3, 1, 1, name=f"conv{i}", **kw)(x), "bilinear")
             else:

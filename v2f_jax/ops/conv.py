@@ -29,6 +29,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from v2f_jax.ops import cpu
 
@@ -78,6 +79,11 @@ class ConvForms:
         if self.impl == "subpixel":
             return cpu.subpixel.conv_transpose(x, kernel, stride, padding, bias)
         return conv_transpose(x, kernel, stride, padding, bias)
+
+    def bilinear_up_conv2d(self, x, kernel, bias=None):
+        """`bilinear_up_conv2d` (same arguments) with this implementation's `conv2d`: the matmul
+        forms' on CPU, measured the fastest of four ways (`benchmarks/bilinear_layer.py`)."""
+        return bilinear_up_conv2d(x, kernel, bias, conv=self.conv2d)
 
     def conv1d_general_dilated(self):
         """The function for flax's `nn.Conv(conv_general_dilated=...)` in a 1-D conv (E's):
@@ -156,6 +162,50 @@ def conv_transpose(x, kernel, stride: int, padding: int, bias=None):
         dimension_numbers=_DIMS,
     )
     return y if bias is None else y + bias.astype(x.dtype)
+
+
+# Bilinear x2 then a 3-tap filter as three taps over the input per output phase:
+# `_BILINEAR_PHASES[phase, input tap, filter tap]` along one axis, from
+# up[2i] = 3/4 x[i] + 1/4 x[i-1] and up[2i+1] = 3/4 x[i] + 1/4 x[i+1], input taps x[i-1..i+1].
+_BILINEAR_PHASES = np.array(
+    [
+        [[0.75, 0.25, 0.0], [0.25, 0.75, 0.75], [0.0, 0.0, 0.25]],  # even outputs
+        [[0.25, 0.0, 0.0], [0.75, 0.75, 0.25], [0.0, 0.25, 0.75]],  # odd outputs
+    ],
+    np.float32,
+)
+
+
+def bilinear_up_conv2d(x, kernel, bias=None, conv=None):
+    """Bilinear x2 upsampling (half-pixel centres) of `x` taken as zero beyond its edges, then a
+    3x3 conv with padding 1, computed in `x.dtype`: a stride-2 transposed conv whose 6x6 kernel
+    is `kernel` smoothed by bilinear's [1, 3, 3, 1] / 4 (zero at period 2, so no checkerboard).
+
+    Computed at the input's resolution: four 3x3 phase kernels, one per output sub-pixel, over
+    the zero-padded input, then depth-to-space. The multiply-adds are those of the 3x3 conv at
+    the output's resolution, over a quarter of its patches, and there is no resized map to keep
+    for the backward pass.
+
+    Args:
+      x: `[B, H, W, I]`.
+      kernel: `[3, 3, I, O]`, any float dtype (cast to `x.dtype`).
+      bias: `[O]` or None, added by `conv`.
+      conv: the conv it runs, `conv(x, kernel, stride, padding, bias)`; default `conv2d` (XLA's).
+
+    Returns:
+      `[B, 2H, 2W, O]` in `x.dtype`.
+    """
+    b, h, w, i = x.shape
+    o = kernel.shape[-1]
+    a = jnp.asarray(_BILINEAR_PHASES, kernel.dtype)
+    # [3, 3, I, O] -> [3 (tap y), 3 (tap x), I, O, 2 (phase y), 2 (phase x)]: channels ordered
+    # (out, phase y, phase x), PyTorch's PixelShuffle order.
+    phases = jnp.einsum("pak,qbl,klio->abiopq", a, a, kernel).reshape(3, 3, i, 4 * o)
+    # The bias goes in with the conv (each output channel's for its four phases), so the matmul
+    # forms add it in float32 before rounding, as they do for every other layer.
+    phase_bias = None if bias is None else jnp.repeat(bias, 4)
+    y = (conv or conv2d)(x, phases, 1, 1, phase_bias)
+    return y.reshape(b, h, w, o, 2, 2).transpose(0, 1, 4, 2, 5, 3).reshape(b, 2 * h, 2 * w, o)
 
 
 class ConvTranspose2d(nn.Module):

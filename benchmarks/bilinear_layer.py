@@ -1,0 +1,84 @@
+"""G's bilinear x2 layer computed four ways, side by side: at the input's resolution
+(`ops.conv.bilinear_up_conv2d`: four phase kernels, then depth-to-space) or at the output's (the
+zero-padded input resized x2, then a 3x3 conv), each with XLA's conv or the CPU matmul forms'
+(`ops.cpu.matmul_conv`). Forward and backward of each of `configs/recipe.py:tiny`'s x2 layers at
+the GAN's batch. Prints a Markdown table on stderr and one JSON line.
+
+    python benchmarks/bilinear_layer.py [--batch 64 --rounds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+from v2f_jax import config_lib, ops
+
+
+
+def _at_output_resolution(x, kernel, bias, conv):
+    """The same layer computed at the output's resolution (equal to float rounding)."""
+    b, h, w, i = x.shape
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    up = jax.image.resize(padded, (b, 2 * h + 4, 2 * w + 4, i), "bilinear")[:, 1:-1, 1:-1]
+    return conv(up, kernel, 1, 0, bias)
+
+
+_MATMUL = ops.cpu.matmul_conv.conv2d
+WAYS = {
+    "input res, XLA": functools.partial(ops.conv.bilinear_up_conv2d, conv=ops.conv.conv2d),
+    "input res, matmul (what runs)": functools.partial(ops.conv.bilinear_up_conv2d, conv=_MATMUL),
+    "output res, XLA": functools.partial(_at_output_resolution, conv=ops.conv.conv2d),
+    "output res, matmul": functools.partial(_at_output_resolution, conv=_MATMUL),
+}
+
+
+def _grads_fn(layer):
+    return jax.jit(jax.grad(lambda *a: jnp.sum(layer(*a) ** 2), argnums=(0, 1, 2)))
+
+
+def _median_s(fn, args, rounds: int) -> float:
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=20)
+    args = parser.parse_args()
+    channels = config_lib.load_config("configs/recipe.py:tiny").model.gen_channels
+    rows = []
+    for i in range(1, len(channels)):
+        side = 2 ** (i + 1)  # G's first layer draws 4x4; each x2 layer doubles it
+        keys = jax.random.split(jax.random.PRNGKey(i), 2)
+        inputs = (
+            jax.random.normal(keys[0], (args.batch, side, side, channels[i - 1])),
+            0.1 * jax.random.normal(keys[1], (3, 3, channels[i - 1], channels[i])),
+            jnp.zeros((channels[i],)),
+        )
+        row = {"layer": f"conv{i}", "in": [side, side, channels[i - 1]], "out_side": 2 * side}
+        row.update({way: _median_s(_grads_fn(fn), inputs, args.rounds) for way, fn in WAYS.items()})
+        rows.append(row)
+    print("| layer (in -> out side) | " + " | ".join(f"{w} (ms)" for w in WAYS) + " |", file=sys.stderr)
+    print("|---" * (len(WAYS) + 1) + "|", file=sys.stderr)
+    for r in rows:
+        cells = " | ".join(f"{1000 * r[w]:.1f}" for w in WAYS)
+        print(f"| {r['layer']} ({r['in']} -> {r['out_side']}) | {cells} |", file=sys.stderr)
+    print(json.dumps({"batch": args.batch, "rounds": args.rounds, "backend": jax.default_backend(), "layers": rows}))
+
+
+if __name__ == "__main__":
+    main()
