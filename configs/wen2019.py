@@ -50,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.model.trunk_channels = (32, 64, 128, 256, 512)
     # How G upsamples x2 (v2f_jax/models.py: Generator): "" the architecture's own (wen2019: the
     # reference's 4x4 stride-2 transposed convs, which draw a checkerboard; paper: nearest x2 +
-    # 3x3 conv), or "deconv", "nearest", "bilinear" (resize + 3x3 conv, edges repeated),
+    # 3x3 conv), or "deconv", "nearest", "bilinear" (bilinear x2 + 3x3 conv),
     # "conv_bilinear" (3x3 conv, then bilinear x2), "subpixel" (3x3 conv to 4x the channels +
     # depth-to-space, ICNR-initialised). Only "deconv" without blur converts to the reference's
     # PyTorch generator.

@@ -219,7 +219,7 @@ class BilinearConv2d(nn.Module):
     """Bilinear x2 upsampling (half-pixel centres) of the input taken as zero beyond its edges,
     then a 3x3 conv: a stride-2 transposed conv whose 6x6 kernel is the 3x3 kernel smoothed by
     bilinear's [1, 3, 3, 1] / 4, which is zero at period 2 (`ops.conv.bilinear_up_conv2d`). The
-    zeros beyond the edges tell G where the border is (edges repeated instead cost 5 points of
+    zeros beyond the edges tell G where the border is (edges repeated instead cost 6 points of
     1:2 matching on the demo, RESULTS.md).
 
     `[B, H, W, in]` -> `[B, 2H, 2W, features]` in `dtype`. Parameters: the 3x3 conv's float32
