@@ -29,9 +29,8 @@ def get_config(base: str = "wen2019"):
         cfg.optim.lr = 1e-3
         cfg.train.batch_size = 64
         # Bilinear x2 + 3x3 conv in G: faces as free of checkerboard as photos, where the
-        # reference's transposed convs draw one. Its 3x3 convs cost what they would at the
-        # output's resolution, so G's last two layers are narrower: the GAN's time ~1.2x the
-        # transposed convs' (RESULTS.md, section 8).
+        # reference's transposed convs draw one, for about 2 points of 1:2 matching. Its last
+        # two layers are narrower, as they cost most (RESULTS.md, section 8).
         cfg.model.upsample = "bilinear"
         cfg.model.gen_channels = (128, 64, 32, 16, 16)
     return cfg

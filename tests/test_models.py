@@ -190,11 +190,12 @@ def _bilinear_as_transposed_conv(x, kernel, bias):
 
 
 @pytest.mark.parametrize("impl", ops.conv.IMPLS)
-def test_bilinear_layer_is_a_smoothed_transposed_conv_and_draws_no_checkerboard(impl):
+@pytest.mark.parametrize("side", [5, 16])  # the matmul forms' col2im and sub-pixel paths
+def test_bilinear_layer_is_a_smoothed_transposed_conv_and_draws_no_checkerboard(impl, side):
     """`BilinearConv2d`, in every conv form, gives the transposed conv it stands for, and its
     gradients; whatever its kernel, its four output phases treat a flat input alike, so they
     cannot draw a checkerboard."""
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 5, 4))
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, side + 1, side, 4))
     layer = models.BilinearConv2d(3, convs=ops.conv.ConvForms(impl))
     variables = layer.init(jax.random.PRNGKey(1), x)
     kernel, bias = variables["params"]["kernel"], variables["params"]["bias"]
