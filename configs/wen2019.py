@@ -57,6 +57,9 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.model.upsample = ""
     # A binomial [1, 2, 1] blur after each x2 layer of G (zero response at period 2).
     cfg.model.upsample_blur = False
+    # G's last layer, 64x64 features to RGB: the reference's 1x1 conv, or a k x k conv (odd k)
+    # that can sharpen what a smoothing upsampler ("bilinear") drew.
+    cfg.model.gen_out_kernel = 1
     cfg.model.dtype = "float32"  # compute dtype: "float32" | "bfloat16"; parameters stay float32
     # Conv implementation, all exactly equivalent (v2f_jax/ops/conv.py): "auto" picks per backend,
     # "xla" forces plain XLA convs; or "subpixel", "matmul", "winograd".

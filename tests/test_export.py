@@ -22,7 +22,7 @@ def _model(arch="wen2019"):
 
 
 @functools.cache
-def _build_model(arch, num_ids=7, seed=0, upsample=None, blur=False):
+def _build_model(arch, num_ids=7, seed=0, upsample=None, blur=False, out_kernel=1):
     """`upsample` None: the reference's transposed convs for wen2019 (what converts to PyTorch,
     whatever configs/tiny.py draws with), the paper's own form for paper."""
     config = config_lib.load_config("configs/tiny.py")
@@ -31,6 +31,7 @@ def _build_model(arch, num_ids=7, seed=0, upsample=None, blur=False):
         ("deconv" if arch == "wen2019" else "") if upsample is None else upsample
     )
     config.model.upsample_blur = blur
+    config.model.gen_out_kernel = out_kernel
     config.model.num_ids = num_ids
     config.seed = seed
     nets = models.Networks(config.model, num_ids)
@@ -242,21 +243,23 @@ def test_export_command_converts_between_formats(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "upsample,blur",
+    "upsample,blur,out_kernel",
     [
-        ("deconv", True),
-        ("nearest", False),
-        ("bilinear", False),
-        ("conv_bilinear", False),
-        ("subpixel", True),
+        ("deconv", True, 1),
+        ("deconv", False, 3),  # the reference's G but for a 3x3 last layer
+        ("nearest", False, 1),
+        ("bilinear", False, 1),
+        ("bilinear", False, 3),
+        ("conv_bilinear", False, 1),
+        ("subpixel", True, 1),
     ],
 )
 def test_every_generator_form_round_trips_and_draws_but_has_no_torch_layout(
-    tmp_path, upsample, blur
+    tmp_path, upsample, blur, out_kernel
 ):
     from v2f_jax.inference import generate, validate
 
-    model, nets = _build_model("wen2019", upsample=upsample, blur=blur)
+    model, nets = _build_model("wen2019", upsample=upsample, blur=blur, out_kernel=out_kernel)
     want = validate.expected_shapes(model.config)
     got = jax.tree_util.tree_map(np.shape, model.generator)
     flat = {f"generator/{k}/{p}": v for k, d in got.items() for p, v in d.items()}
@@ -264,12 +267,14 @@ def test_every_generator_form_round_trips_and_draws_but_has_no_torch_layout(
     path = model_files.save_model(model, tmp_path / "model.safetensors")
     loaded = model_files.load_model(path)
     assert models.generator_form(loaded.config.model) == (upsample, blur)
+    assert loaded.config.model.gen_out_kernel == out_kernel
     emb = np.random.default_rng(0).normal(size=(3, 16)).astype(np.float32)
     np.testing.assert_array_equal(
         generate.generate_faces(loaded.config, loaded.generator, emb),
         generate.generate_faces(model.config, model.generator, emb),
     )
-    # The reference's PyTorch generator is transposed convs without blur: refused by name.
+    # The reference's PyTorch generator is transposed convs without blur and a 1x1 last layer:
+    # refused by name.
     with pytest.raises(ValueError, match="model.upsample"):
         torch_state_dicts.export_torch(model, tmp_path / "pth")
     assert not (tmp_path / "pth").exists()

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from v2f_jax import config_lib, models, ops
+from v2f_jax import config_checks, config_lib, models, ops
 from v2f_jax import state as state_lib
 
 # The reference's PyTorch state dicts (weights + biases + BatchNorm affine; no running stats).
@@ -156,6 +156,36 @@ def test_every_upsampling_form_draws_64x64_faces(upsample, blur):
     # less (white noise: 0.009).
     share = picture.period2_share(faces)
     assert share > 0.5 if (upsample, blur) == ("deconv", False) else share < 0.1
+
+
+@pytest.mark.parametrize("upsample", ["bilinear", "deconv"])
+def test_a_wider_last_layer_keeps_the_face_in_place_and_refuses_even_sizes(upsample):
+    """`model.gen_out_kernel=3`: G's last layer is a padded 3x3 conv (transposed conv for
+    "deconv") to RGB, so the face stays 64x64 and in place; an even size would shift it."""
+    name = "conv5" if upsample == "bilinear" else "deconv5"
+    config = config_lib.load_config(
+        "configs/tiny.py", [f"model.upsample={upsample}", "model.gen_out_kernel=3"]
+    )
+    generator = models.Networks(config.model, num_ids=3).generator
+    params = generator.init(jax.random.PRNGKey(0), jnp.zeros((1, config.model.embed_dim)))
+    last = params["params"][name]
+    assert last["kernel"].shape == (3, 3, config.model.gen_channels[-1], 3)
+    emb = models.unit(jax.random.normal(jax.random.PRNGKey(1), (4, config.model.embed_dim)))
+    faces = np.asarray(generator.apply(params, emb))
+    assert faces.shape == (4, 64, 64, 3) and np.isfinite(faces).all()
+    # In place: with its centre tap only, the 3x3 layer draws what the 1x1 layer draws.
+    centre = np.zeros_like(last["kernel"])
+    centre[1, 1] = last["kernel"][1, 1]
+    one_by_one = config_lib.load_config("configs/tiny.py", [f"model.upsample={upsample}"])
+    generator_1x1 = models.Networks(one_by_one.model, num_ids=3).generator
+    with_centre = {"params": {**params["params"], name: {"kernel": centre, "bias": last["bias"]}}}
+    as_1x1 = {"params": {**params["params"], name: {"kernel": centre[1:2, 1:2], "bias": last["bias"]}}}
+    np.testing.assert_allclose(
+        generator.apply(with_centre, emb), generator_1x1.apply(as_1x1, emb), rtol=1e-5, atol=1e-5
+    )
+    even = config_lib.load_config("configs/tiny.py", ["model.gen_out_kernel=2"])
+    with pytest.raises(config_lib.ConfigError, match="gen_out_kernel"):
+        config_checks.check(even)
 
 
 def test_resize_matches_jax_image_resize():

@@ -134,6 +134,11 @@ def _upsample(value) -> str | None:
     return None if isinstance(value, str) and value in choices else f"one of {choices}"
 
 
+def _odd_kernel(value) -> str | None:
+    # Odd, so that padding (k - 1) / 2 keeps the 64x64 face centred.
+    return None if _is_int(value) and value >= 1 and value % 2 else "an odd integer >= 1"
+
+
 def _face_target_pool(value) -> str | None:
     if _is_int(value) and value >= 1 and not 64 % value:
         return None
@@ -186,6 +191,7 @@ RULES: dict[str, Rule] = {
     "model.trunk_channels": positive_ints(),
     "model.upsample": _upsample,  # "": the architecture's own
     "model.upsample_blur": boolean,
+    "model.gen_out_kernel": _odd_kernel,
     "model.dtype": one_of(*DTYPES),
     "model.impl": _impl,
     "model.matmul_precision": one_of(*PRECISIONS),
@@ -316,6 +322,7 @@ NETWORK_KEYS = (
     "model.gen_channels",
     "model.upsample",
     "model.upsample_blur",
+    "model.gen_out_kernel",
 )
 
 

@@ -277,7 +277,8 @@ class Generator(nn.Module):
     """G: unit embedding `[B, embed_dim]` -> face `[B, 64, 64, 3]`, nominally in [-1, 1].
 
     A 4x4 transposed conv from 1x1 to 4x4 (`deconv0`), then one x2 upsampling layer per further
-    channel count, then a 1x1 conv to RGB; ReLU between layers. The output is not squashed, as
+    channel count, then a conv to RGB (`out_kernel` x `out_kernel`, stride 1, the reference's
+    1x1 by default); ReLU between layers. The output is not squashed, as
     published. `upsample` is how each x2 layer upsamples:
     - "deconv": wen2019's 4x4 stride-2 transposed convs (`deconv{i}`; the last `deconv5`, 1x1).
       Its taps sum differently over the four output phases, which draws a checkerboard.
@@ -289,11 +290,14 @@ class Generator(nn.Module):
       that of its input's resolution.
     - "subpixel": a 3x3 conv to 4x the channels and `depth_to_space`, ICNR-initialised.
     `blur`: the binomial [1, 2, 1] filter (`blur`) after each x2 layer, before its ReLU.
+    `out_kernel`: the last layer's odd kernel size; a 3x3 conv at 64x64 can sharpen what
+    "bilinear"'s smoothing drew (the zero at period 2 stays: a stride-1 conv has no phases).
     """
 
     channels: Sequence[int] = (1024, 512, 256, 128, 64)
     upsample: str = "deconv"
     blur: bool = False
+    out_kernel: int = 1
     dtype: Dtype = jnp.float32
     convs: ops.conv.ConvForms = ops.conv.XLA
 
@@ -321,10 +325,11 @@ class Generator(nn.Module):
             if self.blur:
                 x = blur(x)
             x = nn.relu(x)
+        k, pad = self.out_kernel, (self.out_kernel - 1) // 2
         if self.upsample == "deconv":
-            out = conv_t(3, 1, 1, 0, name=f"deconv{len(self.channels)}", **kw)
+            out = conv_t(3, k, 1, pad, name=f"deconv{len(self.channels)}", **kw)
         else:
-            out = conv(3, 1, 1, 0, name=f"conv{len(self.channels)}", **kw)
+            out = conv(3, k, 1, pad, name=f"conv{len(self.channels)}", **kw)
         return out(x).astype(jnp.float32)
 
 
@@ -433,6 +438,7 @@ class Networks:
             channels=tuple(model_config.gen_channels),
             upsample=upsample,
             blur=blur,
+            out_kernel=model_config.gen_out_kernel,
             dtype=dtype,
             convs=convs,
         )

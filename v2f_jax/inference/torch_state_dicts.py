@@ -231,8 +231,10 @@ def export_torch(m: Model, out_dir: str | os.PathLike) -> tuple[str, str]:
     from v2f_jax import models  # jax: only for a model to export
 
     upsample, blur = models.generator_form(m.config.model)
-    if upsample != "deconv" or blur:
+    out_kernel = m.config.model.gen_out_kernel
+    if upsample != "deconv" or blur or out_kernel != 1:
         form = f"model.upsample={upsample!r}" + (", model.upsample_blur=True" if blur else "")
+        form += f", model.gen_out_kernel={out_kernel}" if out_kernel != 1 else ""
         raise ValueError(
             f"only wen2019 models with the reference's generator (transposed convs, no blur) have "
             f"its PyTorch layout; this one's G upsamples by {form}: export it as .safetensors "
