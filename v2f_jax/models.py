@@ -278,8 +278,8 @@ class Generator(nn.Module):
 
     A 4x4 transposed conv from 1x1 to 4x4 (`deconv0`), then one x2 upsampling layer per further
     channel count, then a conv to RGB (`out_kernel` x `out_kernel`, stride 1, the reference's
-    1x1 by default); ReLU between layers. The output is not squashed, as
-    published. `upsample` is how each x2 layer upsamples:
+    1x1 by default); ReLU between layers. The output is not squashed, as published. `upsample`
+    is how each x2 layer upsamples:
     - "deconv": wen2019's 4x4 stride-2 transposed convs (`deconv{i}`; the last `deconv5`, 1x1).
       Its taps sum differently over the four output phases, which draws a checkerboard.
     - "nearest" (the paper's): resize x2, then a 3x3 conv (`conv{i}`; `conv5`).
