@@ -24,6 +24,9 @@ TRANSPOSE_CASES = [
 ]
 # F's layers (1x1, 4x4 s2 p1, 4x4 valid on 4x4) and others.
 CONV_CASES = [(1, 1, 0, 6), (4, 2, 1, 8), (4, 2, 1, 7), (4, 1, 0, 4), (3, 2, 1, 7)]
+# (kernel, stride, padding, input size, in channels, out channels): convs to fewer channels
+# than they read (G's k x k layer to RGB), which the matmul forms take taps first.
+FEW_OUT_CASES = [(3, 1, 1, 6, 16, 3), (3, 1, 0, 5, 8, 3), (5, 1, 2, 7, 6, 2), (3, 1, 2, 4, 4, 1)]
 
 
 def _inputs(k, size, in_ch=3, out_ch=5, seed=0):
@@ -39,8 +42,8 @@ def _op(name, impl):
 
 
 def _value_and_grads(name, case, impl):
-    k, stride, padding, size = case
-    x, w = _inputs(k, size)
+    k, stride, padding, size, *channels = case
+    x, w = _inputs(k, size, *channels)
     op = _op(name, impl)
     probe = jax.random.normal(jax.random.PRNGKey(1), _op(name, "xla")(x, w, stride, padding).shape)
 
@@ -74,6 +77,15 @@ def test_transposed_conv_forms_equal_the_plain_form():
 
 def test_conv_forms_equal_the_plain_form():
     _assert_all_same("conv2d", CONV_CASES)
+
+
+def test_convs_to_few_channels_take_the_taps_first_form_and_equal_the_plain_form():
+    for k, stride, _, size, in_ch, out_ch in FEW_OUT_CASES:
+        assert cpu.taps_first.applies((2, size, size + 1, in_ch), (k, k, in_ch, out_ch), stride)
+    _assert_all_same("conv2d", FEW_OUT_CASES)
+    assert not cpu.taps_first.applies((2, 8, 8, 3), (3, 3, 3, 16), 1)  # more out than in
+    assert not cpu.taps_first.applies((2, 8, 8, 16), (3, 3, 16, 3), 2)  # strided
+    assert not cpu.taps_first.applies((2, 8, 8, 16), (1, 1, 16, 3), 1)  # 1x1: one matmul already
 
 
 def test_both_matmul_forms_of_the_transposed_conv_are_exercised():
@@ -218,14 +230,19 @@ def test_forms_are_hashable_and_leave_the_parameters_alone():
         assert jax.tree.all(jax.tree.map(jnp.array_equal, fast, plain))
 
 
-def test_networks_give_the_same_numbers_in_the_fast_forms():
+@pytest.mark.parametrize(
+    "generator",
+    [[], ["--config.model.upsample=bilinear", "--config.model.gen_out_kernel=3"]],
+    ids=["reference", "bilinear-3x3-last"],
+)
+def test_networks_give_the_same_numbers_in_the_fast_forms(generator):
     """The tiny G and critics end to end (G's gradient goes through the critics' input gradient),
     parameters shared across impls (the layout is the same). Subpixel's pieces are covered above.
     """
-    base = config_lib.load_config("configs/tiny.py")
+    base = config_lib.load_config("configs/tiny.py", generator)
     nets = {}
     for impl in ("xla", "matmul", "winograd"):
-        config = config_lib.load_config("configs/tiny.py", [f"--config.model.impl={impl}"])
+        config = config_lib.load_config("configs/tiny.py", [*generator, f"--config.model.impl={impl}"])
         nets[impl] = models.Networks(config.model, num_ids=7)
     state = state_lib.create_gan_state(base, nets["xla"])
     emb = jax.random.normal(jax.random.PRNGKey(3), (3, base.model.embed_dim))
