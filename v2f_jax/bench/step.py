@@ -16,7 +16,7 @@ import numpy as np
 from v2f_jax import models, parallel, train_step
 from v2f_jax import state as state_lib
 from v2f_jax.bench import hlo, probes, timing
-from v2f_jax.training import compilation
+from v2f_jax.training import compilation, face_targets
 
 DEFAULT_NUM_IDS = 924  # the reference's training identities (VoxCeleb1 F-Z)
 
@@ -37,6 +37,18 @@ def synthetic_batch(
         "face_flip": rng.random(batch_size) < 0.5,
         "face_id": rng.integers(0, num_ids, batch_size).astype(np.int32),
     }
+
+
+def synthetic_face_targets(config, num_ids: int, seed=0):
+    """Face targets for every identity from random mean faces when the config's step uses them
+    (`train.face_target_weight` > 0, as `configs/recipe.py` does), else None: the loss term
+    costs the same whatever the faces."""
+    if float(config.train.get("face_target_weight", 0.0)) <= 0:
+        return None
+    pool = int(config.train.face_target_pool)
+    rng = np.random.default_rng(seed)
+    sums = rng.uniform(0, 255, (num_ids, face_targets.target_dim(pool)))
+    return face_targets.standardise(sums, np.ones(num_ids, np.int64), pool)
 
 
 def bytes_per_sample(batch: dict[str, np.ndarray]) -> float:
@@ -94,8 +106,9 @@ class StepRunner:
         self.steps_per_call = steps_per_call
         self.nets = models.Networks(config.model, num_ids)
         mode = config.train.parallel
+        targets = synthetic_face_targets(config, num_ids, seed)
         self.dp = parallel.DataParallel(
-            lambda axis_name: train_step.make_gan_step(config, self.nets, axis_name),
+            lambda axis_name: train_step.make_gan_step(config, self.nets, axis_name, targets),
             mode,
             devices=jax.devices()[:devices] if devices else None,
             steps_per_call=steps_per_call,
