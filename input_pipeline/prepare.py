@@ -514,10 +514,16 @@ def _abandon(pool, pids: set[int]) -> None:
     blocked on its queues, which would otherwise hang the interpreter's exit, or outlive it."""
     import signal
 
+    manager = getattr(pool, "_executor_manager_thread", None)  # shutdown() forgets it
     pool.shutdown(wait=False, cancel_futures=True)
     for pid in pids | _pool_pids(pool):
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
+    # Its processes dead, the pool's thread ends at once; wait for it (bounded), since it imports
+    # as it ends and must not do so while this thread imports TFDS, whose lazy imports swap
+    # `builtins.__import__` for every thread (a TypeError traceback from the pool's thread).
+    if manager is not None:
+        manager.join(timeout=30)
 
 
 def _map_ordered(

@@ -6,12 +6,14 @@ is touched, and a rerun resumes.
 """
 
 import json
+import multiprocessing
 import os
 import pathlib
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import hostile
@@ -439,6 +441,31 @@ def test_a_worker_killed_mid_job_is_retried_then_named(tmp_path):
     assert got[6][0] == "reject" and "killed by SIGKILL: out of memory?" in got[6][1]
     assert got[7:] == [("ok", 10 * i, 0.0, 0.0) for i in range(7, 12)]
     assert lines and "a decoding process died" in lines[0]
+
+
+def _pool_threads():
+    return [t for t in threading.enumerate() if type(t).__name__.endswith("ManagerThread")]
+
+
+def test_an_abandoned_pool_leaves_no_thread_behind():
+    """A pool given up on after losing a process has stopped when `_abandon` returns: a thread of
+    it still joining its processes would import while prepare goes on, and TFDS's lazy imports
+    (writing the metadata) swap `builtins.__import__` for every thread, so its import would
+    fail with a traceback."""
+    from concurrent import futures
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = multiprocessing.get_context("forkserver")
+    for _ in range(3):
+        pool = futures.ProcessPoolExecutor(2, mp_context=ctx)
+        sleeping = [pool.submit(time.sleep, 60) for _ in range(2)]
+        pids = prepare._pool_pids(pool)  # as `_map_ordered` keeps them: the pool forgets some
+        os.kill(min(pids), signal.SIGKILL)  # as the OOM killer would
+        futures.wait(sleeping, timeout=60, return_when=futures.FIRST_EXCEPTION)
+        assert any(isinstance(f.exception(timeout=0), BrokenProcessPool) for f in sleeping)
+        prepare._abandon(pool, pids)
+        assert not _pool_threads()
+
 
 
 def _descendants(pid: int, depth: int = 99) -> list[int]:
