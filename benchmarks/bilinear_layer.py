@@ -16,13 +16,13 @@ import functools
 import json
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from v2f_jax import config_lib, ops
+from v2f_jax.bench import timing
 
 # `_PHASES[phase, input tap, filter tap]` along one axis, from up[2i] = 3/4 x[i] + 1/4 x[i-1]
 # and up[2i+1] = 3/4 x[i] + 1/4 x[i+1], input taps x[i-1..i+1].
@@ -71,13 +71,8 @@ def _grads_fn(layer):
 
 
 def _median_s(fn, args, rounds: int) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    jax.block_until_ready(fn(*args))  # compiled and warm
+    return statistics.median(timing.time_calls(lambda: fn(*args), rounds))
 
 
 def main() -> None:
@@ -100,13 +95,25 @@ def main() -> None:
         rows.append(row)
     rows.append({"layer": "all", "in": None, "out_side": None})
     rows[-1].update({way: sum(r[way] for r in rows[:-1]) for way in WAYS})
-    print("| layer (in -> out side) | " + " | ".join(f"{w} (ms)" for w in WAYS) + " |", file=sys.stderr)
+    print(
+        "| layer (in -> out side) | " + " | ".join(f"{w} (ms)" for w in WAYS) + " |",
+        file=sys.stderr,
+    )
     print("|---" * (len(WAYS) + 1) + "|", file=sys.stderr)
     for r in rows:
         cells = " | ".join(f"{1000 * r[w]:.1f}" for w in WAYS)
         name = r["layer"] if r["in"] is None else f"{r['layer']} ({r['in']} -> {r['out_side']})"
         print(f"| {name} | {cells} |", file=sys.stderr)
-    print(json.dumps({"batch": args.batch, "rounds": args.rounds, "backend": jax.default_backend(), "layers": rows}))
+    print(
+        json.dumps(
+            {
+                "batch": args.batch,
+                "rounds": args.rounds,
+                "backend": jax.default_backend(),
+                "layers": rows,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -467,7 +467,6 @@ def test_an_abandoned_pool_leaves_no_thread_behind():
         assert not _pool_threads()
 
 
-
 def _descendants(pid: int, depth: int = 99) -> list[int]:
     children = {}
     for entry in os.listdir("/proc"):

@@ -179,7 +179,9 @@ def test_a_wider_last_layer_keeps_the_face_in_place_and_refuses_even_sizes(upsam
     one_by_one = config_lib.load_config("configs/tiny.py", [f"model.upsample={upsample}"])
     generator_1x1 = models.Networks(one_by_one.model, num_ids=3).generator
     with_centre = {"params": {**params["params"], name: {"kernel": centre, "bias": last["bias"]}}}
-    as_1x1 = {"params": {**params["params"], name: {"kernel": centre[1:2, 1:2], "bias": last["bias"]}}}
+    as_1x1 = {
+        "params": {**params["params"], name: {"kernel": centre[1:2, 1:2], "bias": last["bias"]}}
+    }
     np.testing.assert_allclose(
         generator.apply(with_centre, emb), generator_1x1.apply(as_1x1, emb), rtol=1e-5, atol=1e-5
     )

@@ -242,7 +242,9 @@ def test_networks_give_the_same_numbers_in_the_fast_forms(generator):
     base = config_lib.load_config("configs/tiny.py", generator)
     nets = {}
     for impl in ("xla", "matmul", "winograd"):
-        config = config_lib.load_config("configs/tiny.py", [*generator, f"--config.model.impl={impl}"])
+        config = config_lib.load_config(
+            "configs/tiny.py", [*generator, f"--config.model.impl={impl}"]
+        )
         nets[impl] = models.Networks(config.model, num_ids=7)
     state = state_lib.create_gan_state(base, nets["xla"])
     emb = jax.random.normal(jax.random.PRNGKey(3), (3, base.model.embed_dim))

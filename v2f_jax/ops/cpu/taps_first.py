@@ -57,9 +57,7 @@ def _shifted_sum(z, out_hw):
     `[B, H', W', O]`: `y[h, w] = sum over (dh, dw) of z[h + dh, w + dw, dh, dw]`."""
     k = z.shape[3]
     out_h, out_w = out_hw
-    return sum(
-        z[:, dh : dh + out_h, dw : dw + out_w, dh, dw] for dh in range(k) for dw in range(k)
-    )
+    return sum(z[:, dh : dh + out_h, dw : dw + out_w, dh, dw] for dh in range(k) for dw in range(k))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))

@@ -1,0 +1,77 @@
+"""G's last layer to RGB (`model.gen_out_kernel` k x k, stride 1, 64x64) computed three ways, side
+by side: as the CPU matmul forms compute it (`ops.cpu.matmul_conv.conv2d`: taps first for k > 1,
+`ops.cpu.taps_first`), as im2col + one matmul (the matmul forms' general conv), and as XLA's
+conv. All equal to float rounding. Forward and both gradients of `configs/recipe.py:tiny`'s last
+layer at the GAN's batch, for k = 1, 3 and 5. Prints a Markdown table on stderr and one JSON
+line.
+
+    python benchmarks/last_layer.py [--batch 64 --rounds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+
+import jax
+import jax.numpy as jnp
+
+from v2f_jax import config_lib, ops
+from v2f_jax.bench import timing
+
+WAYS = {
+    "matmul forms (what runs)": ops.cpu.matmul_conv.conv2d,
+    "im2col + matmul": ops.cpu.matmul_conv._conv_mm,
+    "XLA conv": ops.conv.conv2d,
+}
+
+
+def _grads_fn(conv, padding: int):
+    def loss(x, kernel, bias):
+        return jnp.sum(conv(x, kernel, 1, padding, bias) ** 2)
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+
+
+def _median_s(fn, args, rounds: int) -> float:
+    jax.block_until_ready(fn(*args))  # compiled and warm
+    return statistics.median(timing.time_calls(lambda: fn(*args), rounds))
+
+
+def _as_positional(conv):
+    """`(x, kernel, stride, padding, bias)` for each way (`_conv_mm` takes the bias third)."""
+    if conv is ops.cpu.matmul_conv._conv_mm:
+        return lambda x, kernel, stride, padding, bias: conv(x, kernel, bias, stride, padding)
+    return conv
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=20)
+    args = parser.parse_args()
+    channels = config_lib.load_config("configs/recipe.py:tiny").model.gen_channels[-1]
+    x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, 64, 64, channels))
+    rows = []
+    for k in (1, 3, 5):
+        kernel = 0.1 * jax.random.normal(jax.random.PRNGKey(k), (k, k, channels, 3))
+        inputs = (x, kernel, jnp.zeros((3,)))
+        row = {"kernel": k, "in": [64, 64, channels]}
+        for way, conv in WAYS.items():
+            row[way] = _median_s(_grads_fn(_as_positional(conv), (k - 1) // 2), inputs, args.rounds)
+        rows.append(row)
+    print("| last layer | " + " | ".join(f"{w} (ms)" for w in WAYS) + " |", file=sys.stderr)
+    print("|---" * (len(WAYS) + 1) + "|", file=sys.stderr)
+    for r in rows:
+        cells = " | ".join(f"{1000 * r[w]:.1f}" for w in WAYS)
+        print(
+            f"| {r['kernel']}x{r['kernel']}, {channels} -> 3 at 64x64 | {cells} |", file=sys.stderr
+        )
+    out = {"batch": args.batch, "rounds": args.rounds, "backend": jax.default_backend()}
+    print(json.dumps({**out, "layers": rows}))
+
+
+if __name__ == "__main__":
+    main()
