@@ -1,9 +1,9 @@
-"""G's last layer to RGB (`model.gen_out_kernel` k x k, stride 1, 64x64) computed three ways, side
-by side: as the CPU matmul forms compute it (`ops.cpu.matmul_conv.conv2d`: taps first for k > 1,
-`ops.cpu.taps_first`), as im2col + one matmul (the matmul forms' general conv), and as XLA's
-conv. All equal to float rounding. Forward and both gradients of `configs/recipe.py:tiny`'s last
-layer at the GAN's batch, for k = 1, 3 and 5. Prints a Markdown table on stderr and one JSON
-line.
+"""G's last layer to RGB (`model.gen_out_kernel` k x k, stride 1, 64x64) computed two ways, side
+by side: as im2col + one matmul (the CPU matmul forms' conv, `ops.cpu.matmul_conv.conv2d`) and
+as XLA's conv. Both equal to float rounding. Forward and both gradients of
+`configs/recipe.py:tiny`'s last layer at the GAN's batch, for k = 1, 3 and 5, and which of the two
+the matmul forms take (`ops.conv.xla_conv_is_faster`). Prints a Markdown table on stderr and one
+JSON line.
 
     python benchmarks/last_layer.py [--batch 64 --rounds 20]
 """
@@ -21,11 +21,7 @@ import jax.numpy as jnp
 from v2f_jax import config_lib, ops
 from v2f_jax.bench import timing
 
-WAYS = {
-    "matmul forms (what runs)": ops.cpu.matmul_conv.conv2d,
-    "im2col + matmul": ops.cpu.matmul_conv._conv_mm,
-    "XLA conv": ops.conv.conv2d,
-}
+WAYS = {"im2col + matmul": ops.cpu.matmul_conv.conv2d, "XLA conv": ops.conv.conv2d}
 
 
 def _grads_fn(conv, padding: int):
@@ -40,13 +36,6 @@ def _median_s(fn, args, rounds: int) -> float:
     return statistics.median(timing.time_calls(lambda: fn(*args), rounds))
 
 
-def _as_positional(conv):
-    """`(x, kernel, stride, padding, bias)` for each way (`_conv_mm` takes the bias third)."""
-    if conv is ops.cpu.matmul_conv._conv_mm:
-        return lambda x, kernel, stride, padding, bias: conv(x, kernel, bias, stride, padding)
-    return conv
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=64)
@@ -56,19 +45,22 @@ def main() -> None:
     x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, 64, 64, channels))
     rows = []
     for k in (1, 3, 5):
-        kernel = 0.1 * jax.random.normal(jax.random.PRNGKey(k), (k, k, channels, 3))
-        inputs = (x, kernel, jnp.zeros((3,)))
+        shape = (k, k, channels, 3)
+        inputs = (x, 0.1 * jax.random.normal(jax.random.PRNGKey(k), shape), jnp.zeros((3,)))
         row = {"kernel": k, "in": [64, 64, channels]}
         for way, conv in WAYS.items():
-            row[way] = _median_s(_grads_fn(_as_positional(conv), (k - 1) // 2), inputs, args.rounds)
+            row[way] = _median_s(_grads_fn(conv, (k - 1) // 2), inputs, args.rounds)
+        row["taken"] = (
+            "XLA conv" if ops.conv.xla_conv_is_faster(shape, 1, (k - 1) // 2) else "im2col + matmul"
+        )
         rows.append(row)
-    print("| last layer | " + " | ".join(f"{w} (ms)" for w in WAYS) + " |", file=sys.stderr)
-    print("|---" * (len(WAYS) + 1) + "|", file=sys.stderr)
+    header = " | ".join(f"{w} (ms)" for w in WAYS)
+    print(f"| last layer | {header} | the matmul forms take |", file=sys.stderr)
+    print("|---" * (len(WAYS) + 2) + "|", file=sys.stderr)
     for r in rows:
         cells = " | ".join(f"{1000 * r[w]:.1f}" for w in WAYS)
-        print(
-            f"| {r['kernel']}x{r['kernel']}, {channels} -> 3 at 64x64 | {cells} |", file=sys.stderr
-        )
+        name = f"{r['kernel']}x{r['kernel']}, {channels} -> 3 at 64x64"
+        print(f"| {name} | {cells} | {r['taken']} |", file=sys.stderr)
     out = {"batch": args.batch, "rounds": args.rounds, "backend": jax.default_backend()}
     print(json.dumps({**out, "layers": rows}))
 

@@ -24,9 +24,6 @@ TRANSPOSE_CASES = [
 ]
 # F's layers (1x1, 4x4 s2 p1, 4x4 valid on 4x4) and others.
 CONV_CASES = [(1, 1, 0, 6), (4, 2, 1, 8), (4, 2, 1, 7), (4, 1, 0, 4), (3, 2, 1, 7)]
-# (kernel, stride, padding, input size, in channels, out channels): convs to fewer channels
-# than they read (G's k x k layer to RGB), which the matmul forms take taps first.
-FEW_OUT_CASES = [(3, 1, 1, 6, 16, 3), (3, 1, 0, 5, 8, 3), (5, 1, 2, 7, 6, 2), (3, 1, 2, 4, 4, 1)]
 
 
 def _inputs(k, size, in_ch=3, out_ch=5, seed=0):
@@ -42,8 +39,8 @@ def _op(name, impl):
 
 
 def _value_and_grads(name, case, impl):
-    k, stride, padding, size, *channels = case
-    x, w = _inputs(k, size, *channels)
+    k, stride, padding, size = case
+    x, w = _inputs(k, size)
     op = _op(name, impl)
     probe = jax.random.normal(jax.random.PRNGKey(1), _op(name, "xla")(x, w, stride, padding).shape)
 
@@ -79,13 +76,25 @@ def test_conv_forms_equal_the_plain_form():
     _assert_all_same("conv2d", CONV_CASES)
 
 
-def test_convs_to_few_channels_take_the_taps_first_form_and_equal_the_plain_form():
-    for k, stride, _, size, in_ch, out_ch in FEW_OUT_CASES:
-        assert cpu.taps_first.applies((2, size, size + 1, in_ch), (k, k, in_ch, out_ch), stride)
-    _assert_all_same("conv2d", FEW_OUT_CASES)
-    assert not cpu.taps_first.applies((2, 8, 8, 3), (3, 3, 3, 16), 1)  # more out than in
-    assert not cpu.taps_first.applies((2, 8, 8, 16), (3, 3, 16, 3), 2)  # strided
-    assert not cpu.taps_first.applies((2, 8, 8, 16), (1, 1, 16, 3), 1)  # 1x1: one matmul already
+def test_matmul_forms_leave_a_conv_to_fewer_channels_to_xla():
+    """G's k x k layer to RGB runs as XLA's conv in the matmul forms too (measured faster than
+    im2col); its 1x1 form, strided convs, convs to more channels and D's last conv (its input
+    to 1x1) stay matmuls."""
+
+    def runs_xla_conv(x_shape, kernel_shape, stride, padding):
+        x, w = jnp.zeros(x_shape), jnp.zeros(kernel_shape)
+        for impl in ("matmul", "winograd"):
+            conv = _op("conv2d", impl)
+            loss = lambda x, w, conv=conv: jnp.sum(conv(x, w, stride, padding) ** 2)
+            grads = jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, w)
+            yield "conv_general_dilated" in str(grads)
+
+    assert all(runs_xla_conv((2, 8, 8, 16), (3, 3, 16, 3), 1, 1))
+    assert all(runs_xla_conv((2, 8, 8, 16), (5, 5, 16, 3), 1, 2))
+    assert not any(runs_xla_conv((2, 8, 8, 16), (1, 1, 16, 3), 1, 0))
+    assert not any(runs_xla_conv((2, 8, 8, 16), (3, 3, 16, 3), 2, 1))
+    assert not any(runs_xla_conv((2, 8, 8, 3), (3, 3, 3, 16), 1, 1))
+    assert not any(runs_xla_conv((2, 4, 4, 16), (4, 4, 16, 3), 1, 0))  # D's 4x4 -> 1x1
 
 
 def test_both_matmul_forms_of_the_transposed_conv_are_exercised():

@@ -10,7 +10,9 @@ numbers (to float rounding):
 - `"subpixel"`: "xla", except strided transposed convs as a stride-1 conv and depth-to-space
   (`ops.cpu.subpixel`).
 - `"matmul"`: every conv, transposed conv and E's 1-D conv as 2-D matmuls with a custom VJP per
-  layer (`ops.cpu.matmul_conv`, `ops.cpu.im2col`).
+  layer (`ops.cpu.matmul_conv`, `ops.cpu.im2col`), except a stride-1 conv that keeps its input's
+  size, to fewer channels than it reads (G's k x k layer to RGB), which XLA's conv runs faster
+  (`xla_conv_is_faster`).
 - `"winograd"`: "matmul", with float32 4x4 stride-2 layers in Winograd's F(2x2, 2x2) where
   measured faster (`ops.cpu.winograd`).
 - `"auto"`: "winograd" on CPU (measured, BENCHMARKS.md); "xla" elsewhere (GPU/TPU conv libraries
@@ -65,7 +67,8 @@ class ConvForms:
         The matmul forms add the bias in float32 before rounding to `x.dtype`, and return the
         kernel's gradient in `kernel.dtype`.
         """
-        if self.impl in ("matmul", "winograd"):
+        matmul_form = self.impl in ("matmul", "winograd")
+        if matmul_form and not xla_conv_is_faster(kernel.shape, stride, padding):
             use_winograd = self.impl == "winograd"
             return cpu.matmul_conv.conv2d(x, kernel, stride, padding, bias, use_winograd)
         return conv2d(x, kernel, stride, padding, bias)  # "subpixel" too: no strided transpose
@@ -91,6 +94,17 @@ class ConvForms:
 
 
 XLA = ConvForms("xla")
+
+
+def xla_conv_is_faster(kernel_shape, stride: int, padding: int) -> bool:
+    """Whether the matmul forms leave a conv to XLA's: a stride-1 k x k conv (k > 1) that keeps
+    its input's size, to fewer channels than it reads (G's k x k layer to RGB,
+    `model.gen_out_kernel`). Its im2col copies the input k*k times to feed a matmul with a
+    handful of columns; XLA:CPU's conv, forward and both gradients, ran 2.5x faster at 3x3 and 5x
+    faster at 5x5 (`benchmarks/last_layer.py`). A conv that shrinks its input to a few outputs
+    (D's 4x4 to 1x1) stays a matmul: its im2col is a reshape."""
+    k, _, i, o = kernel_shape
+    return stride == 1 and k > 1 and 2 * padding == k - 1 and o < i
 
 
 def forms_for(impl: str, backend: str | None = None) -> ConvForms:

@@ -13,13 +13,11 @@ dot-product instructions. Figures are in BENCHMARKS.md.
   col2im (`x @ kernel`, then overlap-add); E's 1-D conv as im2col + one matmul.
 - `winograd`: Winograd's F(2x2, 2x2) for float32 4x4 stride-2 layers (9 products per 2x2 output
   tile instead of 16), where measured faster.
-- `taps_first`: a stride-1 conv to fewer channels than it reads (G's k x k layer to RGB) as one
-  matmul to every tap's output, then shifted sums.
 - `matmul_conv`: the entry points, a conv and a transposed conv in the matmul form (Winograd's
   where it applies) with a custom VJP per layer.
 - `dot`: the 2-D matmuls underneath, with float32 accumulation.
 """
 
-from v2f_jax.ops.cpu import dot, im2col, matmul_conv, subpixel, taps_first, winograd
+from v2f_jax.ops.cpu import dot, im2col, matmul_conv, subpixel, winograd
 
-__all__ = ["dot", "im2col", "matmul_conv", "subpixel", "taps_first", "winograd"]
+__all__ = ["dot", "im2col", "matmul_conv", "subpixel", "winograd"]

@@ -17,7 +17,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from v2f_jax.ops.cpu import dot, im2col, subpixel, taps_first, winograd
+from v2f_jax.ops.cpu import dot, im2col, subpixel, winograd
 
 
 def conv2d(x, kernel, stride: int, padding: int, bias=None, use_winograd: bool = False):
@@ -30,16 +30,12 @@ def conv2d(x, kernel, stride: int, padding: int, bias=None, use_winograd: bool =
       bias: `[O]` or None; added in float32 before rounding to `x.dtype`.
       use_winograd: take the Winograd form where `winograd.applies`.
 
-    A stride-1 conv to fewer channels than it reads takes the taps-first form (`taps_first`).
-
     Returns:
       `[B, (H + 2p - k) // s + 1, ..., O]` in `x.dtype`.
     """
     bias = _bias_or_zeros(bias, kernel)
     if use_winograd and winograd.applies(x.shape, x.dtype, kernel.shape, stride, padding):
         return winograd.conv2d(x, kernel, bias)
-    if taps_first.applies(x.shape, kernel.shape, stride):
-        return taps_first.conv2d(x, kernel, bias, padding)
     return _conv_mm(x, kernel, bias, stride, padding)
 
 
