@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import statistics
 import sys
 
 import jax
@@ -70,11 +69,6 @@ def _grads_fn(layer):
     return jax.jit(jax.grad(lambda *a: jnp.sum(layer(*a) ** 2), argnums=(0, 1, 2)))
 
 
-def _median_s(fn, args, rounds: int) -> float:
-    jax.block_until_ready(fn(*args))  # compiled and warm
-    return statistics.median(timing.time_calls(lambda: fn(*args), rounds))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=64)
@@ -91,7 +85,8 @@ def main() -> None:
             jnp.zeros((channels[i],)),
         )
         row = {"layer": f"conv{i}", "in": [side, side, channels[i - 1]], "out_side": 2 * side}
-        row.update({way: _median_s(_grads_fn(fn), inputs, args.rounds) for way, fn in WAYS.items()})
+        for way, fn in WAYS.items():
+            row[way] = timing.median_warm_seconds(_grads_fn(fn), inputs, args.rounds)
         rows.append(row)
     rows.append({"layer": "all", "in": None, "out_side": None})
     rows[-1].update({way: sum(r[way] for r in rows[:-1]) for way in WAYS})

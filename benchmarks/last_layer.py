@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 
 import jax
@@ -31,11 +30,6 @@ def _grads_fn(conv, padding: int):
     return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
 
 
-def _median_s(fn, args, rounds: int) -> float:
-    jax.block_until_ready(fn(*args))  # compiled and warm
-    return statistics.median(timing.time_calls(lambda: fn(*args), rounds))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=64)
@@ -49,7 +43,8 @@ def main() -> None:
         inputs = (x, 0.1 * jax.random.normal(jax.random.PRNGKey(k), shape), jnp.zeros((3,)))
         row = {"kernel": k, "in": [64, 64, channels]}
         for way, conv in WAYS.items():
-            row[way] = _median_s(_grads_fn(conv, (k - 1) // 2), inputs, args.rounds)
+            grads = _grads_fn(conv, (k - 1) // 2)
+            row[way] = timing.median_warm_seconds(grads, inputs, args.rounds)
         row["taken"] = (
             "XLA conv" if ops.conv.xla_conv_is_faster(shape, 1, (k - 1) // 2) else "im2col + matmul"
         )

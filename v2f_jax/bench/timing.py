@@ -32,6 +32,12 @@ def time_calls(fn: Callable[[], object], n: int) -> list[float]:
     return out
 
 
+def median_warm_seconds(fn: Callable[..., object], args: Sequence, n: int) -> float:
+    """Median wall seconds of `n` calls of `fn(*args)` after one untimed call (compile, warm)."""
+    jax.block_until_ready(fn(*args))
+    return statistics.median(time_calls(lambda: fn(*args), n))
+
+
 def time_batches(it, batches: int, warmup: int, fetch=lambda b: b) -> dict:
     """Wall and process-CPU seconds of `batches` calls of `next(it)` after `warmup` ones."""
     start = time.perf_counter()
