@@ -39,15 +39,14 @@ def main() -> None:
     x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, 64, 64, channels))
     rows = []
     for k in (1, 3, 5):
-        shape = (k, k, channels, 3)
+        shape, padding = (k, k, channels, 3), (k - 1) // 2
         inputs = (x, 0.1 * jax.random.normal(jax.random.PRNGKey(k), shape), jnp.zeros((3,)))
         row = {"kernel": k, "in": [64, 64, channels]}
         for way, conv in WAYS.items():
-            grads = _grads_fn(conv, (k - 1) // 2)
+            grads = _grads_fn(conv, padding)
             row[way] = timing.median_warm_seconds(grads, inputs, args.rounds)
-        row["taken"] = (
-            "XLA conv" if ops.conv.xla_conv_is_faster(shape, 1, (k - 1) // 2) else "im2col + matmul"
-        )
+        taken_xla = ops.conv.xla_conv_is_faster(shape, 1, padding)
+        row["taken"] = "XLA conv" if taken_xla else "im2col + matmul"
         rows.append(row)
     header = " | ".join(f"{w} (ms)" for w in WAYS)
     print(f"| last layer | {header} | the matmul forms take |", file=sys.stderr)

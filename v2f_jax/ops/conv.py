@@ -100,7 +100,7 @@ def xla_conv_is_faster(kernel_shape, stride: int, padding: int) -> bool:
     """Whether the matmul forms leave a conv to XLA's: a stride-1 k x k conv (k > 1) that keeps
     its input's size, to fewer channels than it reads (G's k x k layer to RGB,
     `model.gen_out_kernel`). Its im2col copies the input k*k times to feed a matmul with a
-    handful of columns; XLA:CPU's conv, forward and both gradients, ran 2.5x faster at 3x3 and 5x
+    handful of columns; XLA:CPU's conv, forward and both gradients, ran 2.3x faster at 3x3 and 5x
     faster at 5x5 (`benchmarks/last_layer.py`). A conv that shrinks its input to a few outputs
     (D's 4x4 to 1x1) stays a matmul: its im2col is a reshape."""
     k, _, i, o = kernel_shape
