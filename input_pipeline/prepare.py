@@ -515,10 +515,17 @@ def _abandon(pool, pids: set[int]) -> None:
     import signal
 
     manager = getattr(pool, "_executor_manager_thread", None)  # shutdown() forgets it
+    results = getattr(pool, "_result_queue", None)
     pool.shutdown(wait=False, cancel_futures=True)
     for pid in pids | _pool_pids(pool):
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
+    # A process killed while sending a result leaves half a message in the results pipe, and the
+    # pool's thread waits for the rest as long as a write end is open: this process's is the
+    # last one (it never writes there), so closing it ends that wait with an EOF.
+    if results is not None:
+        with contextlib.suppress(OSError):
+            results._writer.close()
     # Its processes dead, the pool's thread ends at once; wait for it (bounded), since it imports
     # as it ends and must not do so while this thread imports TFDS, whose lazy imports swap
     # `builtins.__import__` for every thread (a TypeError traceback from the pool's thread).

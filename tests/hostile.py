@@ -12,6 +12,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -152,3 +153,19 @@ def die_on(task):
             open(marker, "w").close()
         os.kill(os.getpid(), signal.SIGKILL)
     return ("ok", value * 10, 0.0, 0.0)
+
+
+def half_a_result(task):
+    """For `prepare._map_ordered`: `(value, marker)`. With a marker, this process starts sending a
+    1 MiB result, stops after its first bytes (touching `marker`) and waits to be killed: as a
+    decoder is when the pool is abandoned while it sends a big spectrogram back."""
+    import gc
+    import multiprocessing.queues
+
+    value, marker = task
+    if not marker:
+        return ("ok", value * 10, 0.0, 0.0)
+    results = next(o for o in gc.get_objects() if type(o) is multiprocessing.queues.SimpleQueue)
+    os.write(results._writer.fileno(), struct.pack("!i", 1 << 20) + b"x" * 16)
+    open(marker, "w").close()
+    time.sleep(600)

@@ -122,9 +122,13 @@ def test_prepare_stopped_by_a_signal_leaves_nothing_half_written_and_resumes(tmp
         assert time.monotonic() < deadline
         time.sleep(0.01)
     proc.send_signal(sig)
-    proc.wait(timeout=120)
-    text = log.read_text()
     name = signal.Signals(sig).name
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"prepare still running 120 s after {name}:\n{log.read_text()[-3000:]}")
+    text = log.read_text()
     if proc.returncode != 0:  # it may have finished first
         assert proc.returncode == 128 + sig, text[-3000:]
         assert f"v2f prepare: interrupted ({name}); nothing half written is left" in text

@@ -467,6 +467,23 @@ def test_an_abandoned_pool_leaves_no_thread_behind():
         assert not _pool_threads()
 
 
+def test_a_pool_abandoned_while_a_result_is_half_sent_stops_at_once(tmp_path):
+    """Ctrl-C while a decoder sends a big result back: its process killed mid-message, the pool's
+    thread would wait for the rest of it for ever (prepare's parent holds the pipe's write end
+    too), and the interpreter, which joins that thread at exit, would never exit."""
+    marker = tmp_path / "half-sent"
+    results = prepare._map_ordered(hostile.half_a_result, [(0, ""), (1, str(marker))], 2)
+    assert next(results) == ("ok", 0, 0.0, 0.0)
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    start = time.monotonic()
+    results.close()  # as the KeyboardInterrupt unwinding does
+    assert time.monotonic() - start < 10
+    assert not _pool_threads()
+
+
 def _descendants(pid: int, depth: int = 99) -> list[int]:
     children = {}
     for entry in os.listdir("/proc"):

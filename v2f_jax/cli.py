@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import importlib
+import os
 import signal
 import sys
 import threading
+from typing import NoReturn
 
 from v2f_jax.training import host_memory
 
@@ -85,12 +89,46 @@ def _terminate_as_interrupt():
     return signal.signal(signal.SIGTERM, handler)
 
 
+def exit_after(code: int) -> NoReturn:
+    """Ends the process with `code`, the status of a command whose work is done.
+
+    The interpreter's teardown takes a second or more with TensorFlow and JAX loaded. A Ctrl-C or
+    SIGTERM in it must not turn a finished run into death by a signal, nor raise
+    KeyboardInterrupt inside the joins of its threads and processes, which can then wait
+    forever: until the exit handlers are done, such a signal ends the process at once with
+    `code`; after them, while the modules are torn down, it is ignored."""
+
+    def now(signum, frame):
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, now)
+        signal.signal(signal.SIGTERM, now)
+    sys.exit(code)
+
+
+def _ignore_stop_signals() -> None:
+    # Python puts back the default (deadly) action for `now` before tearing the modules down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def run_and_exit() -> NoReturn:
+    """`main` on the process's arguments, then `exit_after` its status."""
+    # Registered before any command imports its libraries, so it runs after all their handlers.
+    atexit.register(_ignore_stop_signals)
+    exit_after(main())
+
+
 def entry() -> None:
-    """The `v2f` console script: `main`, first re-executed under malloc settings that reuse host
-    memory where `V2F_REUSE_HOST_MEMORY=1` (`host_memory`)."""
+    """The `v2f` console script: `run_and_exit`, first re-executed under malloc settings that
+    reuse host memory where `V2F_REUSE_HOST_MEMORY=1` (`host_memory`)."""
     host_memory.reexec_with_memory_reuse(sys.argv)
-    sys.exit(main())
+    run_and_exit()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_and_exit()
