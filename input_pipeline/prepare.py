@@ -471,8 +471,18 @@ def _signal_name(signum: int) -> str:
 
 def _run_child(fn: Callable, task, conn) -> None:
     """In a process of its own: `fn(task)`, sent back through `conn`."""
+    _leave_interrupts_to_the_parent()
     conn.send(fn(task))
     conn.close()
+
+
+def _leave_interrupts_to_the_parent() -> None:
+    """In a decoding process: Ctrl-C in a terminal reaches the whole process group, and the
+    parent, which stops the job, kills its decoders; one interrupted on its own would print
+    a traceback, or break the pool, first."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 _START_TRIES = 6  # a fork server killed a moment ago is noticed (and restarted) within ~2 s
@@ -570,7 +580,9 @@ def _map_ordered(
         while next_task < len(tasks):
             try:
                 if pool is None:
-                    pool = ProcessPoolExecutor(workers, mp_context=ctx)
+                    pool = ProcessPoolExecutor(
+                        workers, mp_context=ctx, initializer=_leave_interrupts_to_the_parent
+                    )
                     pids: set[int] = set()
                 while submitted < len(tasks) and len(pending) < window:
                     pending.append(pool.submit(fn, tasks[submitted]))

@@ -155,6 +155,11 @@ def die_on(task):
     return ("ok", value * 10, 0.0, 0.0)
 
 
+def sigint_handler(task):
+    """For `prepare._map_ordered`: what Ctrl-C does in this process (`signal.getsignal`)."""
+    return ("ok", repr(signal.getsignal(signal.SIGINT)), 0.0, 0.0)
+
+
 def half_a_result(task):
     """For `prepare._map_ordered`: `(value, marker)`. With a marker, this process starts sending a
     1 MiB result, stops after its first bytes (touching `marker`) and waits to be killed: as a

@@ -106,7 +106,8 @@ def test_temporaries_of_dead_writers_are_cleared_and_live_ones_kept(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_prepare_stopped_by_a_signal_leaves_nothing_half_written_and_resumes(tmp_path, sig):
+@pytest.mark.parametrize("to", ["process", "group"])  # group: as Ctrl-C in a terminal
+def test_prepare_stopped_by_a_signal_leaves_nothing_half_written_and_resumes(tmp_path, sig, to):
     corpus = tmp_path / "corpus"
     writer.make_corpus(corpus, identities=10, utterances=6, faces=4, seed=0)
     out = tmp_path / "records"
@@ -115,13 +116,17 @@ def test_prepare_stopped_by_a_signal_leaves_nothing_half_written_and_resumes(tmp
             "--shards-per-split", "4"]  # fmt: skip
     log = tmp_path / "log"
     proc = subprocess.Popen([sys.executable, "-m", "v2f_jax.cli", *map(str, argv)], cwd=REPO,
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT)  # fmt: skip
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + 240
     while not list(out.glob("*.tfrecord.done")):  # a shard or more written: mid-job
         assert proc.poll() is None, log.read_text()[-3000:]
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    proc.send_signal(sig)
+    if to == "group":
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     name = signal.Signals(sig).name
     try:
         proc.wait(timeout=120)
@@ -132,7 +137,7 @@ def test_prepare_stopped_by_a_signal_leaves_nothing_half_written_and_resumes(tmp
     if proc.returncode != 0:  # it may have finished first
         assert proc.returncode == 128 + sig, text[-3000:]
         assert f"v2f prepare: interrupted ({name}); nothing half written is left" in text
-        assert "Traceback" not in text
+        assert "Traceback" not in text and "Process " not in text  # no worker's last words
     assert not hostile.leftovers(out)
     for shard in out.glob("*.tfrecord"):
         assert pathlib.Path(f"{shard}.done").exists()  # every shard there is whole

@@ -443,6 +443,15 @@ def test_a_worker_killed_mid_job_is_retried_then_named(tmp_path):
     assert lines and "a decoding process died" in lines[0]
 
 
+def test_decoding_processes_leave_ctrl_c_to_prepare():
+    """Ctrl-C in a terminal reaches every process of the group; prepare stops the job and
+    kills its decoders, which must not each print a traceback or break the pool first."""
+    ignored = ("ok", repr(signal.SIG_IGN), 0.0, 0.0)
+    assert list(prepare._map_ordered(hostile.sigint_handler, [0, 1, 2, 3], 2)) == [ignored] * 4
+    alone = prepare._run_alone(hostile.sigint_handler, 0, multiprocessing.get_context("forkserver"))
+    assert alone == (ignored, None)
+
+
 def _pool_threads():
     return [t for t in threading.enumerate() if type(t).__name__.endswith("ManagerThread")]
 

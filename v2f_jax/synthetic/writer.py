@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import pathlib
 import shutil
+import signal
 import wave
 
 import cv2
@@ -158,9 +159,14 @@ def make_corpus(
     if workers == 1:
         total_samples = sum(map(write, people))
     else:
-        # Spawned, not forked: the caller may hold JAX's or TensorFlow's threads.
+        # Spawned, not forked: the caller may hold JAX's or TensorFlow's threads. Ctrl-C in a
+        # terminal reaches every process of the group: the parent stops the job, and its
+        # workers ignore it rather than each print a traceback.
         spawn = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=spawn) as pool:
+        no_interrupts = (signal.SIGINT, signal.SIG_IGN)
+        with concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=spawn, initializer=signal.signal, initargs=no_interrupts
+        ) as pool:
             total_samples = sum(pool.map(write, people))
     rows = ["\t".join(META_COLUMNS)] + [
         "\t".join((p.voxceleb_id, p.name, p.gender, p.nationality, p.split)) for p in people
