@@ -104,9 +104,8 @@ def exit_after(code: int) -> NoReturn:
             sys.stderr.flush()
         os._exit(code)
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, now)
-        signal.signal(signal.SIGTERM, now)
+    signal.signal(signal.SIGINT, now)  # the process's main thread: the only caller
+    signal.signal(signal.SIGTERM, now)
     sys.exit(code)
 
 
