@@ -91,7 +91,7 @@ def get_config() -> ml_collections.ConfigDict:
     # step; evaluation, export and `v2f generate` use it. 0: G as trained (the reference).
     cfg.train.ema_decay = 0.0
     # > 0: G also draws from blends of two voices, weights ~ Beta(this, this), and C's loss on
-    # those faces asks for the same blend of the two speakers
+    # those faces (and the mean-face term, when on) asks for the same blend of the two speakers
     # (v2f_jax/training/voice_mixup.py). 0: the reference.
     cfg.train.voice_mixup = 0.0
     cfg.train.train_embedder = False  # the reference keeps E frozen

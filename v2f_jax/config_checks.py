@@ -289,15 +289,6 @@ def check(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             "config.data.on_device and config.data.in_host_memory: choose one place for the split"
         )
-    if (
-        config.train.voice_mixup > 0
-        and config.train.face_target_weight > 0
-        and config.train.task == "gan"
-    ):
-        raise ConfigError(
-            "config.train.voice_mixup > 0 and config.train.face_target_weight > 0 do not "
-            "combine in a GAN run: set one of them to 0"
-        )
     _check_shapes(config)
 
 

@@ -79,7 +79,8 @@ def make_gan_step(
     gradient norm of D's logit at the real faces. With `train.face_target_weight` > 0, G's loss
     also has that weight x the mean squared error between its face, pooled (`face_targets`), and
     its speaker's pooled mean face. With `train.voice_mixup` > 0, G draws from blends of two
-    voices and C's loss on its faces asks for the same blend of their speakers (voice_mixup.py).
+    voices, and C's loss on its faces and the mean-face term ask for the same blend of their
+    speakers (voice_mixup.py).
     """
     optimizer = state_lib.make_optimizer(config.optim)
     embedder = nets.embedder.clone(axis_name=axis_name)
@@ -93,8 +94,6 @@ def make_gan_step(
     face_loss = _face_target_loss(face_targets, face_weight, nets.num_ids, face_dim, axis_name)
     mixup_alpha = float(config.train.voice_mixup)
     r1_weight = float(config.train.r1_weight)
-    if mixup_alpha > 0 and face_loss is not None:
-        raise ValueError("train.voice_mixup and a GAN's train.face_target_weight do not combine")
 
     def mean_over_devices(tree):
         return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
@@ -206,7 +205,7 @@ def make_gan_step(
             metrics = {"g_adv": g_adv, "g_id": g_id}
             if face_loss is not None:
                 pooled = face_targets.of_faces(fake_faces)
-                metrics["g_face_loss"] = face_loss(pooled, batch["voice_id"])
+                metrics["g_face_loss"] = face_loss(pooled, batch["voice_id"], pairs)
                 g_loss = g_loss + face_weight * metrics["g_face_loss"]
             return g_loss, metrics | {"g_loss": g_loss}
 
@@ -273,9 +272,14 @@ def _face_target_loss(face_targets, weight: float, num_ids: int, dim: int, axis_
             f"face targets of shape {targets.shape}; this config wants {(num_ids, dim)}"
         )
 
-    def loss(prediction, ids):
-        mask = present[ids]
-        total = jnp.sum(mask * jnp.mean(jnp.square(prediction - targets[ids]), axis=-1))
+    def loss(prediction, ids, pairs=None):
+        mask, target = present[ids], targets[ids]
+        if pairs is not None:
+            # A blend of two voices is drawn toward the same blend of their speakers' faces.
+            lam = pairs.lam[:, None]
+            target = lam * target + (1.0 - lam) * targets[pairs.partner_ids]
+            mask = mask * present[pairs.partner_ids]
+        total = jnp.sum(mask * jnp.mean(jnp.square(prediction - target), axis=-1))
         count = jnp.sum(mask)
         if axis_name is not None:
             # Each device's gradient is then averaged: scale so the mean is the global one.

@@ -4,7 +4,12 @@ G sees each training speaker's voices and learns a face per speaker; a new speak
 falls between them. With mixup, each voice of the batch is blended with another voice of the
 global batch, `unit(lam * e_i + (1 - lam) * e_j)` with `lam ~ Beta(alpha, alpha)`, and C's identity
 loss on G's face asks for the same blend of the two speakers (`lam` x cross-entropy to i's label
-+ `1 - lam` x to j's), so G learns to draw between its speakers as well as at them.
++ `1 - lam` x to j's), so G learns to draw between its speakers as well as at them. With G's
+mean-face term on (`train.face_target_weight`), the blend's face is drawn toward the same blend
+of the two speakers' mean faces (`train_step._face_target_loss`), asking G's map from voice to
+face to run straight between its training speakers, as a linear reading of E's embedding does.
+Off in every config: on the demo's corpora neither form gained beyond a run's noise (RESULTS.md,
+section 6).
 
 The partners and weights are drawn for the global batch and each device takes its rows, so any
 number of devices trains as one.
