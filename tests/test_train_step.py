@@ -30,7 +30,9 @@ def make_batch(batch_size=16, frames=96, seed=0):
     }
 
 
-def run_steps(config, batch, steps, mode="jit", devices=None, on_trace=None):
+def run_steps(config, batch, steps, mode="jit", devices=None, on_trace=None, states=None):
+    """`steps` steps on `batch`: (final state, each step's metrics); each step's state is also
+    appended to `states` where given."""
     nets = models.Networks(config.model, NUM_IDS)
 
     def make_step(axis_name):
@@ -50,6 +52,8 @@ def run_steps(config, batch, steps, mode="jit", devices=None, on_trace=None):
     for _ in range(steps):
         state, metrics = dp(state, dp.put_batch(batch))
         history.append(dp.get_metrics(metrics))
+        if states is not None:
+            states.append(jax.device_get(dp.get_state(state)))
     return jax.device_get(dp.get_state(state)), history
 
 
@@ -354,3 +358,34 @@ def test_r1_penalises_ds_gradient_at_the_real_faces(arch, impl):
     )(jnp.asarray(batch["face"]))
     want = float(jnp.mean(jnp.sum(jnp.square(grads), axis=(1, 2, 3))))
     assert history[0]["d_r1"] == pytest.approx(want, rel=1e-3)
+
+
+def test_lazy_r1_runs_every_nth_step_at_n_times_the_weight():
+    """`train.r1_every=2`: step 0 takes R1 at twice the weight (the same update as R1 every
+    step at twice `r1_weight`), step 1 none (`d_r1` 0), step 2 again."""
+    batch, states = make_batch(), []
+    lazy_cfg = tiny_config("--config.train.r1_weight=5.0", "--config.train.r1_every=2")
+    _, lazy = run_steps(lazy_cfg, batch, 3, states=states)
+    eager_state, eager = run_steps(tiny_config("--config.train.r1_weight=10.0"), batch, 1)
+    assert lazy[0]["d_r1"] == pytest.approx(2 * eager[0]["d_r1"], rel=1e-5)
+    assert lazy[1]["d_r1"] == 0.0
+    assert lazy[2]["d_r1"] > 0.0
+    for a, b in zip(
+        jax.tree_util.tree_leaves(states[0].critics),
+        jax.tree_util.tree_leaves(eager_state.critics),
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_lazy_r1_under_pmap_matches_jit():
+    """The steps that take R1 are the same on every device: pmap on 4 = jit on 1."""
+    batch = make_batch()
+    config = tiny_config("--config.train.r1_weight=5.0", "--config.train.r1_every=2")
+    jit_state, jit_hist = run_steps(config, batch, 3)
+    pmap_state, pmap_hist = run_steps(config, batch, 3, "pmap")
+    np.testing.assert_allclose(
+        [h["d_r1"] for h in pmap_hist], [h["d_r1"] for h in jit_hist], rtol=1e-5
+    )
+    for a, b in zip(jax.tree_util.tree_leaves(pmap_state), jax.tree_util.tree_leaves(jit_state)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

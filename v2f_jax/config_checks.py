@@ -212,6 +212,7 @@ RULES: dict[str, Rule] = {
     "train.face_target_weight": number(0.0),
     "train.face_target_pool": _face_target_pool,
     "train.r1_weight": number(0.0),
+    "train.r1_every": integer(1),
     "train.embedder_init": text("a workdir or model file, or 'random'"),
     "train.parallel": one_of(*PARALLEL_MODES),
     "train.steps_per_call": integer(1),

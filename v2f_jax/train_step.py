@@ -76,11 +76,13 @@ def make_gan_step(
     """The alternating GAN step: critics (F, D, C) first, then G against the updated critics.
 
     With `train.r1_weight` > 0, the critics' loss also has that weight / 2 x R1, the mean squared
-    gradient norm of D's logit at the real faces. With `train.face_target_weight` > 0, G's loss
-    also has that weight x the mean squared error between its face, pooled (`face_targets`), and
-    its speaker's pooled mean face. With `train.voice_mixup` > 0, G draws from blends of two
-    voices, and C's loss on its faces and the mean-face term ask for the same blend of their
-    speakers (voice_mixup.py).
+    gradient norm of D's logit at the real faces; with `train.r1_every` = N > 1, only every N-th
+    step computes it, at N x the weight (lazy regularisation, as StyleGAN2), and the metric
+    `d_r1` is N x R1 on those steps and 0 between, so its mean over steps is still R1's. With
+    `train.face_target_weight` > 0, G's loss also has that weight x the mean squared error
+    between its face, pooled (`face_targets`), and its speaker's pooled mean face. With
+    `train.voice_mixup` > 0, G draws from blends of two voices, and C's loss on its faces and the
+    mean-face term ask for the same blend of their speakers (voice_mixup.py).
     """
     optimizer = state_lib.make_optimizer(config.optim)
     embedder = nets.embedder.clone(axis_name=axis_name)
@@ -94,6 +96,7 @@ def make_gan_step(
     face_loss = _face_target_loss(face_targets, face_weight, nets.num_ids, face_dim, axis_name)
     mixup_alpha = float(config.train.voice_mixup)
     r1_weight = float(config.train.r1_weight)
+    r1_every = int(config.train.r1_every)
 
     def mean_over_devices(tree):
         return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
@@ -139,6 +142,17 @@ def make_gan_step(
         grads = jax.grad(adv_sum)(real)
         return jnp.mean(jnp.sum(jnp.square(grads.astype(jnp.float32)), axis=(1, 2, 3)))
 
+    def r1_term(c_params, real, step):
+        """R1 x `r1_every` on the steps that compute it, 0 on the others (a `[]` float32)."""
+        if r1_every == 1:
+            return r1_penalty(c_params, real)
+        # A conditional, not a multiply by 0: the skipped steps never run R1's double backward.
+        return jax.lax.cond(
+            step % r1_every == 0,
+            lambda: r1_every * r1_penalty(c_params, real),
+            lambda: jnp.zeros((), jnp.float32),
+        )
+
     def step(state: state_lib.GanState, batch) -> tuple[state_lib.GanState, Metrics]:
         batch = device_inputs.to_model_inputs(batch)
         key = jax.random.fold_in(state.key, state.step)
@@ -183,7 +197,7 @@ def make_gan_step(
             }
             loss = d_real + d_fake + c_loss
             if r1_weight > 0:
-                metrics["d_r1"] = r1_penalty(c_params, batch["face"])
+                metrics["d_r1"] = r1_term(c_params, batch["face"], state.step)
                 loss = loss + 0.5 * r1_weight * metrics["d_r1"]
             return loss, metrics
 
