@@ -27,20 +27,17 @@ from v2f_jax import checkpointing, models
 from v2f_jax.evaluation import baselines, face_embedder, metrics
 from v2f_jax.inference import generate
 from v2f_jax.input_pipeline import manifest, reader
+from v2f_jax.training import coarse_face
 
 # Attributes shared by voice and face, per corpus (identities.json keys; gender is added).
 SHARED = {"a": ("age", "vtl_cm", "region"), "b": ("age", "vtl_cm", "build", "complexion")}
-RIDGE = 0.1
 
 
-def ridge(x: np.ndarray, y: np.ndarray, lam: float = RIDGE):
+def ridge(x: np.ndarray, y: np.ndarray):
     """`x [N, D] -> prediction`: ridge regression of `y [N, ...]` on standardised `x`, with an
-    unpenalised mean."""
-    mu, sd = x.mean(0), x.std(0)
-    sd = np.where(sd > 0, sd, 1.0)
-    xs, ym = (x - mu) / sd, y.reshape(len(y), -1).mean(0)
-    w = np.linalg.solve(xs.T @ xs + lam * np.eye(x.shape[1]), xs.T @ (y.reshape(len(y), -1) - ym))
-    return lambda q: (((q - mu) / sd) @ w + ym).reshape((len(q),) + y.shape[1:])
+    unpenalised mean (`coarse_face.ridge_map`, the map G's coarse face is drawn by)."""
+    kernel, bias = coarse_face.ridge_map(x, y.reshape(len(y), -1))
+    return lambda q: (q @ kernel + bias).reshape((len(q),) + y.shape[1:])
 
 
 def attributes(people: dict, names: dict, keys) -> tuple[np.ndarray, list[list[int]]]:

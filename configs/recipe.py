@@ -1,5 +1,6 @@
 """The GAN recipe `v2f demo` runs and the README recommends for your own data: the reference's
-networks and losses, G's faces also pulled towards their speaker's mean training face.
+networks and losses, with G's coarse face drawn by a linear map of the voice fitted to the
+training speakers' mean faces, and G's network held to it.
 
     v2f train --config configs/embedder.py:BASE --records R --workdir runs/embedder
     v2f train --config configs/recipe.py:BASE --records R --workdir runs/gan \\
@@ -18,9 +19,13 @@ def get_config(base: str = "wen2019"):
     if base not in BASES:
         raise ValueError(f"unknown base config {base!r}; choose one of {BASES}")
     cfg = importlib.import_module(f"v2f_jax.configs.{base}").get_config()
-    # C's identity loss alone lets G memorise its training speakers; a face averaged over 8x8
-    # cells changes smoothly between speakers and so carries over to new voices
-    # (v2f_jax/training/face_targets.py; RESULTS.md: +2.3 points of 1:2 matching, 15 pairs).
+    # C's identity loss lets G's network memorise its training speakers and draw a new voice
+    # like the nearest of them. A linear map from E's embedding cannot: G's means over 8x8-pixel
+    # cells come from one, fitted to the training speakers' mean faces before the GAN trains
+    # (v2f_jax/training/coarse_face.py), and G's network draws the detail within the cells. The
+    # mean-face term holds the network's own cell means to the map's, so that swapping them
+    # leaves a smooth face. RESULTS.md, section 4.7.
+    cfg.model.coarse_cell = 8
     cfg.train.face_target_weight = 5.0
     cfg.train.face_target_pool = 8
     if base == "tiny":

@@ -60,6 +60,10 @@ def get_config() -> ml_collections.ConfigDict:
     # G's last layer, 64x64 features to RGB: the reference's 1x1 conv, or a k x k conv (odd k)
     # that can sharpen what a smoothing upsampler ("bilinear") drew.
     cfg.model.gen_out_kernel = 1
+    # 0: G draws the whole face (the reference). N (divides 64): the face's means over N x N
+    # cells come from a linear map of the voice embedding, fitted to the training speakers' mean
+    # faces before the GAN trains (v2f_jax/training/coarse_face.py), and G draws the detail.
+    cfg.model.coarse_cell = 0
     cfg.model.dtype = "float32"  # compute dtype: "float32" | "bfloat16"; parameters stay float32
     # Conv implementation, all exactly equivalent (v2f_jax/ops/conv.py): "auto" picks per backend,
     # "xla" forces plain XLA convs; or "subpixel", "matmul", "winograd".

@@ -27,8 +27,8 @@ def test_demo_learns_faces_from_voices(tmp_path):
 
     demo = json.loads((out / "demo.json").read_text())
     trained, untrained = demo["eval"], demo["untrained_eval"]
-    # Trained for a few CPU minutes, faces match held-out speakers clearly above chance (80.2%
-    # +- 3.6 over 42 identities here; 61-81% on six other corpora, RESULTS.md): by at least 3
+    # Trained for a few CPU minutes, faces match held-out speakers clearly above chance (81.4%
+    # +- 2.9 over 42 identities here; 71-80% on six other corpora, RESULTS.md): by at least 3
     # standard errors...
     report = json.loads((out / "eval" / "eval.json").read_text())
     assert trained["matching_1v2"] > 0.62, trained
@@ -36,9 +36,13 @@ def test_demo_learns_faces_from_voices(tmp_path):
     assert trained["matching_1v2_gender"] > 0.57, trained
     # ...and recognisably draw training speakers (chance 1/86)...
     assert trained["id_top1"] > 4 / 86, trained
-    # ...while the same networks with the generator untrained score chance: one face for all.
-    assert abs(untrained["matching_1v2"] - 0.5) < 0.02, untrained
-    assert untrained["id_top1"] < 2 / 86, untrained
+    # G as the run initialised it, its coarse map fitted and its network untrained, already
+    # reads the voice (77.8% here: the map is linear in E's embedding)...
+    assert untrained["matching_1v2"] > 0.62, untrained
+    # ...and training G makes the faces more like photos (Fréchet distance in the scorer's
+    # embedding: 0.39 against 0.44 here, lower on each of seven corpora, RESULTS.md 4.7).
+    before = json.loads((out / "eval_untrained" / "eval.json").read_text())["picture"]
+    assert report["picture"]["frechet"]["generated"] < before["frechet"]["generated"], before
 
     assert report["matching_1v2"] == trained["matching_1v2"]
     # G's bilinear x2 layers draw no more pixel-scale checkerboard than photos have (the

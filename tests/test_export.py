@@ -22,7 +22,7 @@ def _model(arch="wen2019"):
 
 
 @functools.cache
-def _build_model(arch, num_ids=7, seed=0, upsample=None, blur=False, out_kernel=1):
+def _build_model(arch, num_ids=7, seed=0, upsample=None, blur=False, out_kernel=1, coarse_cell=0):
     """`upsample` None: the reference's transposed convs for wen2019 (what converts to PyTorch,
     whatever configs/tiny.py draws with), the paper's own form for paper."""
     config = config_lib.load_config("configs/tiny.py")
@@ -32,14 +32,21 @@ def _build_model(arch, num_ids=7, seed=0, upsample=None, blur=False, out_kernel=
     )
     config.model.upsample_blur = blur
     config.model.gen_out_kernel = out_kernel
+    config.model.coarse_cell = coarse_cell
     config.model.num_ids = num_ids
     config.seed = seed
     nets = models.Networks(config.model, num_ids)
+    rng = np.random.default_rng(seed)
     k_e, k_g = jax.random.split(jax.random.PRNGKey(seed))
     embedder = jax.jit(lambda k: state_lib.init_embedder(nets, k))(k_e)
     generator = jax.jit(lambda k: nets.generator.init(k, jnp.zeros((1, nets.embed_dim))))(k_g)
+    if coarse_cell:  # a coarse map as a fit would set it (zero at initialisation)
+        coarse = jax.tree_util.tree_map(
+            lambda x: np.asarray(rng.normal(0, 0.3, x.shape), np.float32),
+            generator["params"]["coarse"],
+        )
+        generator = {"params": generator["params"] | {"coarse": coarse}}
     # Non-trivial running statistics, so a swapped mean/var or scale/bias would show.
-    rng = np.random.default_rng(seed)
     stats = jax.tree_util.tree_map(
         lambda x: np.asarray(rng.uniform(0.5, 1.5, x.shape), np.float32), embedder["batch_stats"]
     )
@@ -243,23 +250,26 @@ def test_export_command_converts_between_formats(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "upsample,blur,out_kernel",
+    "upsample,blur,out_kernel,coarse_cell",
     [
-        ("deconv", True, 1),
-        ("deconv", False, 3),  # the reference's G but for a 3x3 last layer
-        ("nearest", False, 1),
-        ("bilinear", False, 1),
-        ("bilinear", False, 3),
-        ("conv_bilinear", False, 1),
-        ("subpixel", True, 1),
+        ("deconv", True, 1, 0),
+        ("deconv", False, 3, 0),  # the reference's G but for a 3x3 last layer
+        ("deconv", False, 1, 8),  # the reference's G but with a coarse map
+        ("nearest", False, 1, 0),
+        ("bilinear", False, 1, 0),
+        ("bilinear", False, 3, 4),
+        ("conv_bilinear", False, 1, 0),
+        ("subpixel", True, 1, 0),
     ],
 )
 def test_every_generator_form_round_trips_and_draws_but_has_no_torch_layout(
-    tmp_path, upsample, blur, out_kernel
+    tmp_path, upsample, blur, out_kernel, coarse_cell
 ):
     from v2f_jax.inference import generate, validate
 
-    model, nets = _build_model("wen2019", upsample=upsample, blur=blur, out_kernel=out_kernel)
+    model, nets = _build_model(
+        "wen2019", upsample=upsample, blur=blur, out_kernel=out_kernel, coarse_cell=coarse_cell
+    )
     want = validate.expected_shapes(model.config)
     got = jax.tree_util.tree_map(np.shape, model.generator)
     flat = {f"generator/{k}/{p}": v for k, d in got.items() for p, v in d.items()}
@@ -268,6 +278,7 @@ def test_every_generator_form_round_trips_and_draws_but_has_no_torch_layout(
     loaded = model_files.load_model(path)
     assert models.generator_form(loaded.config.model) == (upsample, blur)
     assert loaded.config.model.gen_out_kernel == out_kernel
+    assert loaded.config.model.coarse_cell == coarse_cell
     emb = np.random.default_rng(0).normal(size=(3, 16)).astype(np.float32)
     np.testing.assert_array_equal(
         generate.generate_faces(loaded.config, loaded.generator, emb),
@@ -275,7 +286,7 @@ def test_every_generator_form_round_trips_and_draws_but_has_no_torch_layout(
     )
     # The reference's PyTorch generator is transposed convs without blur and a 1x1 last layer:
     # refused by name.
-    with pytest.raises(ValueError, match="model.upsample"):
+    with pytest.raises(ValueError, match="model.coarse_cell" if coarse_cell else "model.upsample"):
         torch_state_dicts.export_torch(model, tmp_path / "pth")
     assert not (tmp_path / "pth").exists()
     out = str(tmp_path / "pth2")

@@ -62,11 +62,14 @@ def test_the_readme_recipe_for_your_own_data_runs_end_to_end(tmp_path):
     gan_config = json.loads((tmp_path / "runs/tiny/config.json").read_text())
     assert e_config["train"]["task"] == "embedder" and e_config["model"]["embed_dim"] == 16
     assert gan_config["train"]["embedder_init"] == "runs/tiny-embedder"
-    # The recipe's G learns its speakers' mean faces too, the term that carries to new voices.
+    # The recipe's G draws its coarse face by a linear map of the voice, and its network is held
+    # to that map: what carries to new voices.
+    assert gan_config["model"]["coarse_cell"] == 8
     assert gan_config["train"]["face_target_weight"] == 5
     assert gan_config["train"]["face_target_pool"] == 8
-    assert gan_config["data"]["frontend"] == "wen2019"
     model = model_files.load_model(tmp_path / "tiny.safetensors")
+    assert np.any(model.generator["coarse"]["kernel"] != 0)  # fitted, not as initialised
+    assert gan_config["data"]["frontend"] == "wen2019"
     assert model.source["step"] == 4 and model.frontend_name == "wen2019"
     report = json.loads((tmp_path / "runs/tiny/eval/eval.json").read_text())
     assert 0 <= report["matching_1v2"] <= 1

@@ -21,7 +21,7 @@ import runs  # tests/ is on sys.path under pytest
 
 from v2f_jax import checkpointing, config_lib, train
 from v2f_jax.input_pipeline import manifest
-from v2f_jax.training import nonfinite
+from v2f_jax.training import coarse_face, nonfinite
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 20
@@ -106,6 +106,8 @@ def gan_cmd(records_dir, workdir, embedder_workdir, env):
         *COMMON,
         f"--config.train.embedder_init={embedder_workdir}",
         f"--config.train.compilation_cache={env['JAX_COMPILATION_CACHE_DIR']}",
+        # G's coarse face from a map fitted at the start: a resumed run must keep it exactly.
+        "--config.model.coarse_cell=8",
     )
 
 
@@ -162,15 +164,20 @@ def test_sample_grids_show_the_state_of_their_step(reference_run, records_dir):
     assert differs(10, grid_of(15)) > 0.01  # one checkpoint later, the grid is another
 
 
-def test_embedder_pretraining_then_gan_starts_from_its_e(embedder_run, reference_run):
+def test_embedder_pretraining_then_gan_starts_from_its_e(embedder_run, reference_run, records_dir):
     e_workdir, e_log = embedder_run
     assert "e_loss" in e_log
     e_config, e_state = checkpointing.restore_for_inference(e_workdir)
     assert e_config.train.task == "embedder" and int(e_state.step) == 10
-    gan = runs.final_state(reference_run[0])
+    gan_config, gan = checkpointing.restore_for_inference(reference_run[0])
     assert int(gan.step) == STEPS
     # E is frozen in the GAN (the reference's setting): the GAN ends with the pretrained E.
     runs.assert_bitwise_equal(gan.embedder, e_state.embedder)
+    # G's coarse map was fitted with that E on the records, and training left it as fitted.
+    kernel, bias = coarse_face.fit(gan_config, e_state.embedder, manifest.Records.open(records_dir))
+    np.testing.assert_array_equal(gan.generator["coarse"]["kernel"], kernel)
+    np.testing.assert_array_equal(gan.generator["coarse"]["bias"], bias)
+    assert "coarse face: a linear map from 7 identities' voices" in reference_run[1]
 
 
 @pytest.mark.slow

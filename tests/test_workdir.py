@@ -60,6 +60,12 @@ def snapshot(path: pathlib.Path) -> dict[str, bytes]:
         ("--config.train.identity_weight=-1.0", "config.train.identity_weight=-1.0"),
         ("--config.train.face_target_weight=-1.0", "config.train.face_target_weight=-1.0"),
         ("--config.train.face_target_pool=12", "config.train.face_target_pool=12"),
+        ("--config.model.coarse_cell=3", "config.model.coarse_cell=3: must be 0 (off) or"),
+        (
+            "--config.model.coarse_cell=8 --config.train.face_target_weight=1 "
+            "--config.train.face_target_pool=4",
+            "config.train.face_target_pool=4 is not one",
+        ),
         ("--config.model.gen_channels=(8,8)", "config.model.gen_channels"),
         ("--config.data.frontend=librosa", "manifest.json"),
         ("--config.data.image_size=128", "config.model.gen_channels draws 64x64"),
@@ -67,7 +73,9 @@ def snapshot(path: pathlib.Path) -> dict[str, bytes]:
 )
 def test_a_bad_config_exits_2_naming_the_key(tiny_records_dir, tmp_path, capsys, override, named):
     run = tmp_path / "run"
-    assert train(tiny_records_dir, run, override, "--config.train.embedder_init=random") == 2
+    assert (
+        train(tiny_records_dir, run, *override.split(), "--config.train.embedder_init=random") == 2
+    )
     err = capsys.readouterr().err
     assert named in err and "Traceback" not in err, err
     assert not run.exists()

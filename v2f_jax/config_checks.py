@@ -145,6 +145,12 @@ def _face_target_pool(value) -> str | None:
     return "a cell side in pixels that divides 64 (1, 2, 4, 8, 16, 32 or 64)"
 
 
+def _coarse_cell(value) -> str | None:
+    if _is_int(value) and (value == 0 or (value >= 2 and not 64 % value)):
+        return None
+    return "0 (off) or a cell side in pixels that divides 64 (2, 4, 8, 16, 32 or 64)"
+
+
 def _profile_steps(value) -> str | None:
     want = "() (no trace) or (a, b): loop steps with 1 <= a <= b"
     if not isinstance(value, (tuple, list)):
@@ -192,6 +198,7 @@ RULES: dict[str, Rule] = {
     "model.upsample": _upsample,  # "": the architecture's own
     "model.upsample_blur": boolean,
     "model.gen_out_kernel": _odd_kernel,
+    "model.coarse_cell": _coarse_cell,
     "model.dtype": one_of(*DTYPES),
     "model.impl": _impl,
     "model.matmul_precision": one_of(*PRECISIONS),
@@ -290,6 +297,14 @@ def check(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             "config.data.on_device and config.data.in_host_memory: choose one place for the split"
         )
+    cell, pool = int(config.model.coarse_cell), int(config.train.face_target_pool)
+    mean_face_term = float(config.train.face_target_weight) > 0
+    if config.train.task == "gan" and cell and mean_face_term and pool % cell:
+        raise ConfigError(
+            f"config.model.coarse_cell={cell}: G's mean-face term then holds its network's cell "
+            f"means to those the coarse map draws, which sets them only over cells of "
+            f"{cell} pixels or a multiple: config.train.face_target_pool={pool} is not one"
+        )
     _check_shapes(config)
 
 
@@ -315,6 +330,7 @@ NETWORK_KEYS = (
     "model.upsample",
     "model.upsample_blur",
     "model.gen_out_kernel",
+    "model.coarse_cell",
 )
 
 

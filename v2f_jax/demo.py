@@ -2,8 +2,9 @@
 
 synthesise -> prepare -> pretrain E (speaker classification, as the reference's
 `voice_embedding.pth`, and a coarse picture of each speaker's face) -> train the GAN with E
-frozen (configs/tiny.py) -> export -> evaluate (and evaluate the same networks with G untrained:
-the chance baseline) -> generate faces for held-out voices. Every stage writes where the real
+frozen (configs/recipe.py:tiny) -> export -> evaluate (and evaluate G as the run initialised it:
+its coarse map, fitted before training, with its network untrained) -> generate faces for
+held-out voices. Every stage writes where the real
 commands would, under one directory, and a rerun reuses what is finished (the corpus, the
 records' shards, the training checkpoints).
 """
@@ -59,6 +60,7 @@ class DemoResult:
     picture: str
     faces_sheet: str | None
     seconds: dict
+    coarse_map: bool = False  # G draws its coarse face by a fitted map (`model.coarse_cell`)
 
 
 def run_demo(
@@ -169,12 +171,15 @@ def run_demo(
 
     untrained = None
     if baseline:
-        # The same E, and G as step 0 of the run initialised it.
+        # The same E, and G as step 0 of the run: its network as initialised, its coarse map
+        # (fitted before training, never trained) as the trained G's. So this measures what
+        # training G added.
         start = time.perf_counter()
+        generator = init_model(model.config).generator
+        if "coarse" in generator:
+            generator = generator | {"coarse": model.generator["coarse"]}
         fresh = dataclasses.replace(
-            model,
-            generator=init_model(model.config).generator,
-            source={"untrained_generator": True, "step": 0},
+            model, generator=generator, source={"untrained_generator": True, "step": 0}
         )
         untrained = evaluate.evaluate(
             fresh,
@@ -229,6 +234,7 @@ def run_demo(
         picture=str(eval_dir / "eval.png"),
         faces_sheet=faces_result.contact_sheet,
         seconds=seconds,
+        coarse_map=bool(int(config.model.coarse_cell)),
     )
 
 
@@ -253,7 +259,10 @@ def summary(r: DemoResult) -> str:
     """The closing lines: the figures against chance and the untrained baseline, then paths."""
     e, u = r.eval, r.untrained_eval
     pct = lambda x: f"{100 * x:.1f}%"
-    base = f", untrained generator {pct(u['matching_1v2'])}" if u else ""
+    untrained = (
+        "G's network untrained (its coarse map alone)" if r.coarse_map else ("untrained generator")
+    )
+    base = f", {untrained} {pct(u['matching_1v2'])}" if u else ""
     nearest = e.get("baselines", {}).get("nearest_identity")
     if nearest:
         base += f", nearest training identity's mean face {pct(nearest['matching_1v2'])}"

@@ -12,6 +12,7 @@ All channels-last. Two architectures, chosen by `config.model.arch`:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -292,17 +293,27 @@ class Generator(nn.Module):
     `blur`: the binomial [1, 2, 1] filter (`blur`) after each x2 layer, before its ReLU.
     `out_kernel`: the last layer's odd kernel size; a 3x3 conv at 64x64 can sharpen what
     "bilinear"'s smoothing drew (the zero at period 2 stays: a stride-1 conv has no phases).
+    `coarse_cell` > 0: the face's coarse part, its means over `coarse_cell`-pixel cells, comes
+    from a linear map of the embedding (`CoarseMap` `coarse`: P = (64 / coarse_cell)^2 * 3
+    values in face units), and the network draws only the detail within the cells
+    (`with_coarse_face`). The map is fitted to the training speakers' mean faces before
+    training (`training/coarse_face.py`) and never trained. 0 (the reference): the network
+    draws the whole face.
     """
 
     channels: Sequence[int] = (1024, 512, 256, 128, 64)
     upsample: str = "deconv"
     blur: bool = False
     out_kernel: int = 1
+    coarse_cell: int = 0
     dtype: Dtype = jnp.float32
     convs: ops.conv.ConvForms = ops.conv.XLA
 
     @nn.compact
-    def __call__(self, embedding):
+    def __call__(self, embedding, with_network_face: bool = False):
+        """The face `[B, 64, 64, 3]`; with `with_network_face` (and a coarse map), also the
+        network's own face before its coarse part is swapped (what the training step holds
+        near the map's, so that the swap stays small)."""
         if self.upsample not in UPSAMPLES:
             raise ValueError(
                 f"Generator: upsample must be one of {UPSAMPLES}, not {self.upsample!r}"
@@ -330,7 +341,63 @@ class Generator(nn.Module):
             out = conv_t(3, k, 1, pad, name=f"deconv{len(self.channels)}", **kw)
         else:
             out = conv(3, k, 1, pad, name=f"conv{len(self.channels)}", **kw)
-        return out(x).astype(jnp.float32)
+        face = out(x).astype(jnp.float32)
+        if not self.coarse_cell:
+            return (face, face) if with_network_face else face
+        coarse = CoarseMap(coarse_size(self.coarse_cell), name="coarse")(embedding)
+        drawn = with_coarse_face(face, coarse, self.coarse_cell)
+        return (drawn, face) if with_network_face else drawn
+
+
+class CoarseMap(nn.Module):
+    """A fixed linear map, embedding `[B, D]` -> `[B, size]` float32: float32 `kernel [D, size]`
+    and `bias [size]`, zero at initialisation, set from outside (`training/coarse_face.py`)
+    and never trained (`stop_gradient`: their gradients are 0, so Adam leaves them)."""
+
+    size: int
+
+    @nn.compact
+    def __call__(self, embedding):
+        init = nn.initializers.zeros
+        kernel = self.param("kernel", init, (embedding.shape[-1], self.size), jnp.float32)
+        bias = self.param("bias", init, (self.size,), jnp.float32)
+        kernel, bias = jax.lax.stop_gradient(kernel), jax.lax.stop_gradient(bias)
+        return embedding.astype(jnp.float32) @ kernel + bias
+
+
+def coarse_size(cell: int, image_size: int = 64) -> int:
+    """Values of a face's coarse part at `cell`-pixel cells: `(image_size / cell)^2 * 3`."""
+    return (image_size // cell) ** 2 * 3
+
+
+def cell_means(faces, cell: int):
+    """`[B, H, W, C]` -> `[B, H / cell, W / cell, C]`: the mean over each `cell` x `cell` block."""
+    b, h, w, c = faces.shape
+    return faces.reshape(b, h // cell, cell, w // cell, cell, c).mean((2, 4))
+
+
+def with_coarse_face(faces, coarse, cell: int):
+    """`faces [B, H, W, C]` with their cell means replaced by `coarse [B, (H/cell)*(W/cell)*C]`
+    (row-major over cells, then channels), exactly, by adding a smooth image: a grid upsampled
+    bilinearly (half-pixel centres), chosen so that the result's cell means are `coarse`. The
+    face's detail within its cells stays."""
+    b, h, w, c = faces.shape
+    rows, cols = _cell_means_of_bilinear(h // cell, cell), _cell_means_of_bilinear(w // cell, cell)
+    change = coarse.reshape(b, h // cell, w // cell, c) - cell_means(faces, cell)
+    # Bilinear upsampling then cell means maps a grid g to rows @ g @ cols.T (per channel);
+    # invert that, so the added image moves each cell mean by exactly `change`.
+    grid = jnp.einsum("ij,bjkc,lk->bilc", np.linalg.inv(rows), change, np.linalg.inv(cols))
+    return faces + jax.image.resize(grid, (b, h, w, c), "bilinear")
+
+
+@functools.cache
+def _cell_means_of_bilinear(cells: int, cell: int) -> np.ndarray:
+    """`[cells, cells]` float64: entry (i, j) is the mean over output cell i of a 1-D signal of
+    `cells` samples, all zero but sample j = 1, upsampled bilinearly by `cell`. Invertible: its
+    eigenvalues lie in [0.5, 1] (an alternating signal keeps about half its amplitude)."""
+    with jax.ensure_compile_time_eval():
+        up = jax.image.resize(jnp.eye(cells, dtype=jnp.float32), (cells, cells * cell), "bilinear")
+    return np.asarray(up, np.float64).reshape(cells, cells, cell).mean(-1).T
 
 
 class FaceTrunk(nn.Module):
@@ -439,6 +506,7 @@ class Networks:
             upsample=upsample,
             blur=blur,
             out_kernel=model_config.gen_out_kernel,
+            coarse_cell=int(model_config.coarse_cell),
             dtype=dtype,
             convs=convs,
         )

@@ -51,6 +51,7 @@ from v2f_jax import state as state_lib
 from v2f_jax.feed import device_prefetch
 from v2f_jax.input_pipeline import manifest as manifest_lib
 from v2f_jax.training import (
+    coarse_face,
     compilation,
     distributed,
     embedder_init,
@@ -107,9 +108,18 @@ def resolve_config(
 # --- state ----------------------------------------------------------------------------------
 
 
-def create_state(config: ml_collections.ConfigDict, nets: models.Networks):
-    """The fresh state of a run, E from `train.embedder_init` if set; host numpy arrays, the same
-    on every host (process 0's values are broadcast)."""
+def create_state(
+    config: ml_collections.ConfigDict,
+    nets: models.Networks,
+    records: manifest_lib.Records | None = None,
+):
+    """The fresh state of a run, E from `train.embedder_init` if set, G's coarse map fitted on
+    `records` with that E when `model.coarse_cell` > 0; host numpy arrays, the same on every host
+    (process 0's values are broadcast).
+
+    Raises:
+      config_lib.ConfigError: a coarse map wanted without records to fit it on.
+    """
     if config.train.task == "embedder":
         num = int(config.model.num_ids)
         state = compilation.run_once(lambda: state_lib.create_embedder_state(config, nets, num))
@@ -119,12 +129,32 @@ def create_state(config: ml_collections.ConfigDict, nets: models.Networks):
             embedder = embedder_init.load_embedder(config.train.embedder_init, state.embedder)
             state = state.replace(embedder=embedder)
             logger.info("E initialised from %s", config.train.embedder_init)
+        if int(config.model.coarse_cell):
+            state = with_coarse_map(config, state, records)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         # Initialisation may round differently on hosts with other CPUs; the replicas may not.
         state = multihost_utils.broadcast_one_to_all(state)
     return jax.tree_util.tree_map(np.asarray, jax.device_get(state))
+
+
+def with_coarse_map(config: ml_collections.ConfigDict, state, records):
+    """`state` with G's coarse map (`coarse_face.fit`) fitted with its E on the records."""
+    if records is None:
+        raise config_lib.ConfigError(
+            "config.model.coarse_cell > 0 fits G's coarse face to the records' training "
+            "speakers: give the records, or pass --config.model.coarse_cell=0"
+        )
+    try:
+        kernel, bias = coarse_face.fit(config, state.embedder, records)
+    except ValueError as e:
+        raise config_lib.ConfigError(f"{e}; or pass --config.model.coarse_cell=0") from e
+    generator = coarse_face.with_fitted_map(state.generator, kernel, bias)
+    ema = state.generator_ema
+    if ema is not None:
+        ema = coarse_face.with_fitted_map(ema, kernel, bias)
+    return state.replace(generator=generator, generator_ema=ema)
 
 
 def make_step_factory(config: ml_collections.ConfigDict, nets: models.Networks, face_targets=None):
@@ -329,7 +359,7 @@ def train(
             state = dp.put_state(host_state)
         else:
             start, skips = 0, 0
-            state = dp.put_state(create_state(config, nets))
+            state = dp.put_state(create_state(config, nets, records))
         writers = metric_writers.MetricWriters(workdir, start, is_chief)
         grids = _make_grids(config, records, is_chief, workdir)
         to_device = dp.put

@@ -80,9 +80,12 @@ def make_gan_step(
     step computes it, at N x the weight (lazy regularisation, as StyleGAN2), and the metric
     `d_r1` is N x R1 on those steps and 0 between, so its mean over steps is still R1's. With
     `train.face_target_weight` > 0, G's loss also has that weight x the mean squared error
-    between its face, pooled (`face_targets`), and its speaker's pooled mean face. With
-    `train.voice_mixup` > 0, G draws from blends of two voices, and C's loss on its faces and the
-    mean-face term ask for the same blend of their speakers (voice_mixup.py).
+    between its face, pooled (`face_targets`), and its speaker's pooled mean face; with a coarse
+    map too (`model.coarse_cell` > 0, `models.Generator`), between G's network's own face and
+    the face G draws, both pooled: the drawn face's cell means are the map's, so the term holds
+    the network to the map. With `train.voice_mixup` > 0, G draws from blends of two voices, and
+    C's loss on its faces and the mean-face term ask for the same blend of their speakers
+    (voice_mixup.py).
     """
     optimizer = state_lib.make_optimizer(config.optim)
     embedder = nets.embedder.clone(axis_name=axis_name)
@@ -94,6 +97,8 @@ def make_gan_step(
     face_weight = float(config.train.face_target_weight)
     face_dim = face_targets_lib.target_dim(int(config.train.face_target_pool))
     face_loss = _face_target_loss(face_targets, face_weight, nets.num_ids, face_dim, axis_name)
+    # With a coarse map, the mean-face term holds G's network to the cell means the map draws.
+    coarse_map = face_loss is not None and int(config.model.coarse_cell) > 0
     mixup_alpha = float(config.train.voice_mixup)
     r1_weight = float(config.train.r1_weight)
     r1_every = int(config.train.r1_every)
@@ -170,18 +175,20 @@ def make_gan_step(
             emb = noisy_unit_embedding(raw, key, noise_std, axis_name)
             if pairs is not None:
                 emb = voice_mixup.mix(emb, pairs, axis_name)
-            return nets.generator.apply({"params": g_params}, emb), new_stats
+            return nets.generator.apply({"params": g_params}, emb, coarse_map), new_stats
 
         # G (and E, when it trains) forward once; its VJP serves the generator update below.
         e_params = state.embedder["params"]
         if train_embedder:
-            fake, gen_vjp, new_stats = jax.vjp(generate, state.generator, e_params, has_aux=True)
+            drawn, gen_vjp, new_stats = jax.vjp(generate, state.generator, e_params, has_aux=True)
         else:
-            fake, gen_vjp, new_stats = jax.vjp(
+            drawn, gen_vjp, new_stats = jax.vjp(
                 lambda g: generate(g, jax.lax.stop_gradient(e_params)),
                 state.generator,
                 has_aux=True,
             )
+        # With a coarse map, G also gives its network's own face (for the mean-face term).
+        fake, network_fake = drawn if coarse_map else (drawn, None)
 
         # Critics update; `fake` is a constant here, as `fake.detach()` in the reference.
         def critic_loss(c_params):
@@ -208,7 +215,7 @@ def make_gan_step(
         critics = optax.apply_updates(state.critics, c_updates)
 
         # Generator update against the critics just updated (the reference's order).
-        def generator_loss(fake_faces):
+        def generator_loss(fake_faces, network_faces=None):
             adv, ids = nets.critics.apply({"params": critics}, fake_faces)
             g_adv = losses.bce(adv, 1.0)
             if pairs is None:
@@ -217,14 +224,26 @@ def make_gan_step(
                 g_id = voice_mixup.identity_loss(ids, batch["voice_id"], pairs)
             g_loss = g_adv + identity_weight * g_id
             metrics = {"g_adv": g_adv, "g_id": g_id}
-            if face_loss is not None:
+            if coarse_map:
+                # The drawn face's cell means are the map's, exactly: the network's own are
+                # pulled to them, not to the speaker's mean face.
+                target = jax.lax.stop_gradient(face_targets.of_faces(fake_faces))
+                own = face_targets.of_faces(network_faces)
+                metrics["g_face_loss"] = jnp.mean(jnp.square(own - target))
+                g_loss = g_loss + face_weight * metrics["g_face_loss"]
+            elif face_loss is not None:
                 pooled = face_targets.of_faces(fake_faces)
                 metrics["g_face_loss"] = face_loss(pooled, batch["voice_id"], pairs)
                 g_loss = g_loss + face_weight * metrics["g_face_loss"]
             return g_loss, metrics | {"g_loss": g_loss}
 
-        d_fake_faces, g_metrics = jax.grad(generator_loss, has_aux=True)(fake)
-        vjp_grads = gen_vjp(d_fake_faces)
+        if coarse_map:
+            grads_of_faces, g_metrics = jax.grad(generator_loss, (0, 1), has_aux=True)(
+                fake, network_fake
+            )
+        else:
+            grads_of_faces, g_metrics = jax.grad(generator_loss, has_aux=True)(fake)
+        vjp_grads = gen_vjp(grads_of_faces)
         g_grads = mean_over_devices(vjp_grads[0])
         g_metrics["g_grad_norm"] = optax.tree.norm(g_grads)
         g_updates, g_opt = optimizer.update(g_grads, state.g_opt, state.generator)

@@ -232,9 +232,11 @@ def export_torch(m: Model, out_dir: str | os.PathLike) -> tuple[str, str]:
 
     upsample, blur = models.generator_form(m.config.model)
     out_kernel = m.config.model.gen_out_kernel
-    if upsample != "deconv" or blur or out_kernel != 1:
+    coarse = int(m.config.model.coarse_cell)
+    if upsample != "deconv" or blur or out_kernel != 1 or coarse:
         form = f"model.upsample={upsample!r}" + (", model.upsample_blur=True" if blur else "")
         form += f", model.gen_out_kernel={out_kernel}" if out_kernel != 1 else ""
+        form += f", model.coarse_cell={coarse}" if coarse else ""
         raise ValueError(
             f"only wen2019 models with the reference's generator (transposed convs, no blur) have "
             f"its PyTorch layout; this one's G upsamples by {form}: export it as .safetensors "
