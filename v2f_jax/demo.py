@@ -4,9 +4,8 @@ synthesise -> prepare -> pretrain E (speaker classification, as the reference's
 `voice_embedding.pth`, and a coarse picture of each speaker's face) -> train the GAN with E
 frozen (configs/recipe.py:tiny) -> export -> evaluate (and evaluate G as the run initialised it:
 its coarse map, fitted before training, with its network untrained) -> generate faces for
-held-out voices. Every stage writes where the real
-commands would, under one directory, and a rerun reuses what is finished (the corpus, the
-records' shards, the training checkpoints).
+held-out voices. Every stage writes where the real commands would, under one directory, and a
+rerun reuses what is finished (the corpus, the records' shards, the training checkpoints).
 """
 
 from __future__ import annotations
@@ -260,7 +259,7 @@ def summary(r: DemoResult) -> str:
     e, u = r.eval, r.untrained_eval
     pct = lambda x: f"{100 * x:.1f}%"
     untrained = (
-        "G's network untrained (its coarse map alone)" if r.coarse_map else ("untrained generator")
+        "G's network untrained (its coarse map alone)" if r.coarse_map else "untrained generator"
     )
     base = f", {untrained} {pct(u['matching_1v2'])}" if u else ""
     nearest = e.get("baselines", {}).get("nearest_identity")
